@@ -1,0 +1,58 @@
+"""cosegkit: image co-segmentation with LCCo (Lending CLIP to Co-Segmentation).
+
+Tensor conventions: an image-set batch is ``(B, N, 3, H, W)``, float RGB in [0, 1]; feature
+sets are ``(B, N, C, h, w)``; per-image vectors ``(B, N, D)``; the CLIP text bank ``(P, D)``;
+masks ``(B, N, 1, H, W)`` logits at input resolution; an optional boolean ``valid`` of shape
+``(B, N)`` marks padding in batches of sets of different sizes.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from cosegkit.clip import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY, FrozenClip
+from cosegkit.errors import CosegError, CosegShapeError, CosegValueError, WeightsUnavailableError
+from cosegkit.layers import (
+    ClipInteraction,
+    ClipInteractionOutput,
+    ClipRegularization,
+    ClipRegularizationOutput,
+    CoarseMaskDecoder,
+    ImageSetCorrespondence,
+)
+from cosegkit.losses import (
+    ClassificationLoss,
+    IoULoss,
+    LCCoLoss,
+    LCCoLossOutput,
+    classification_loss,
+    coarse_segmentation_loss,
+    iou_loss,
+    set_class_targets,
+)
+from cosegkit.models import LCCo, LCCoOutput
+
+__all__ = [
+    "DEFAULT_TEMPLATES",
+    "DEFAULT_VOCABULARY",
+    "ClassificationLoss",
+    "ClipInteraction",
+    "ClipInteractionOutput",
+    "ClipRegularization",
+    "ClipRegularizationOutput",
+    "CoarseMaskDecoder",
+    "CosegError",
+    "CosegShapeError",
+    "CosegValueError",
+    "FrozenClip",
+    "ImageSetCorrespondence",
+    "IoULoss",
+    "LCCo",
+    "LCCoLoss",
+    "LCCoLossOutput",
+    "LCCoOutput",
+    "WeightsUnavailableError",
+    "__version__",
+    "classification_loss",
+    "coarse_segmentation_loss",
+    "iou_loss",
+    "set_class_targets",
+]

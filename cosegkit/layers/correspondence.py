@@ -1,0 +1,171 @@
+"""Image-set feature correspondence (ISFC), LCCo eq. (1)-(2).
+
+Axis legend (einops):
+    b   batch of sets            n   images per set (query image i)
+    m   partners per image       (n - 1 partners j != i; 1 when a set has a single image)
+    c   channels                 h w  spatial size of the feature map
+    l   tokens (h * w)           e   channels per attention head    g  heads
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from cosegkit._validation import check_feature_set, resolve_valid
+from cosegkit.errors import CosegValueError
+from cosegkit.layers._blocks import ConvFFN
+
+__all__ = ["ImageSetCorrespondence", "partner_index"]
+
+
+def partner_index(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partners ``j`` of every image ``i`` in each set, for all-pairs message passing.
+
+    Image ``i`` of a set of ``n`` images has the ``n - 1`` partners ``j != i`` (in increasing
+    order). A partner slot is *live* when its partner is a valid image. An image that has no
+    live partner (a set of one image, or one valid image among padding) gets a self-loop
+    instead: its first slot points at itself and is the only live one, so its features still
+    flow through the module.
+
+    Args:
+        valid: boolean ``(b, n)`` mask of real images.
+
+    Returns:
+        ``index`` ``(b, n, m)`` long tensor of partner positions and ``live`` ``(b, n, m)``
+        boolean mask, with ``m = max(n - 1, 1)``.
+    """
+    b, n = valid.shape
+    device = valid.device
+    if n == 1:
+        index = torch.zeros(b, 1, 1, dtype=torch.long, device=device)
+        return index, torch.ones(b, 1, 1, dtype=torch.bool, device=device)
+    i = torch.arange(n, device=device)
+    slot = torch.arange(n - 1, device=device)
+    # partner of image i at slot s skips i itself: j = s if s < i else s + 1
+    pairs = slot[None, :] + (slot[None, :] >= i[:, None]).long()  # (n, n-1)
+    index = repeat(pairs, "n m -> b n m", b=b)
+    live = torch.gather(repeat(valid, "b j -> b n j", n=n), 2, index)  # partner j is valid
+    lonely = ~live.any(dim=2, keepdim=True)  # (b, n, 1): no valid partner
+    self_slot = (slot == 0)[None, None, :] & lonely
+    index = torch.where(self_slot, i[None, :, None], index)
+    live = live | self_slot
+    return index, live
+
+
+class ImageSetCorrespondence(nn.Module):
+    r"""Image-set feature correspondence: cross-attention message passing over a set.
+
+    Implements LCCo eq. (1)-(2). The images of a set are the nodes of a complete graph. For
+    every ordered pair :math:`i \neq j`, image :math:`i` receives the message
+    :math:`\mathfrak{m}_{j \to i} = \mathrm{Att}(F_i, F_j, F_j)` (multi-head attention over
+    the :math:`h \cdot w` spatial tokens, query :math:`F_i`, key/value :math:`F_j`), and
+
+    .. math::
+        \bar F_i^j = F_i + \mathrm{FFN}_1(F_i \,\|\, \mathfrak{m}_{j \to i}), \qquad
+        \alpha_i^j = \operatorname{softmax}_j(\bar F_i^j), \qquad
+        \hat F_i = \mathrm{Conv}\Big(\sum_{j \neq i} \alpha_i^j \odot \bar F_i^j\Big).
+
+    The softmax runs over the partners ``j``, element-wise at every channel and pixel, so
+    eq. (2) is a weighted average over ``j`` (see the equations page of the docs for the other
+    reading). All pairs of all sets go through one batched
+    :func:`~torch.nn.functional.scaled_dot_product_attention` call.
+
+    A set with a single image (``N = 1``), or a valid image whose partners are all padding,
+    has no pair; such an image passes a self-loop message :math:`\mathrm{Att}(F_i, F_i, F_i)`
+    instead, so the module behaves like a one-node graph with a self-edge.
+    Padded images (``valid`` False) neither send nor receive messages: their output equals
+    their input.
+
+    Args:
+        channels: channels ``C`` of the feature maps.
+        heads: attention heads; must divide ``channels``.
+        ffn_ratio: hidden width of :math:`\mathrm{FFN}_1` as a multiple of ``channels``.
+        kernel_size: kernel of the final :math:`\mathrm{Conv}` (odd).
+
+    Shape:
+        - features: :math:`(B, N, C, h, w)`
+        - valid: :math:`(B, N)` boolean, optional
+        - output: :math:`(B, N, C, h, w)`
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import ImageSetCorrespondence
+        >>> isfc = ImageSetCorrespondence(32, heads=4)
+        >>> isfc(torch.randn(2, 5, 32, 7, 7)).shape
+        torch.Size([2, 5, 32, 7, 7])
+    """
+
+    def __init__(self, channels: int, heads: int = 8, *, ffn_ratio: float = 2.0, kernel_size: int = 3) -> None:
+        super().__init__()
+        if channels % heads != 0:
+            raise CosegValueError(
+                f"heads={heads} must divide channels={channels}; choose heads from "
+                f"{[h for h in range(1, min(channels, 16) + 1) if channels % h == 0]}"
+            )
+        if kernel_size % 2 != 1:
+            raise CosegValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+        self.channels = channels
+        self.heads = heads
+        self.to_q = nn.Linear(channels, channels)
+        self.to_kv = nn.Linear(channels, 2 * channels)
+        self.to_out = nn.Linear(channels, channels)
+        self.ffn = ConvFFN(2 * channels, channels, int(ffn_ratio * channels))
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2)
+
+    def messages(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Messages :math:`\\mathfrak{m}_{j \\to i}` for every image and partner slot.
+
+        Args:
+            features: ``(b, n, c, h, w)``.
+            index: ``(b, n, m)`` partner positions from :func:`partner_index`.
+
+        Returns:
+            ``(b, n, m, c, h, w)``.
+        """
+        b, n, c, h, w = features.shape
+        m = index.shape[2]
+        tokens = rearrange(features, "b n c h w -> b n (h w) c")
+        # project once per image, then pair the projections: no per-pair projection work
+        q = rearrange(self.to_q(tokens), "b n l (g e) -> b n g l e", g=self.heads)
+        k, v = rearrange(self.to_kv(tokens), "b n l (two g e) -> two b n g l e", two=2, g=self.heads)
+        gather = repeat(index, "b n m -> b (n m) g l e", g=self.heads, l=h * w, e=c // self.heads)
+        k = rearrange(torch.gather(k, 1, gather), "b (n m) g l e -> (b n m) g l e", m=m)
+        v = rearrange(torch.gather(v, 1, gather), "b (n m) g l e -> (b n m) g l e", m=m)
+        q = rearrange(repeat(q, "b n g l e -> b n m g l e", m=m), "b n m g l e -> (b n m) g l e")
+        out = F.scaled_dot_product_attention(q, k, v)
+        out = self.to_out(rearrange(out, "(b n m) g l e -> b n m l (g e)", b=b, n=n))
+        return rearrange(out, "b n m (h w) c -> b n m c h w", h=h, w=w)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Refine every image's features with messages from the other images of its set.
+
+        Args:
+            features: ``(B, N, C, h, w)`` feature set.
+            valid: optional boolean ``(B, N)``; False marks padded images.
+
+        Returns:
+            ``(B, N, C, h, w)`` refined features.
+        """
+        check_feature_set(features, self.channels)
+        b, n = features.shape[:2]
+        valid = resolve_valid(valid, b, n, features.device)
+        index, live = partner_index(valid)
+        m = index.shape[2]
+
+        msg = self.messages(features, index)  # (b, n, m, c, h, w)
+        query = repeat(features, "b n c h w -> b n m c h w", m=m)
+        pair = rearrange(torch.cat([query, msg], dim=3), "b n m c h w -> (b n m) c h w")
+        updated = query + rearrange(self.ffn(pair), "(b n m) c h w -> b n m c h w", b=b, n=n)  # eq. (1)
+
+        # eq. (2): alpha = softmax over the partners j, element-wise; dead slots get no weight
+        dead = ~live[:, :, :, None, None, None]
+        alpha = updated.masked_fill(dead, float("-inf")).softmax(dim=2)
+        fused = (alpha * updated.masked_fill(dead, 0.0)).sum(dim=2)
+        out = rearrange(self.conv(rearrange(fused, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=b)
+        return torch.where(valid[:, :, None, None, None], out, features)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, heads={self.heads}"

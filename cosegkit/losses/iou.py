@@ -1,0 +1,148 @@
+"""The soft IoU loss :math:`\\eta` of LCCo eq. (10)-(11).
+
+Axis legend: b batch of sets, n images per set, h w spatial.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import reduce
+from torch import nn
+
+from cosegkit._validation import is_compiling, resolve_valid
+from cosegkit.errors import CosegShapeError, CosegValueError
+
+__all__ = ["IoULoss", "coarse_segmentation_loss", "downsample_mask", "iou_loss", "soft_iou_per_image"]
+
+
+def _check_mask_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if is_compiling():
+        return
+    if pred.ndim != 5 or pred.shape[2] != 1:
+        raise CosegShapeError(f"expected predicted masks of shape (B, N, 1, H, W), got {tuple(pred.shape)}")
+    if target.shape != pred.shape:
+        hint = ""
+        if target.ndim == pred.ndim and target.shape[-2:] != pred.shape[-2:]:
+            hint = "; resize the ground truth to the prediction's size (downsample_mask does it)"
+        elif target.ndim == 4:
+            hint = "; add the channel axis with target.unsqueeze(2)"
+        raise CosegShapeError(
+            f"ground-truth masks of shape {tuple(target.shape)} do not match the predicted masks "
+            f"{tuple(pred.shape)}{hint}"
+        )
+    if not bool(torch.isfinite(target).all()) or bool((target < 0).any()) or bool((target > 1).any()):
+        raise CosegValueError("ground-truth masks must hold values in [0, 1] (0 background, 1 object)")
+
+
+def soft_iou_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    r"""Soft IoU of every image, :math:`\sum \min(p, g) / \sum \max(p, g)`, ``(B, N)``.
+
+    The min/max form is the soft Jaccard index of the IoU loss used by Su et al. 2023 (the
+    loss LCCo cites for :math:`\eta`); for binary maps it is exactly the IoU. ``eps`` in
+    numerator and denominator makes an empty prediction of an empty mask score 1.
+    """
+    inter = reduce(torch.minimum(probs, target), "b n 1 h w -> b n", "sum")
+    union = reduce(torch.maximum(probs, target), "b n 1 h w -> b n", "sum")
+    return (inter + eps) / (union + eps)
+
+
+def iou_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    from_logits: bool = True,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    r"""IoU loss of eq. (10): :math:`\frac{1}{N}\sum_i \eta(\hat M_i, M_i^{gt})`, averaged over sets.
+
+    :math:`\eta = 1 - \mathrm{softIoU}` per image (see :func:`soft_iou_per_image`), averaged
+    over the valid images of the batch. It is 0 for a perfect prediction and lies in [0, 1].
+
+    Args:
+        pred: predicted masks ``(B, N, 1, H, W)``: logits (default) or probabilities.
+        target: ground-truth masks, same shape, values in [0, 1].
+        valid: optional boolean ``(B, N)``; padded images do not count.
+        from_logits: apply a sigmoid to ``pred`` first.
+        eps: smoothing term.
+
+    Returns:
+        A scalar tensor.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import iou_loss
+        >>> gt = (torch.rand(2, 3, 1, 8, 8) > 0.5).float()
+        >>> iou_loss(gt, gt, from_logits=False).item()
+        0.0
+    """
+    _check_mask_pair(pred, target)
+    b, n = pred.shape[:2]
+    valid = resolve_valid(valid, b, n, pred.device)
+    probs = pred.sigmoid() if from_logits else pred
+    loss = 1.0 - soft_iou_per_image(probs, target.to(probs.dtype), eps)
+    w = valid.to(loss.dtype)
+    return (loss * w).sum() / w.sum()
+
+
+def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-downsample masks ``(B, N, 1, H, W)`` to ``size``: the soft :math:`M^{gt}_{i\\downarrow}`.
+
+    Each coarse cell holds the fraction of its pixels that belong to the object.
+    """
+    b = mask.shape[0]
+    flat = mask.flatten(0, 1).float()
+    if tuple(flat.shape[-2:]) == tuple(size):
+        return mask.float()
+    return F.adaptive_avg_pool2d(flat, size).unflatten(0, (b, -1))
+
+
+def coarse_segmentation_loss(
+    coarse_logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Coarse segmentation loss of eq. (11): the IoU loss against the downsampled ground truth.
+
+    Args:
+        coarse_logits: ``(B, N, 1, h, w)`` logits of the coarse decoder.
+        target: full-resolution ground truth ``(B, N, 1, H, W)``, downsampled to ``(h, w)``
+            by area averaging.
+        valid: optional boolean ``(B, N)``.
+
+    Returns:
+        A scalar tensor.
+    """
+    if not is_compiling() and (target.ndim != 5 or target.shape[:3] != coarse_logits.shape[:3]):
+        raise CosegShapeError(
+            f"ground-truth masks of shape {tuple(target.shape)} do not match the coarse masks "
+            f"{tuple(coarse_logits.shape)} in (B, N, 1)"
+        )
+    small = downsample_mask(target, tuple(coarse_logits.shape[-2:]))
+    return iou_loss(coarse_logits, small, valid, from_logits=True, eps=eps)
+
+
+class IoULoss(nn.Module):
+    """Module form of :func:`iou_loss`.
+
+    Args:
+        from_logits: apply a sigmoid to the prediction first.
+        eps: smoothing term.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import IoULoss
+        >>> IoULoss()(torch.zeros(1, 2, 1, 4, 4), torch.ones(1, 2, 1, 4, 4)).item()
+        0.5
+    """
+
+    def __init__(self, *, from_logits: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.from_logits = from_logits
+        self.eps = eps
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return iou_loss(pred, target, valid, from_logits=self.from_logits, eps=self.eps)

@@ -1,0 +1,102 @@
+"""The total training loss of LCCo, eq. (9)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from cosegkit.errors import CosegValueError
+from cosegkit.losses.classification import classification_loss
+from cosegkit.losses.iou import coarse_segmentation_loss, iou_loss
+from cosegkit.models.output import LCCoOutput
+
+__all__ = ["LCCoLoss", "LCCoLossOutput"]
+
+
+class LCCoLossOutput(NamedTuple):
+    """The total loss and its terms (terms of switched-off modules are ``None``)."""
+
+    total: torch.Tensor
+    iou: torch.Tensor
+    coarse: torch.Tensor | None
+    classification: torch.Tensor | None
+
+
+class LCCoLoss(nn.Module):
+    r"""Eq. (9): :math:`\mathcal L_{total} = \mathcal L_{iou} + \lambda_1 \mathcal L_{cs} + \lambda_2 \mathcal L_c`.
+
+    - :math:`\mathcal L_{iou}`: :func:`~cosegkit.losses.iou_loss` of the masks, eq. (10);
+    - :math:`\mathcal L_{cs}`: :func:`~cosegkit.losses.coarse_segmentation_loss` of the
+      coarse masks against the area-downsampled ground truth, eq. (11), when the model has
+      the coarse decoder;
+    - :math:`\mathcal L_c`: :func:`~cosegkit.losses.classification_loss` of the class
+      probabilities against the set's ground-truth class, eq. (12), when the model has the
+      regularization module. The class comes from ``output.class_targets`` (fill it by
+      passing ``masks`` to the model's forward) or from ``class_targets``.
+
+    The paper does not give :math:`\lambda_1, \lambda_2`; both default to 1.
+
+    Args:
+        lambda1: weight of the coarse segmentation loss.
+        lambda2: weight of the classification loss.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import LCCo, LCCoLoss
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
+        ...              clip_model="coseg-test-tiny", clip_pretrained=None,
+        ...              decoder_channels=(32, 32, 16, 16), heads=4, clip_heads=4)
+        >>> images, masks = torch.rand(2, 3, 3, 64, 64), (torch.rand(2, 3, 1, 64, 64) > 0.5).float()
+        >>> losses = LCCoLoss()(model(images, masks=masks), masks)
+        >>> losses.total.backward()
+        >>> sorted(k for k, v in losses._asdict().items() if v is not None)
+        ['classification', 'coarse', 'iou', 'total']
+    """
+
+    def __init__(self, lambda1: float = 1.0, lambda2: float = 1.0) -> None:
+        super().__init__()
+        if lambda1 < 0 or lambda2 < 0:
+            raise CosegValueError(f"loss weights must be non-negative, got lambda1={lambda1}, lambda2={lambda2}")
+        self.lambda1 = lambda1
+        self.lambda2 = lambda2
+
+    def forward(
+        self,
+        output: LCCoOutput,
+        masks: torch.Tensor,
+        class_targets: torch.Tensor | None = None,
+    ) -> LCCoLossOutput:
+        """Total loss of one batch.
+
+        Args:
+            output: the model's :class:`~cosegkit.models.output.LCCoOutput`.
+            masks: ground-truth masks ``(B, N, 1, H, W)`` in [0, 1].
+            class_targets: optional ``(B,)`` ground-truth classes, overriding
+                ``output.class_targets``.
+
+        Returns:
+            An :class:`LCCoLossOutput`; call ``.total.backward()``.
+        """
+        valid = output.valid
+        l_iou = iou_loss(output.masks, masks, valid)
+        total = l_iou
+        l_cs = l_c = None
+        if output.coarse_masks is not None:
+            l_cs = coarse_segmentation_loss(output.coarse_masks, masks, valid)
+            total = total + self.lambda1 * l_cs
+        if output.class_probs is not None:
+            target = class_targets if class_targets is not None else output.class_targets
+            if target is None:
+                raise CosegValueError(
+                    "the model has the CLIP regularization module, but no ground-truth class was "
+                    "given: call the model with model(images, masks=masks) so it computes "
+                    "output.class_targets, or pass class_targets= to the loss"
+                )
+            l_c = classification_loss(output.class_probs, target)
+            total = total + self.lambda2 * l_c
+        return LCCoLossOutput(total, l_iou, l_cs, l_c)
+
+    def extra_repr(self) -> str:
+        return f"lambda1={self.lambda1}, lambda2={self.lambda2}"

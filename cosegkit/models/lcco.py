@@ -1,0 +1,462 @@
+"""The assembled LCCo model.
+
+Axis legend (einops):
+    b   batch of sets    n   images per set    c   channels    h w spatial
+    d   CLIP width       p   prompts           k   top-K
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from cosegkit import __version__
+from cosegkit._validation import check_image_set, is_compiling, resolve_valid
+from cosegkit.clip.frozen import FrozenClip
+from cosegkit.clip.vocabulary import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY
+from cosegkit.errors import CosegShapeError, CosegValueError, WeightsUnavailableError
+from cosegkit.layers.coarse_decoder import CoarseMaskDecoder
+from cosegkit.layers.correspondence import ImageSetCorrespondence
+from cosegkit.layers.interaction import ClipInteraction, clip_similarity
+from cosegkit.layers.regularization import ClipRegularization
+from cosegkit.losses.classification import masked_images, targets_from_embeddings
+from cosegkit.models.decoder import ConvBNReLU, DecoderBlock, feature_levels
+from cosegkit.models.output import LCCoOutput
+
+__all__ = ["LCCo"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CLIP_WEIGHTS_NAME = "clip.safetensors"
+CLIP_CONFIG_DIR = "open_clip_config"
+
+
+def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file, never unpickling code."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{path!r} does not hold a state dict (got {type(state).__name__})")
+    return state
+
+
+def build_encoder(name: str, weights: str | os.PathLike[str] | None, depth: int) -> nn.Module:
+    """An smp encoder by name, with weights by smp tag, local file, or ``None``.
+
+    Raises:
+        KeyError: unknown encoder name (the message lists where to find the valid ones).
+        WeightsUnavailableError: the tag could not be downloaded, or the file not read.
+    """
+    import segmentation_models_pytorch as smp
+
+    weights = None if weights is None else os.fspath(weights)
+    local = weights is not None and (
+        os.path.exists(weights) or os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".safetensors"))
+    )
+    if not name.startswith("tu-") and name not in smp.encoders.get_encoder_names():
+        raise KeyError(
+            f"unknown encoder {name!r}; valid names are smp.encoders.get_encoder_names() "
+            f"(e.g. 'resnet50', 'efficientnet-b0', 'mit_b0') or any timm model as 'tu-<name>'"
+        )
+    try:
+        encoder = smp.encoders.get_encoder(name, in_channels=3, depth=depth, weights=None if local else weights)
+    except (KeyError, ValueError):
+        raise
+    except Exception as err:
+        raise WeightsUnavailableError(
+            f"could not fetch {weights!r} weights for encoder {name!r} ({type(err).__name__}: {err}). "
+            f"Offline, download the weights elsewhere and pass the file as "
+            f"encoder_weights='/path/to/encoder.safetensors', or pass encoder_weights=None for a "
+            f"randomly initialised encoder"
+        ) from err
+    if local:
+        if not os.path.isfile(weights):  # type: ignore[arg-type]
+            raise CosegValueError(f"encoder weights file {weights!r} does not exist")
+        try:
+            state = _load_weights_file(weights)  # type: ignore[arg-type]
+            encoder.load_state_dict(state)
+        except Exception as err:
+            raise WeightsUnavailableError(
+                f"could not load encoder weights from {weights!r} into {name!r}: {err}"
+            ) from err
+    return encoder
+
+
+def _encoder_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
+    if name.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name[3:])
+        if cfg is not None and getattr(cfg, "mean", None) and getattr(cfg, "std", None):
+            return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+class LCCo(nn.Module):
+    r"""LCCo: a segmentation backbone refined by image-set correspondence and CLIP.
+
+    Every image of a set goes through an smp encoder; a U-Net style top-down decoder then
+    refines its features coarse to fine with the three set-aware modules of the paper:
+
+    - :class:`~cosegkit.ImageSetCorrespondence` on the deepest features :math:`\mathcal F^1`
+      (stride 32), eq. (1)-(2);
+    - :class:`~cosegkit.ClipInteraction` on the next level :math:`\mathcal F^2` (stride 16),
+      eq. (3)-(5), with :class:`~cosegkit.layers.CoarseMaskDecoder` for eq. (11);
+    - :class:`~cosegkit.ClipRegularization` on the next :math:`\mathcal F^3` (stride 8),
+      eq. (6)-(8);
+
+    then further decoder blocks and a segmentation head at input resolution. With the three
+    switches off it is the paper's single-image *Baseline*; every row of the paper's Table 2
+    is one constructor call.
+
+    Images are RGB in [0, 1]; the model normalises them itself, once with the encoder's
+    statistics and once with CLIP's. Any ``H`` and ``W`` work: the input is padded to the
+    encoder's stride and the masks cropped back.
+
+    Args:
+        encoder_name: any smp encoder (``"resnet50"``, ``"efficientnet-b0"``, ``"mit_b0"``,
+            ``"tu-<timm name>"``...).
+        encoder_weights: an smp weights tag (``"imagenet"``), a local weights file, or ``None``.
+        encoder_depth: encoder stages; at least 3 feature levels are needed.
+        decoder_channels: channels of the decoder levels, deepest first (one per feature
+            level; default ``(256, 128, 64, 32, 16)``, cut to the number of levels).
+        clip: a ready :class:`~cosegkit.clip.FrozenClip`; built from ``clip_model`` and
+            ``clip_pretrained`` when omitted and a CLIP module is on.
+        clip_model: open_clip architecture name (the paper's ViT-B/16 by default).
+        clip_pretrained: open_clip weights tag, local weights file, or ``None`` (random).
+        classnames: the prompt vocabulary (default
+            :data:`~cosegkit.clip.DEFAULT_VOCABULARY`); ignored when ``clip`` is given.
+        templates: prompt templates; ignored when ``clip`` is given.
+        top_k: ``K`` distilled text embeddings (eq. 3-5; the paper's 5).
+        heads: attention heads of the correspondence module.
+        clip_heads: attention heads of the interaction module's eq. (4).
+        use_correspondence: switch for the image-set feature correspondence module.
+        use_interaction: switch for the CLIP interaction module.
+        use_regularization: switch for the CLIP regularization module.
+        coarse_decoder: build the coarse decoder of eq. (11) (needs the interaction module
+            and a CLIP that gives dense patch tokens).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import LCCo
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
+        ...              clip_model="coseg-test-tiny", clip_pretrained=None,
+        ...              decoder_channels=(32, 32, 16, 16), heads=4, clip_heads=4, top_k=3)
+        >>> out = model(torch.rand(2, 4, 3, 64, 80))
+        >>> out.masks.shape, out.class_probs.shape, out.topk_indices.shape
+        (torch.Size([2, 4, 1, 64, 80]), torch.Size([2, 92]), torch.Size([2, 3]))
+    """
+
+    def __init__(
+        self,
+        *,
+        encoder_name: str = "resnet50",
+        encoder_weights: str | os.PathLike[str] | None = "imagenet",
+        encoder_depth: int = 5,
+        decoder_channels: Sequence[int] | None = None,
+        clip: FrozenClip | None = None,
+        clip_model: str = "ViT-B-16",
+        clip_pretrained: str | os.PathLike[str] | None = "openai",
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] | None = None,
+        top_k: int = 5,
+        heads: int = 8,
+        clip_heads: int = 8,
+        use_correspondence: bool = True,
+        use_interaction: bool = True,
+        use_regularization: bool = True,
+        coarse_decoder: bool = True,
+    ) -> None:
+        super().__init__()
+        self.encoder = build_encoder(encoder_name, encoder_weights, encoder_depth)
+        enc_channels = list(self.encoder.out_channels)
+        self.levels = feature_levels(enc_channels)
+        if len(self.levels) < 3:
+            raise CosegValueError(
+                f"LCCo refines three decoder levels, but encoder {encoder_name!r} at depth "
+                f"{encoder_depth} gives {len(self.levels)} feature levels; use encoder_depth >= 3"
+            )
+        n_levels = len(self.levels)
+        if decoder_channels is None:
+            base = list(DEFAULT_DECODER_CHANNELS)
+            decoder_channels = (base + [base[-1]] * n_levels)[:n_levels]
+        decoder_channels = [int(c) for c in decoder_channels]
+        if len(decoder_channels) != n_levels:
+            raise CosegValueError(
+                f"decoder_channels needs one entry per feature level of {encoder_name!r} "
+                f"({n_levels}, deepest first), got {len(decoder_channels)}: {decoder_channels}"
+            )
+        self.output_stride = int(getattr(self.encoder, "output_stride", 2**encoder_depth))
+        mean, std = _encoder_stats(encoder_name)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+        # top-down decoder: center at the deepest level, then one block per shallower level
+        skips = [enc_channels[i] for i in reversed(self.levels[:-1])]
+        self.center = ConvBNReLU(enc_channels[self.levels[-1]], decoder_channels[0])
+        self.blocks = nn.ModuleList(
+            DecoderBlock(decoder_channels[k], skips[k], decoder_channels[k + 1]) for k in range(n_levels - 1)
+        )
+        self.head = nn.Conv2d(decoder_channels[-1], 1, kernel_size=3, padding=1)
+
+        self.use_correspondence = use_correspondence
+        self.use_interaction = use_interaction
+        self.use_regularization = use_regularization
+        needs_clip = use_interaction or use_regularization
+        if needs_clip and clip is None:
+            clip = FrozenClip.from_name(
+                clip_model,
+                pretrained=clip_pretrained,
+                classnames=DEFAULT_VOCABULARY if classnames is None else classnames,
+                templates=DEFAULT_TEMPLATES if templates is None else templates,
+            )
+        self.clip: FrozenClip | None = clip if needs_clip else None
+        d = self.clip.embed_dim if self.clip is not None else 0
+        p = self.clip.num_prompts if self.clip is not None else 0
+        if use_interaction and top_k > p:
+            raise CosegValueError(
+                f"top_k={top_k} is larger than the vocabulary of {p} prompts; lower top_k or add class names"
+            )
+
+        self.correspondence: nn.Module = (
+            ImageSetCorrespondence(decoder_channels[0], heads=heads) if use_correspondence else nn.Identity()
+        )
+        self.interaction: nn.Module = (
+            ClipInteraction(decoder_channels[1], d, top_k=top_k, heads=clip_heads) if use_interaction else nn.Identity()
+        )
+        self.coarse: nn.Module = CoarseMaskDecoder(d) if use_interaction and coarse_decoder else nn.Identity()
+        self.regularization: nn.Module = (
+            ClipRegularization(decoder_channels[2], d, p) if use_regularization else nn.Identity()
+        )
+        self.has_coarse = use_interaction and coarse_decoder
+        self.config: dict[str, Any] = {
+            "encoder_name": encoder_name,
+            "encoder_depth": encoder_depth,
+            "decoder_channels": decoder_channels,
+            "clip_model": (self.clip.source.get("model_name") if self.clip is not None else clip_model),
+            "classnames": list(self.clip.classnames) if self.clip is not None else None,
+            "templates": list(self.clip.templates) if self.clip is not None else None,
+            "top_k": top_k,
+            "heads": heads,
+            "clip_heads": clip_heads,
+            "use_correspondence": use_correspondence,
+            "use_interaction": use_interaction,
+            "use_regularization": use_regularization,
+            "coarse_decoder": coarse_decoder,
+        }
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
+    ) -> LCCoOutput:
+        """Co-segment batches of image sets.
+
+        Args:
+            images: ``(B, N, 3, H, W)`` RGB in [0, 1]: ``B`` sets of ``N >= 1`` images.
+            valid: optional boolean ``(B, N)``; False marks padding in sets shorter than ``N``.
+                Padded images neither send nor receive messages and do not count in set
+                statistics; their masks are meaningless.
+            masks: optional ground-truth masks ``(B, N, 1, H, W)`` (training). With the
+                regularization module on, the masked images go through CLIP in the same call
+                as the images and ``class_targets`` is filled in for the loss.
+
+        Returns:
+            An :class:`~cosegkit.models.output.LCCoOutput`.
+        """
+        check_image_set(images)
+        b, n, _, h, w = images.shape
+        valid = resolve_valid(valid, b, n, images.device)
+        if masks is not None and not is_compiling() and tuple(masks.shape) != (b, n, 1, h, w):
+            raise CosegShapeError(
+                f"expected ground-truth masks of shape {(b, n, 1, h, w)} to match the images, got {tuple(masks.shape)}"
+            )
+        out = LCCoOutput(masks=images.new_empty(0), valid=valid)
+
+        # one CLIP pass for everything CLIP has to see in this forward
+        emb = tokens = text = None
+        if self.clip is not None:
+            clip_in = images
+            with_targets = masks is not None and self.use_regularization
+            if with_targets:
+                clip_in = torch.cat([images, masked_images(images, masks)], dim=1)
+            if self.has_coarse:
+                emb, tokens = self.clip.encode_checked(clip_in, dense=True)
+                tokens = tokens[:, :n]
+            else:
+                emb = self.clip.encode_checked(clip_in)
+            text = self.clip.text_bank
+            if with_targets:
+                out.class_targets = targets_from_embeddings(emb[:, n:], text, valid)
+            emb = emb[:, :n]
+
+        # encoder, on images padded to the encoder's stride
+        x = rearrange(images, "b n c h w -> (b n) c h w")
+        x = (x - self.pixel_mean.to(x.dtype)) / self.pixel_std.to(x.dtype)
+        ph, pw = (-h) % self.output_stride, (-w) % self.output_stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        feats = self.encoder(x)
+        skips = [feats[i] for i in reversed(self.levels[:-1])]
+
+        def as_set(t: torch.Tensor) -> torch.Tensor:
+            return rearrange(t, "(b n) c h w -> b n c h w", b=b)
+
+        def flat(t: torch.Tensor) -> torch.Tensor:
+            return rearrange(t, "b n c h w -> (b n) c h w")
+
+        f = self.center(feats[self.levels[-1]])  # F^1
+        if self.use_correspondence:
+            f = flat(self.correspondence(as_set(f), valid))
+        f = self.blocks[0](f, skips[0])  # F^2
+        similarity = None
+        if self.use_interaction:
+            inter = self.interaction(as_set(f), emb, text, valid)
+            f = flat(inter.features)
+            similarity, out.topk_indices = inter.similarity, inter.topk_indices
+            if self.has_coarse:
+                out.coarse_masks = self.coarse(inter.set_embeddings, tokens)
+        f = self.blocks[1](f, skips[1])  # F^3
+        if self.use_regularization:
+            if similarity is None:
+                similarity = clip_similarity(emb, text)
+            reg = self.regularization(as_set(f), similarity, text, valid)
+            f = flat(reg.features)
+            out.class_probs, out.common_class = reg.class_probs, reg.common_class
+        for block, skip in zip(self.blocks[2:], skips[2:], strict=True):
+            f = block(f, skip)
+        logits = F.interpolate(self.head(f), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out.masks = as_set(logits[..., :h, :w])
+        out.similarity = similarity
+        return out
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask probabilities ``(B, N, 1, H, W)``; switches the model to eval mode.
+
+        Example:
+            >>> import torch
+            >>> from cosegkit import LCCo
+            >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
+            ...              use_correspondence=False, use_interaction=False, use_regularization=False,
+            ...              decoder_channels=(32, 32, 16, 16))
+            >>> probs = model.predict(torch.rand(1, 3, 3, 48, 48))
+            >>> probs.shape, bool(((probs >= 0) & (probs <= 1)).all())
+            (torch.Size([1, 3, 1, 48, 48]), True)
+        """
+        if self.training:
+            self.eval()
+        return self(images, valid).masks.sigmoid()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters that train (the frozen CLIP is never among :meth:`parameters` anyway)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``config.json``, ``model.safetensors`` and, with a CLIP, ``clip.safetensors``.
+
+        The directory is self-contained: :meth:`from_pretrained` rebuilds the model from it
+        without downloading anything, and loading never unpickles code.
+
+        Returns:
+            The directory.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {"cosegkit_version": __version__, "model": dict(self.config)}
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.clip is not None:
+            name = self.clip.source.get("model_name")
+            if not name:
+                raise CosegValueError(
+                    "this LCCo's CLIP has no open_clip architecture name, so a checkpoint could not "
+                    "rebuild it; build it with FrozenClip.from_name(...) or FrozenClip(model, "
+                    "tokenizer, model_name='ViT-B-16')"
+                )
+            import open_clip
+
+            clip_cfg = open_clip.get_model_config(name)
+            if clip_cfg is not None:
+                (path / CLIP_CONFIG_DIR).mkdir(exist_ok=True)
+                (path / CLIP_CONFIG_DIR / f"{name}.json").write_text(json.dumps(clip_cfg, indent=2))
+            clip_state = {k: v.detach().contiguous().cpu() for k, v in self.clip.clip_state_dict().items()}
+            save_file(clip_state, str(path / CLIP_WEIGHTS_NAME), metadata={"format": "pt"})
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LCCo:
+        """Load a model written by :meth:`save_pretrained`, from a folder or a Hugging Face hub id.
+
+        Raises:
+            WeightsUnavailableError: a hub id that cannot be fetched (e.g. offline), or
+                missing files.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(name_or_path)
+        if not path.is_dir():
+            path = cls._download(str(name_or_path))
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise WeightsUnavailableError(
+                f"{str(path)!r} is not an LCCo checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it"
+            )
+        try:
+            kwargs = dict(json.loads(config_file.read_text())["model"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise WeightsUnavailableError(f"{str(config_file)!r} is not a valid LCCo config: {err}") from err
+        clip = None
+        if kwargs["use_interaction"] or kwargs["use_regularization"]:
+            import open_clip
+
+            name = kwargs["clip_model"]
+            cfg_file = path / CLIP_CONFIG_DIR / f"{name}.json"
+            if name not in open_clip.list_models() and cfg_file.is_file():
+                open_clip.add_model_config(cfg_file)
+            clip = FrozenClip.from_name(
+                name, pretrained=None, classnames=kwargs["classnames"], templates=kwargs["templates"]
+            )
+            if not (path / CLIP_WEIGHTS_NAME).is_file():
+                raise WeightsUnavailableError(f"{str(path)!r} lacks {CLIP_WEIGHTS_NAME}")
+            clip.model.load_state_dict(load_file(str(path / CLIP_WEIGHTS_NAME)))
+            clip.set_vocabulary(kwargs["classnames"], kwargs["templates"])  # text bank from loaded weights
+        for key in ("clip_model", "classnames", "templates"):
+            kwargs.pop(key)
+        model = cls(clip=clip, encoder_weights=None, clip_pretrained=None, **kwargs)
+        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        return model.to(map_location)
+
+    @staticmethod
+    def _download(repo_id: str) -> Path:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+        except Exception as err:
+            raise WeightsUnavailableError(
+                f"{repo_id!r} is neither a local folder nor a reachable hub repository "
+                f"({type(err).__name__}: {err}); pass the folder written by save_pretrained"
+            ) from err
