@@ -1,0 +1,90 @@
+"""Plain per-image, per-pair re-statements of LCCo eq. (1)-(8), for checking the vectorised layers.
+
+Written straight from the paper with explicit loops and an explicit softmax attention (no
+scaled_dot_product_attention, no einops), reading the weights of the module under test.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def attention(q_lin, kv_lin, out_lin, heads: int, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of ``query`` (Lq, D) over ``context`` (Lk, D) with the module's projections."""
+    d = query.shape[-1]
+    e = d // heads
+    q = q_lin(query)
+    kv = kv_lin(context)
+    k, v = kv[:, :d], kv[:, d:]
+    outs = []
+    for g in range(heads):
+        qg, kg, vg = q[:, g * e : (g + 1) * e], k[:, g * e : (g + 1) * e], v[:, g * e : (g + 1) * e]
+        weights = torch.softmax(qg @ kg.T / math.sqrt(e), dim=-1)
+        outs.append(weights @ vg)
+    return out_lin(torch.cat(outs, dim=-1))
+
+
+def tokens(fmap: torch.Tensor) -> torch.Tensor:
+    """(C, h, w) -> (h*w, C), row-major over h then w."""
+    c = fmap.shape[0]
+    return fmap.reshape(c, -1).T
+
+
+def isfc_reference(module, features: torch.Tensor, valid: list[bool] | None = None) -> torch.Tensor:
+    """Eq. (1)-(2) for one set ``(N, C, h, w)``, pair by pair."""
+    n, c, h, w = features.shape
+    valid = valid if valid is not None else [True] * n
+    out = []
+    for i in range(n):
+        if not valid[i]:
+            out.append(features[i])
+            continue
+        partners = [j for j in range(n) if j != i and valid[j]] or [i]  # self-loop when alone
+        updated = []
+        for j in partners:
+            msg = attention(module.to_q, module.to_kv, module.to_out, module.heads, tokens(features[i]), tokens(features[j]))
+            msg = msg.T.reshape(c, h, w)
+            pair = torch.cat([features[i], msg], dim=0)[None]
+            updated.append(features[i] + module.ffn(pair)[0])  # eq. (1)
+        stacked = torch.stack(updated)
+        alpha = torch.softmax(stacked, dim=0)  # over the partners j
+        out.append(module.conv((alpha * stacked).sum(dim=0)[None])[0])  # eq. (2)
+    return torch.stack(out)
+
+
+def interaction_reference(module, features, image_emb, text, valid=None):
+    """Eq. (3)-(5) for one set: features (N, C, h, w), image_emb (N, D), text (P, D)."""
+    n = features.shape[0]
+    valid = valid if valid is not None else [True] * n
+    idx = [i for i in range(n) if valid[i]]
+    s = torch.zeros(n, text.shape[0])
+    for i in range(n):
+        for p in range(text.shape[0]):
+            s[i, p] = F.cosine_similarity(image_emb[i], text[p], dim=0)
+    sigma = sum(s[i] for i in idx)
+    topk = torch.sort(sigma, descending=True).indices[: module.top_k]
+    mean = sum(image_emb[i] for i in idx) / len(idx)
+    fused = torch.stack([module.mlp1(torch.cat([image_emb[i], mean])) for i in range(n)])  # eq. (3)
+    context = torch.cat([fused[idx], text[topk]])  # STK over valid images and top-K texts
+    feats, zs = [], []
+    for i in range(n):
+        msg = attention(module.to_q, module.to_kv, module.to_out, module.heads, fused[i][None], context)[0]
+        z = fused[i] + module.mlp2(msg)  # eq. (4)
+        zs.append(z)
+        feats.append(module.ffn3(module.ffn2(features[i][None]) * z[None, :, None, None])[0])  # eq. (5)
+    return torch.stack(feats), fused, torch.stack(zs), s, topk
+
+
+def regularization_reference(module, features, similarity, text, valid=None):
+    """Eq. (6)-(8) for one set: features (N, C, h, w), similarity (N, P), text (P, D)."""
+    n = features.shape[0]
+    valid = valid if valid is not None else [True] * n
+    rows = [module.mlp3(similarity[i]) for i in range(n) if valid[i]]
+    pooled = torch.stack(rows).max(dim=0).values  # MAX over the set
+    v = torch.softmax(pooled, dim=0)  # eq. (7)
+    best = int(torch.argmax(v))  # eq. (6)
+    feats = [module.ffn5(module.ffn4(features[i][None]) * text[best][None, :, None, None])[0] for i in range(n)]
+    return torch.stack(feats), v, best  # eq. (8)
