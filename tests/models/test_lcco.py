@@ -1,0 +1,307 @@
+"""The assembled LCCo: shapes, encoders, Table 2 switches, set properties, errors, persistence, training."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cosegkit import CosegShapeError, CosegValueError, LCCo, LCCoLoss, WeightsUnavailableError
+from tests._support import CLASSNAMES, TINY_CLIP, make_tiny_clip, tiny_lcco
+
+
+@pytest.fixture(scope="module")
+def model() -> LCCo:
+    return tiny_lcco().eval()
+
+
+def rand_images(b: int, n: int, h: int = 40, w: int = 48, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, n, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def test_output_fields(model: LCCo) -> None:
+    out = model(rand_images(2, 3, 64, 80))
+    assert out.masks.shape == (2, 3, 1, 64, 80)
+    assert out.coarse_masks.shape == (2, 3, 1, 4, 4)  # tiny CLIP: 32 px, patch 8
+    assert out.class_probs.shape == (2, len(CLASSNAMES))
+    assert out.common_class.shape == (2,) and out.common_class.dtype == torch.long
+    assert out.topk_indices.shape == (2, 3)
+    assert out.similarity.shape == (2, 3, len(CLASSNAMES))
+    assert out.class_targets is None and out.valid.all()
+
+
+@given(b=st.integers(1, 2), n=st.integers(1, 4), h=st.integers(8, 72), w=st.integers(8, 72), seed=st.integers(0, 99))
+def test_any_batch_set_and_image_size(model: LCCo, b: int, n: int, h: int, w: int, seed: int) -> None:
+    out = model(rand_images(b, n, h, w, seed))
+    assert out.masks.shape == (b, n, 1, h, w)
+    assert torch.isfinite(out.masks).all()
+
+
+@pytest.mark.parametrize(
+    "encoder", ["resnet18", "efficientnet-b0", "mit_b0", "tu-test_convnext", "tu-resnet10t"]
+)
+def test_smp_encoders(encoder: str) -> None:
+    m = tiny_lcco(encoder_name=encoder, decoder_channels=None, heads=8).eval()
+    expected_levels = 4 if encoder in ("mit_b0", "tu-test_convnext") else 5  # 0-channel placeholder skipped
+    assert len(m.levels) == expected_levels
+    assert all(m.encoder.out_channels[i] > 0 for i in m.levels)
+    out = m(rand_images(1, 2, 70, 50))
+    assert out.masks.shape == (1, 2, 1, 70, 50)
+
+
+def test_decoder_channels_follow_the_encoder() -> None:
+    m = tiny_lcco(encoder_name="resnet18", decoder_channels=None, heads=8)
+    assert m.center[0].in_channels == m.encoder.out_channels[-1]
+    assert m.correspondence.channels == 256 and m.interaction.channels == 128 and m.regularization.channels == 64
+
+
+@pytest.mark.parametrize("isfc,inter,reg", list(itertools.product([False, True], repeat=3)))
+def test_every_row_of_table_2_is_a_constructor_call(isfc: bool, inter: bool, reg: bool) -> None:
+    m = tiny_lcco(use_correspondence=isfc, use_interaction=inter, use_regularization=reg).eval()
+    assert isinstance(m.correspondence, torch.nn.Identity) != isfc
+    assert isinstance(m.interaction, torch.nn.Identity) != inter
+    assert isinstance(m.regularization, torch.nn.Identity) != reg
+    assert (m.clip is None) == (not inter and not reg)
+    images = rand_images(2, 3)
+    masks = (torch.rand(2, 3, 1, 40, 48) > 0.5).float()
+    out = m(images, masks=masks)
+    assert out.masks.shape == (2, 3, 1, 40, 48)
+    assert (out.topk_indices is not None) == inter and (out.coarse_masks is not None) == inter
+    assert (out.class_probs is not None) == reg and (out.class_targets is not None) == reg
+    losses = LCCoLoss()(out, masks)
+    assert torch.isfinite(losses.total)
+
+
+def test_baseline_ignores_the_set_and_lcco_does_not(model: LCCo) -> None:
+    base = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False).eval()
+    x = rand_images(1, 3)
+    other = torch.cat([x[:, :1], rand_images(1, 2, seed=5)], dim=1)  # image 0 in another set
+    torch.testing.assert_close(base(x).masks[:, 0], base(other).masks[:, 0], atol=1e-6, rtol=1e-5)
+    # LCCo: image 0's refined features depend on the rest of its set (the regularization module
+    # sees the set only through i*, which a random CLIP rarely changes between two noise sets)
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = [
+        getattr(model, name).register_forward_hook(
+            lambda mod, inp, out, name=name: seen.setdefault(name, []).append(out if torch.is_tensor(out) else out[0])
+        )
+        for name in ("correspondence", "interaction")
+    ]
+    try:
+        first, second = model(x), model(other)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, (a, b) in seen.items():
+        assert not torch.allclose(a[:, 0], b[:, 0], atol=1e-6, rtol=0), name
+    assert not torch.allclose(first.class_probs, second.class_probs)
+
+
+@given(n=st.integers(2, 4), seed=st.integers(0, 2**16))
+def test_permuting_images_permutes_masks_and_keeps_set_outputs(model: LCCo, n: int, seed: int) -> None:
+    x = rand_images(2, n, 32, 40, seed)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    out, permuted = model(x), model(x[:, perm])
+    torch.testing.assert_close(permuted.masks, out.masks[:, perm], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(permuted.class_probs, out.class_probs, atol=1e-5, rtol=1e-4)
+    assert torch.equal(permuted.common_class, out.common_class)
+    assert set(permuted.topk_indices[0].tolist()) == set(out.topk_indices[0].tolist())
+
+
+@given(n=st.integers(1, 3), pad=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_padding_and_batch_independence(model: LCCo, n: int, pad: int, seed: int) -> None:
+    x = rand_images(1, n, 32, 32, seed)
+    y = rand_images(1, n + pad, 32, 32, seed + 1)
+    batch = torch.cat([torch.cat([x, rand_images(1, pad, 32, 32, seed + 2)], dim=1), y])
+    valid = torch.tensor([[True] * n + [False] * pad, [True] * (n + pad)])
+    out = model(batch, valid)
+    alone = model(x)
+    torch.testing.assert_close(out.masks[:1, :n], alone.masks, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.class_probs[:1], alone.class_probs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.masks[1:], model(y).masks, atol=1e-4, rtol=1e-4)
+
+
+def test_gradients_reach_every_trainable_parameter_and_never_clip() -> None:
+    m = tiny_lcco().train()
+    images = rand_images(2, 3)
+    masks = torch.zeros(2, 3, 1, 40, 48)
+    masks[..., 10:30, 12:36] = 1.0
+    LCCoLoss()(m(images, masks=masks), masks).total.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    clip_params = list(m.clip.model.parameters())
+    assert clip_params and all(p.grad is None and not p.requires_grad for p in clip_params)
+    ids = {id(p) for p in m.parameters()}
+    assert not any(id(p) in ids for p in clip_params)  # an optimizer over m.parameters() never sees CLIP
+    assert not m.clip.model.training
+
+
+def test_clip_runs_once_per_forward_and_the_text_bank_once_per_model(monkeypatch) -> None:
+    m = tiny_lcco().eval()
+    visual_calls = []
+    visual = m.clip.model.visual
+    original = visual.forward
+    monkeypatch.setattr(visual, "forward", lambda x: visual_calls.append(x.shape[0]) or original(x))
+    images = rand_images(2, 3)
+    m(images)
+    m(images, masks=torch.ones(2, 3, 1, 40, 48))
+    assert visual_calls == [6, 12]  # one call each; masked images ride along with the images
+    assert m.clip.text_bank_computations == 1
+
+
+def test_class_targets_match_set_class_targets() -> None:
+    from cosegkit import set_class_targets
+
+    m = tiny_lcco().eval()
+    images = rand_images(2, 3)
+    masks = (torch.rand(2, 3, 1, 40, 48) > 0.5).float()
+    assert torch.equal(m(images, masks=masks).class_targets, set_class_targets(m.clip, images, masks))
+
+
+def test_predict_gives_probabilities_in_eval_mode() -> None:
+    m = tiny_lcco().train()
+    probs = m.predict(rand_images(1, 2))
+    assert not m.training and not probs.requires_grad
+    assert probs.shape == (1, 2, 1, 40, 48) and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_save_and_load_round_trip(tmp_path) -> None:
+    m = tiny_lcco().eval()
+    # move away from initialisation so a load that silently kept random weights would fail
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    x = rand_images(2, 3)
+    path = m.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in path.iterdir()} >= {"config.json", "model.safetensors", "clip.safetensors"}
+    loaded = LCCo.from_pretrained(path).eval()
+    a, b = m(x), loaded(x)
+    assert torch.equal(a.masks, b.masks) and torch.equal(a.class_probs, b.class_probs)
+    assert loaded.clip.classnames == CLASSNAMES
+
+
+def test_round_trip_of_the_baseline(tmp_path) -> None:
+    m = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False).eval()
+    m.save_pretrained(tmp_path)
+    assert not (tmp_path / "clip.safetensors").exists()
+    x = rand_images(1, 2)
+    assert torch.equal(m(x).masks, LCCo.from_pretrained(tmp_path).eval()(x).masks)
+
+
+def test_loading_refuses_what_is_not_a_checkpoint(tmp_path) -> None:
+    with pytest.raises(WeightsUnavailableError, match="not an LCCo checkpoint"):
+        LCCo.from_pretrained(tmp_path)
+    with pytest.raises(WeightsUnavailableError, match="neither a local folder nor a reachable hub"):
+        LCCo.from_pretrained("nobody/no-such-lcco-model")
+
+
+def test_encoder_weights_from_a_local_file(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    source = tiny_lcco(use_interaction=False, use_regularization=False)
+    file = tmp_path / "encoder.safetensors"
+    save_file({k: v.contiguous() for k, v in source.encoder.state_dict().items()}, str(file))
+    torch.manual_seed(123)  # a different random init, overwritten by the file
+    m = LCCo(encoder_name="tu-test_convnext", encoder_weights=file, use_interaction=False,
+             use_regularization=False, decoder_channels=(32, 32, 16, 16), heads=4)
+    for k, v in source.encoder.state_dict().items():
+        assert torch.equal(m.encoder.state_dict()[k], v), k
+    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pth")
+    m2 = tiny_lcco(encoder_weights=str(tmp_path / "encoder.pth"), use_interaction=False, use_regularization=False)
+    assert all(torch.equal(m2.encoder.state_dict()[k], v) for k, v in source.encoder.state_dict().items())
+    with pytest.raises(CosegValueError, match="does not exist"):
+        tiny_lcco(encoder_weights=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "bad.safetensors").write_bytes(b"not a weights file")
+    with pytest.raises(WeightsUnavailableError, match="bad.safetensors"):
+        tiny_lcco(encoder_weights=str(tmp_path / "bad.safetensors"))
+
+
+def test_unavailable_pretrained_weights_say_what_to_do() -> None:
+    with pytest.raises(WeightsUnavailableError, match="encoder_weights=None"):
+        LCCo(encoder_name="resnet18", encoder_weights="imagenet", use_correspondence=False,
+             use_interaction=False, use_regularization=False)
+    with pytest.raises(WeightsUnavailableError, match="pretrained=None"):
+        LCCo(encoder_name="tu-test_convnext", encoder_weights=None, clip_model=TINY_CLIP, clip_pretrained="openai",
+             decoder_channels=(32, 32, 16, 16), heads=4)
+
+
+def test_passing_a_ready_clip() -> None:
+    clip = make_tiny_clip(classnames=["apple", "pear", "plum", "fig"])
+    m = tiny_lcco(clip=clip, top_k=2)
+    assert m.clip is clip and m.regularization.num_prompts == 4
+    assert m(rand_images(1, 2)).class_probs.shape == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "images,match",
+    [
+        (torch.rand(2, 3, 32, 32), r"\(B, N, 3, H, W\), got \(2, 3, 32, 32\).*unsqueeze"),
+        (torch.rand(1, 2, 1, 32, 32), "3 RGB channels"),
+        (torch.rand(1, 2, 32, 32, 3), "permute"),
+        (torch.rand(1, 0, 3, 32, 32), "N >= 1"),
+    ],
+)
+def test_shape_errors(model: LCCo, images: torch.Tensor, match: str) -> None:
+    with pytest.raises(CosegShapeError, match=match):
+        model(images)
+
+
+def test_value_errors(model: LCCo) -> None:
+    x = rand_images(1, 2)
+    bad = x.clone()
+    bad[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(CosegValueError, match="NaN"):
+        model(bad)
+    with pytest.raises(CosegValueError, match=r"\[0, 1\].*255"):
+        model(x * 255)
+    with pytest.raises(CosegValueError, match="uint8"):
+        model((x * 255).to(torch.uint8))
+    with pytest.raises(CosegValueError, match=r"no image as real in set\(s\) \[0\]"):
+        model(x, torch.tensor([[False, False]]))
+    with pytest.raises(CosegShapeError, match="masks of shape"):
+        model(x, masks=torch.ones(1, 2, 1, 20, 24))
+
+
+def test_constructor_errors() -> None:
+    with pytest.raises(CosegValueError, match="top_k=9 is larger than the vocabulary of 8"):
+        tiny_lcco(top_k=9)
+    with pytest.raises(CosegValueError, match="vocabulary is empty"):
+        tiny_lcco(classnames=[])
+    with pytest.raises(CosegValueError, match="one entry per feature level"):
+        tiny_lcco(decoder_channels=(32, 16))
+    with pytest.raises(CosegValueError, match="encoder_depth >= 3"):
+        tiny_lcco(encoder_name="resnet18", encoder_depth=2, decoder_channels=None)
+    with pytest.raises(KeyError, match="get_encoder_names"):
+        tiny_lcco(encoder_name="no-such-encoder")
+
+
+def synthetic_batch(generator: torch.Generator, b: int = 4, n: int = 3, size: int = 32):
+    """Sets of noisy images, each with a bright square at a random place: the mask to find."""
+    images = 0.3 * torch.rand(b, n, 3, size, size, generator=generator)
+    masks = torch.zeros(b, n, 1, size, size)
+    for i in range(b):
+        for j in range(n):
+            s = int(torch.randint(8, 16, (1,), generator=generator))
+            y, x = (int(v) for v in torch.randint(0, size - s, (2,), generator=generator))
+            images[i, j, :, y : y + s, x : x + s] += 0.6
+            masks[i, j, :, y : y + s, x : x + s] = 1.0
+    return images.clamp(0, 1), masks
+
+
+def test_a_few_dozen_steps_lower_the_loss() -> None:
+    m = tiny_lcco().train()
+    loss_fn = LCCoLoss()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        images, masks = synthetic_batch(g)
+        loss = loss_fn(m(images, masks=masks), masks).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
