@@ -6,7 +6,6 @@ At the repository root so that the package's doctests see the tiny CLIP configs 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub lookup otherwise retries for ~45 s
 
@@ -21,7 +20,7 @@ settings.register_profile("dev", deadline=None, max_examples=10)
 settings.register_profile("thorough", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-register_tiny_clips(Path(__file__).parent / "build" / "test-open-clip-configs")
+register_tiny_clips()
 
 
 @pytest.fixture(autouse=True)

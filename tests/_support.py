@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import open_clip
 import torch
 
-TINY_CLIP = "coseg-test-tiny"
-TINY_CLIP_RN = "coseg-test-tiny-rn"
-TINY_CLIP_CONFIGS = {
-    TINY_CLIP: {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    },
-    TINY_CLIP_RN: {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    },
-}
+from cosegkit.testing import TINY_CLIP, TINY_CLIP_RN, register_tiny_clips
+
+__all__ = ["CLASSNAMES", "TINY_CLIP", "TINY_CLIP_RN", "make_tiny_clip", "register_tiny_clips", "tiny_lcco"]
+
 CLASSNAMES = ("cat", "dog", "car", "bird", "person", "boat", "chair", "bottle")
-
-
-def register_tiny_clips(folder: Path) -> None:
-    """Write the tiny open_clip configs to ``folder`` and register them with open_clip."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, cfg in TINY_CLIP_CONFIGS.items():
-        path = folder / f"{name}.json"
-        path.write_text(json.dumps(cfg))
-        open_clip.add_model_config(path)
-
 
 
 def make_tiny_clip(**kwargs):

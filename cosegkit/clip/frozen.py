@@ -64,6 +64,8 @@ class FrozenClip(nn.Module):
 
     Example:
         >>> import open_clip, torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()  # a tiny random CLIP, "coseg-test-tiny", for offline examples
         >>> from cosegkit.clip import FrozenClip
         >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog"])
         >>> clip.text_bank.shape

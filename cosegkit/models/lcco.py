@@ -154,6 +154,8 @@ class LCCo(nn.Module):
 
     Example:
         >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()  # a tiny random CLIP, "coseg-test-tiny", for offline examples
         >>> from cosegkit import LCCo
         >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
         ...              clip_model="coseg-test-tiny", clip_pretrained=None,

@@ -45,7 +45,9 @@ def isfc_reference(module, features: torch.Tensor, valid: list[bool] | None = No
         partners = [j for j in range(n) if j != i and valid[j]] or [i]  # self-loop when alone
         updated = []
         for j in partners:
-            msg = attention(module.to_q, module.to_kv, module.to_out, module.heads, tokens(features[i]), tokens(features[j]))
+            msg = attention(
+                module.to_q, module.to_kv, module.to_out, module.heads, tokens(features[i]), tokens(features[j])
+            )
             msg = msg.T.reshape(c, h, w)
             pair = torch.cat([features[i], msg], dim=0)[None]
             updated.append(features[i] + module.ffn(pair)[0])  # eq. (1)

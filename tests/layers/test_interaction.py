@@ -44,7 +44,7 @@ def test_matches_reference_with_padding() -> None:
     valid = torch.tensor([[True, False, True, False], [False, False, False, True]])
     out = module(feats, emb, text, valid)
     for b in range(2):
-        f, fused, z, s, topk = interaction_reference(module, feats[b], emb[b], text, valid[b].tolist())
+        f, _, z, _, topk = interaction_reference(module, feats[b], emb[b], text, valid[b].tolist())
         keep = valid[b]
         torch.testing.assert_close(out.features[b][keep], f[keep], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.semantic_embeddings[b][keep], z[keep], atol=1e-5, rtol=1e-5)

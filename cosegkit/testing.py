@@ -1,0 +1,62 @@
+"""Tiny random models for offline smoke tests and documentation examples.
+
+Nothing here downloads anything. :func:`register_tiny_clips` registers two very small
+open_clip architectures, ``"coseg-test-tiny"`` (a 1-layer ViT, 32 px input, patch 8) and
+``"coseg-test-tiny-rn"`` (a 1-block-per-stage ModifiedResNet, 64 px input), both with a
+32-wide embedding. Build them with ``pretrained=None`` (random weights): they check that an
+installation, a pipeline or a new layer runs; they know nothing about images.
+
+Example:
+    >>> from cosegkit.testing import register_tiny_clips, TINY_CLIP
+    >>> register_tiny_clips()
+    ['coseg-test-tiny', 'coseg-test-tiny-rn']
+    >>> from cosegkit.clip import FrozenClip
+    >>> FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat", "dog"]).embed_dim
+    32
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+__all__ = ["TINY_CLIP", "TINY_CLIP_CONFIGS", "TINY_CLIP_RN", "register_tiny_clips"]
+
+TINY_CLIP = "coseg-test-tiny"
+TINY_CLIP_RN = "coseg-test-tiny-rn"
+TINY_CLIP_CONFIGS: dict[str, dict] = {
+    TINY_CLIP: {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+    TINY_CLIP_RN: {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    },
+}
+
+
+def register_tiny_clips(folder: str | Path | None = None) -> list[str]:
+    """Register the tiny open_clip architectures with open_clip (idempotent).
+
+    Args:
+        folder: where to write the config files open_clip reads (a temporary folder by
+            default).
+
+    Returns:
+        The registered architecture names.
+    """
+    import open_clip
+
+    missing = [name for name in TINY_CLIP_CONFIGS if name not in open_clip.list_models()]
+    if missing:
+        target = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="cosegkit-clip-configs-"))
+        target.mkdir(parents=True, exist_ok=True)
+        for name in missing:
+            path = target / f"{name}.json"
+            path.write_text(json.dumps(TINY_CLIP_CONFIGS[name]))
+            open_clip.add_model_config(path)
+    return list(TINY_CLIP_CONFIGS)
