@@ -320,3 +320,21 @@ def test_a_few_dozen_steps_lower_the_loss() -> None:
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
+
+
+def test_from_pretrained_by_hub_id(tmp_path, monkeypatch) -> None:
+    import huggingface_hub
+
+    m = tiny_lcco().eval()
+    m.save_pretrained(tmp_path / "snapshot")
+    asked = []
+
+    def fake_snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        asked.append((repo_id, tuple(allow_patterns)))
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = LCCo.from_pretrained("cosegkit/lcco-tiny").eval()
+    assert asked == [("cosegkit/lcco-tiny", ("*.json", "*.safetensors"))]  # never pickles
+    x = rand_images(1, 2)
+    assert torch.equal(m(x).masks, loaded(x).masks)
