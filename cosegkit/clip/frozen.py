@@ -250,9 +250,12 @@ class FrozenClip(nn.Module):
     def text_bank(self) -> torch.Tensor:
         """The text bank :math:`\\mathcal H^{txt}`, ``(P, D)``, L2-normalised; computed once."""
         if self._text_bank is None:
-            prompts = [t.format(c) for c in self.classnames for t in self.templates]
-            emb = rearrange(self.encode_text(prompts), "(p t) d -> p t d", t=len(self.templates))
-            self._text_bank = F.normalize(emb.mean(dim=1), dim=-1).to(self._param().dtype)
+            # a normal tensor even on first use inside inference_mode (e.g. in predict), so the
+            # cached bank stays usable when training resumes
+            with torch.inference_mode(False), torch.no_grad():
+                prompts = [t.format(c) for c in self.classnames for t in self.templates]
+                emb = rearrange(self.encode_text(prompts), "(p t) d -> p t d", t=len(self.templates))
+                self._text_bank = F.normalize(emb.mean(dim=1), dim=-1).to(self._param().dtype)
             self.text_bank_computations += 1
         return self._text_bank
 

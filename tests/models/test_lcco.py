@@ -338,3 +338,15 @@ def test_from_pretrained_by_hub_id(tmp_path, monkeypatch) -> None:
     assert asked == [("cosegkit/lcco-tiny", ("*.json", "*.safetensors"))]  # never pickles
     x = rand_images(1, 2)
     assert torch.equal(m(x).masks, loaded(x).masks)
+
+
+def test_text_bank_first_computed_in_predict_stays_a_normal_tensor() -> None:
+    m = tiny_lcco()
+    m.clip.set_vocabulary(["apple", "pear", "plum", "fig"])  # the next use recomputes the bank
+    m.regularization = type(m.regularization)(16, 32, 4)
+    m.predict(rand_images(1, 2))
+    assert m.clip.text_bank_computations == 2
+    assert not m.clip.text_bank.is_inference()
+    m.train()
+    masks = torch.ones(1, 2, 1, 40, 48)
+    LCCoLoss()(m(rand_images(1, 2), masks=masks), masks).total.backward()
