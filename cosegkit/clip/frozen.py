@@ -209,8 +209,11 @@ class FrozenClip(nn.Module):
         return next(self._clip.parameters())
 
     # ---------------------------------------------------------------- text
-    def set_vocabulary(self, classnames: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> None:
-        """Replace the vocabulary and templates; the text bank is recomputed on next use.
+    def set_vocabulary(self, classnames: Sequence[str], templates: Sequence[str] | None = None) -> None:
+        """Replace the vocabulary (and the templates, when given); the text bank is recomputed on next use.
+
+        A built :class:`~cosegkit.LCCo` sizes its regularization module to the vocabulary, so
+        changing the number of class names there needs a new model.
 
         Raises:
             CosegValueError: an empty list, a non-string or empty name, a duplicate name, or a
@@ -218,6 +221,8 @@ class FrozenClip(nn.Module):
         """
         if isinstance(classnames, str) or isinstance(templates, str):
             raise CosegValueError("classnames and templates must be lists of strings, not a single string")
+        if templates is None:
+            templates = self.templates or DEFAULT_TEMPLATES
         classnames, templates = tuple(classnames), tuple(templates)
         if not classnames:
             raise CosegValueError("the prompt vocabulary is empty; give at least one class name")
@@ -301,12 +306,13 @@ class FrozenClip(nn.Module):
         """:meth:`encode_images` without the input check, for callers that already ran it."""
         b = images.shape[0]
         x = self.preprocess(images)
+        dtype = self._param().dtype  # the text bank's dtype too
         if dense:
             pooled, tokens = self._dense_forward(x)
-            tokens = rearrange(tokens.float(), "(b n) d h w -> b n d h w", b=b)
+            tokens = rearrange(tokens.to(dtype), "(b n) d h w -> b n d h w", b=b)
         else:
             pooled = self._clip.encode_image(x)
-        emb = rearrange(F.normalize(pooled.float(), dim=-1), "(b n) d -> b n d", b=b)
+        emb = rearrange(F.normalize(pooled.float(), dim=-1).to(dtype), "(b n) d -> b n d", b=b)
         return (emb, tokens) if dense else emb
 
     def _dense_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

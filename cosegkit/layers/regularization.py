@@ -123,7 +123,8 @@ class ClipRegularization(nn.Module):
         if text_embeddings.shape[0] != self.num_prompts:
             raise CosegShapeError(
                 f"this module was built for num_prompts={self.num_prompts}, got a text bank of "
-                f"{text_embeddings.shape[0]} prompts"
+                f"{text_embeddings.shape[0]} prompts; the vocabulary size is fixed when the module (or "
+                f"LCCo) is built, so build a new one for the new vocabulary"
             )
         valid = resolve_valid(valid, b, n, features.device)
         logits, common = self.classify(similarity, valid)

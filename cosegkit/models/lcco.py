@@ -305,7 +305,10 @@ class LCCo(nn.Module):
                 tokens = tokens[:, :n]
             else:
                 emb = self.clip.encode_checked(clip_in)
-            text = self.clip.text_bank
+            # CLIP may run in another precision than the trainable part (e.g. a half CLIP)
+            dtype = self.head.weight.dtype
+            emb, text = emb.to(dtype), self.clip.text_bank.to(dtype)
+            tokens = tokens.to(dtype) if tokens is not None else None
             if with_targets:
                 out.class_targets = targets_from_embeddings(emb[:, n:], text, valid)
             emb = emb[:, :n]
