@@ -350,3 +350,12 @@ def test_text_bank_first_computed_in_predict_stays_a_normal_tensor() -> None:
     m.train()
     masks = torch.ones(1, 2, 1, 40, 48)
     LCCoLoss()(m(rand_images(1, 2), masks=masks), masks).total.backward()
+
+
+def test_a_half_precision_clip_beside_a_float_decoder() -> None:
+    m = tiny_lcco().eval()
+    m.clip.to(torch.bfloat16)  # a memory saving users reach for: CLIP in bf16, the rest in fp32
+    out = m(rand_images(1, 2), masks=torch.ones(1, 2, 1, 40, 48))
+    assert out.masks.dtype == torch.float32 and torch.isfinite(out.masks).all()
+    double = tiny_lcco().double().eval()
+    assert double(rand_images(1, 2).double()).masks.dtype == torch.float64
