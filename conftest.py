@@ -22,6 +22,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 register_tiny_clips()
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per worker: workers x threads must not oversubscribe the cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
