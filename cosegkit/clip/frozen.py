@@ -95,8 +95,10 @@ class FrozenClip(nn.Module):
         cfg = self._preprocess_cfg(model)
         size = image_size if image_size is not None else cfg.get("size", 224)
         self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-        self.register_buffer("mean", torch.tensor(mean or cfg.get("mean", OPENAI_MEAN)).view(3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std or cfg.get("std", OPENAI_STD)).view(3, 1, 1), persistent=False)
+        mean = cfg.get("mean", OPENAI_MEAN) if mean is None else mean
+        std = cfg.get("std", OPENAI_STD) if std is None else std
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("_text_bank", None, persistent=False)
         self.text_bank_computations = 0
         self.classnames: tuple[str, ...] = ()
@@ -342,7 +344,7 @@ class FrozenClip(nn.Module):
         raise NotImplementedError(
             f"dense patch tokens are implemented for open_clip's VisionTransformer (without "
             f"attentional pooling) and ModifiedResNet towers, not {type(visual).__name__}; "
-            f"build LCCo with coarse_loss=False to do without them"
+            f"build LCCo with coarse_decoder=False to do without them"
         )
 
     def extra_repr(self) -> str:
