@@ -35,9 +35,7 @@ class Group:
 
     def __post_init__(self) -> None:
         if self.masks is not None and len(self.masks) != len(self.images):
-            raise DataError(
-                f"group {self.name!r} has {len(self.images)} images but {len(self.masks)} masks"
-            )
+            raise DataError(f"group {self.name!r} has {len(self.images)} images but {len(self.masks)} masks")
         if not self.class_name:
             object.__setattr__(self, "class_name", self.name)
 
