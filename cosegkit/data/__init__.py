@@ -1,6 +1,70 @@
 """Co-segmentation datasets: readers for the field's layouts, image-set sampling, a synthetic world."""
 
+from cosegkit.data.io import (
+    IMAGE_EXTENSIONS,
+    check_pair,
+    coco_mask,
+    image_size,
+    is_image_file,
+    load_group_item,
+    load_image,
+    load_mask,
+    load_pair,
+)
+from cosegkit.data.readers import (
+    MSRC_COLOURS,
+    READERS,
+    get_reader,
+    read_coco,
+    read_folder,
+    read_icoseg,
+    read_internet,
+    read_msrc,
+    read_pascal_voc,
+    read_processed,
+)
 from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets, collate_sets, eval_chunks
+from cosegkit.data.synthetic import (
+    ObjectClass,
+    SyntheticBatch,
+    SyntheticCosegDataset,
+    SyntheticSet,
+    SyntheticWorld,
+    write_folder_dataset,
+)
 from cosegkit.data.types import DataError, Group
 
-__all__ = ["Augmentation", "DataError", "EvalSets", "Group", "TrainSets", "collate_sets", "eval_chunks"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MSRC_COLOURS",
+    "READERS",
+    "Augmentation",
+    "DataError",
+    "EvalSets",
+    "Group",
+    "ObjectClass",
+    "SyntheticBatch",
+    "SyntheticCosegDataset",
+    "SyntheticSet",
+    "SyntheticWorld",
+    "TrainSets",
+    "check_pair",
+    "coco_mask",
+    "collate_sets",
+    "eval_chunks",
+    "get_reader",
+    "image_size",
+    "is_image_file",
+    "load_group_item",
+    "load_image",
+    "load_mask",
+    "load_pair",
+    "read_coco",
+    "read_folder",
+    "read_icoseg",
+    "read_internet",
+    "read_msrc",
+    "read_pascal_voc",
+    "read_processed",
+    "write_folder_dataset",
+]
