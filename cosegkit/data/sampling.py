@@ -184,7 +184,7 @@ class TrainSets(Dataset):
         loader: Loader | None = None,
     ) -> None:
         self.groups = _check_groups(groups)
-        unlabelled = [g.name for g in self.groups if g.masks is None and not g.meta]
+        unlabelled = [g.name for g in self.groups if g.masks is None and "segmentations" not in g.meta]
         if unlabelled:
             raise DataError(f"training needs masks, but these groups have none: {unlabelled[:10]}")
         if set_size < 1 or image_size < 1:

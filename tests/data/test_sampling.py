@@ -142,6 +142,9 @@ def test_errors() -> None:
         EvalSets([Group("empty", (), ())], loader=pattern_loader)
     with pytest.raises(DataError, match="needs masks"):
         TrainSets([Group("u", ("a.jpg",), None)], 2, 8, loader=pattern_loader)
+    with pytest.raises(DataError, match="needs masks"):  # metadata alone is no mask
+        TrainSets([Group("u", ("a.jpg",), None, meta={"source": "x"})], 2, 8, loader=pattern_loader)
+    TrainSets([Group("coco", ("a.jpg",), None, meta={"segmentations": ((),)})], 2, 8, loader=pattern_loader)
     with pytest.raises(CosegValueError):
         TrainSets(make_groups({"a": 3}), 0, 8, loader=pattern_loader)
     with pytest.raises(IndexError):
