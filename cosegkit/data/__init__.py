@@ -23,7 +23,7 @@ from cosegkit.data.readers import (
     read_pascal_voc,
     read_processed,
 )
-from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets, collate_sets, eval_chunks
+from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets, collate_sets, eval_chunks, interleave
 from cosegkit.data.synthetic import (
     ObjectClass,
     SyntheticBatch,
@@ -54,6 +54,7 @@ __all__ = [
     "eval_chunks",
     "get_reader",
     "image_size",
+    "interleave",
     "is_image_file",
     "load_group_item",
     "load_image",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ __all__ = [
     "TrainSets",
     "collate_sets",
     "eval_chunks",
+    "interleave",
 ]
 
 Loader = Callable[[Group, int], tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -106,10 +107,18 @@ class Augmentation:
         return image.clamp(0.0, 1.0), mask
 
 
-def _resize_pair(image: torch.Tensor, mask: torch.Tensor | None, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _resize_pair(
+    image: torch.Tensor, mask: torch.Tensor | None, size: int, *, soft_mask: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize an image (bilinear, antialiased) and its mask (the same, or nearest-exact) to ``size``."""
     image = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
     if mask is None:
         mask = torch.zeros(1, size, size)
+    elif soft_mask:
+        mask = F.interpolate(
+            mask[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        mask = mask[0].clamp(0.0, 1.0)
     else:
         mask = F.interpolate(mask[None].float(), size=(size, size), mode="nearest-exact")[0]
     return image.clamp(0.0, 1.0), mask
@@ -231,6 +240,22 @@ class TrainSets(Dataset):
         return _padded_item(images, masks, chosen, gi, self.set_size, self.image_size)
 
 
+def interleave(length: int, set_size: int) -> list[int]:
+    """UFO's image order for chunked evaluation (``test.py``, before it cuts groups).
+
+    With ``block = ceil(length / set_size)``, the order lists images ``0, block, 2 * block,
+    ...``, then ``1, 1 + block, ...``, and so on: every block-th image, starting from each
+    offset in turn. Cutting this order into consecutive chunks of ``set_size`` spreads each
+    set over the whole (sorted) group instead of taking neighbours.
+
+    Example:
+        >>> interleave(7, 3)
+        [0, 3, 6, 1, 4, 2, 5]
+    """
+    block = math.ceil(length / set_size)
+    return [i for start in range(block) for i in range(start, length, block)]
+
+
 def eval_chunks(
     length: int,
     set_size: int | None,
@@ -241,54 +266,73 @@ def eval_chunks(
     """Split the ``length`` images of a group into evaluation sets.
 
     - ``set_size=None``: the whole group is one set.
-    - ``"contiguous"``: consecutive chunks of ``set_size``; the last set holds the leftovers
-      (smaller, no duplicates).
-    - ``"interleaved"``: UFO's chunking: with ``block = ceil(length / set_size)``, set ``g``
-      takes images ``g, g + block, g + 2 * block, ...``.
+    - ``"contiguous"``: consecutive chunks of ``set_size`` in the group's order; the last set
+      holds the leftovers (smaller, no duplicates). This is the chunking of SSNM's and UFO's
+      ``val.py``, where their P/J numbers come from.
+    - ``"interleaved"``: UFO's ``test.py`` (the masks it writes): the group is first put in
+      :func:`interleave` order, then cut into consecutive chunks of ``set_size``.
 
-    ``wrap=True`` fills short sets by wrapping around the group, as SSNM/UFO do for their
-    fixed group size: those images are then scored more than once. Use it only to compare
-    with numbers produced that way.
+    ``wrap=True`` fills the short last set as SSNM/UFO do for their fixed group size: with the
+    first images of the (reordered) group, cycling if the group is smaller than a set. Those
+    images then appear twice; :class:`EvalSets` scores each image once (``score``). Use it
+    only to reproduce numbers produced that way.
 
     Example:
         >>> eval_chunks(7, 3)
         [[0, 1, 2], [3, 4, 5], [6]]
         >>> eval_chunks(7, 3, "interleaved")
-        [[0, 3, 6], [1, 4], [2, 5]]
-        >>> eval_chunks(7, 3, wrap=True)
-        [[0, 1, 2], [3, 4, 5], [6, 0, 1]]
+        [[0, 3, 6], [1, 4, 2], [5]]
+        >>> eval_chunks(7, 3, "interleaved", wrap=True)
+        [[0, 3, 6], [1, 4, 2], [5, 0, 3]]
     """
     if length < 1:
         raise CosegValueError(f"a group needs at least one image, got {length}")
+    if chunking not in ("contiguous", "interleaved"):
+        raise CosegValueError(f"chunking must be 'contiguous' or 'interleaved', got {chunking!r}")
+    if set_size is not None and (isinstance(set_size, bool) or not isinstance(set_size, int) or set_size < 1):
+        raise CosegValueError(f"set_size must be a positive integer or None, got {set_size!r}")
     if set_size is None or (set_size >= length and not wrap):
         return [list(range(length))]
-    if set_size < 1:
-        raise CosegValueError(f"set_size must be positive or None, got {set_size}")
-    if chunking == "contiguous":
-        chunks = [list(range(s, min(s + set_size, length))) for s in range(0, length, set_size)]
-    elif chunking == "interleaved":
-        block = math.ceil(length / set_size)
-        chunks = [list(range(g, length, block)) for g in range(block)]
-    else:
-        raise CosegValueError(f"chunking must be 'contiguous' or 'interleaved', got {chunking!r}")
+    order = interleave(length, set_size) if chunking == "interleaved" else list(range(length))
+    chunks = [order[s : s + set_size] for s in range(0, length, set_size)]
     if wrap:
-        chunks = [c + [(c[-1] + 1 + k) % length for k in range(set_size - len(c))] for c in chunks]
+        missing = set_size - len(chunks[-1])
+        chunks[-1] = chunks[-1] + [order[k % length] for k in range(missing)]
     return chunks
 
 
 class EvalSets(Dataset):
     """Evaluation sets: each group as one set, or in chunks (see :func:`eval_chunks`).
 
-    Images and masks are resized to ``image_size x image_size`` (bilinear for images,
-    nearest for masks); ``sizes`` keeps each image's original ``(H, W)``.
+    Images are resized to ``image_size x image_size`` (bilinear, antialiased). Masks are
+    prepared for scoring by the protocol of :func:`cosegkit.metrics.precision_jaccard`:
+
+    - ``masks="bilinear"`` (default): the binary mask is resized bilinearly with
+      antialiasing, as SSNM/UFO resize their 8-bit ground truth, and kept soft (values in
+      [0, 1]); :func:`~cosegkit.metrics.precision_jaccard` at ``size=image_size`` then
+      thresholds it at 0.5 exactly as the protocol does. Soft masks are valid targets for
+      the losses too.
+    - ``masks="nearest"``: binary masks resized by nearest neighbour (``nearest-exact``),
+      for code that needs {0, 1} at the network resolution. Scoring these differs from the
+      protocol along object borders.
+
+    ``original_masks=True`` adds each image's binary mask at its original size under
+    ``"original_masks"`` (a list of ``(1, H_i, W_i)`` tensors per set; :func:`collate_sets`
+    keeps it a list of lists), for scoring at full resolution with ``size=None``.
+
+    Every item carries ``score (N,)``: True for the images to score. It equals ``valid``
+    except under ``wrap=True``, where the images repeated to fill the last set are run
+    through the model (``valid``) but scored only once, as SSNM/UFO do.
 
     Args:
         groups: groups from a reader (masks may be absent: then ``masks`` is all zeros and
             ``has_mask`` False).
         set_size: images per set, or ``None`` for whole groups.
         image_size: side ``S`` of the evaluation images.
-        chunking: ``"contiguous"`` (default) or ``"interleaved"`` (UFO's).
+        chunking: ``"contiguous"`` (default) or ``"interleaved"`` (UFO's ``test.py``).
         wrap: fill short sets by wrapping around (UFO/SSNM comparability only).
+        masks: ``"bilinear"`` (soft, the protocol's resize) or ``"nearest"`` (binary).
+        original_masks: also return the masks at their original size.
         loader: ``(group, index) -> (image, mask)``.
 
     Example:
@@ -298,6 +342,9 @@ class EvalSets(Dataset):
         >>> ds = EvalSets([Group("a", tuple("0123456"), tuple("0123456"))], set_size=5, image_size=16, loader=fake)
         >>> [int(item["valid"].sum()) for item in ds]
         [5, 2]
+        >>> wrapped = EvalSets(ds.groups, set_size=5, image_size=16, wrap=True, loader=fake)
+        >>> wrapped[1]["indices"].tolist(), wrapped[1]["valid"].tolist(), wrapped[1]["score"].tolist()
+        ([5, 6, 0, 1, 2], [True, True, True, True, True], [True, True, False, False, False])
     """
 
     def __init__(
@@ -308,52 +355,82 @@ class EvalSets(Dataset):
         *,
         chunking: Literal["contiguous", "interleaved"] = "contiguous",
         wrap: bool = False,
+        masks: Literal["bilinear", "nearest"] = "bilinear",
+        original_masks: bool = False,
         loader: Loader | None = None,
     ) -> None:
         self.groups = _check_groups(groups)
+        if masks not in ("bilinear", "nearest"):
+            raise CosegValueError(f"masks must be 'bilinear' or 'nearest', got {masks!r}")
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise CosegValueError(f"image_size must be a positive integer, got {image_size!r}")
         self.image_size = image_size
+        self.masks = masks
+        self.original_masks = original_masks
         self.loader = loader or _default_loader
-        self.sets = [
-            (gi, chunk)
-            for gi, group in enumerate(self.groups)
-            for chunk in eval_chunks(len(group), set_size, chunking, wrap=wrap)
-        ]
-        self.set_size = max(len(chunk) for _, chunk in self.sets)
+        self.sets: list[tuple[int, list[int], list[bool]]] = []
+        for gi, group in enumerate(self.groups):
+            seen: set[int] = set()
+            for chunk in eval_chunks(len(group), set_size, chunking, wrap=wrap):
+                score = []
+                for i in chunk:  # first appearance only, also within a set that wraps onto itself
+                    score.append(i not in seen)
+                    seen.add(i)
+                self.sets.append((gi, chunk, score))
+        self.set_size = max(len(chunk) for _, chunk, _ in self.sets)
 
     def __len__(self) -> int:
         return len(self.sets)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        gi, chunk = self.sets[index]
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        gi, chunk, score = self.sets[index]
         group = self.groups[gi]
-        images, masks, sizes = [], [], []
+        images, masks, sizes, originals = [], [], [], []
         has_mask = True
         for i in chunk:
             image, mask = self.loader(group, i)
             has_mask = has_mask and mask is not None
             sizes.append(image.shape[-2:])
-            image, mask = _resize_pair(image, mask, self.image_size)
+            if self.original_masks:
+                originals.append(mask if mask is not None else torch.zeros(1, *image.shape[-2:]))
+            image, mask = _resize_pair(image, mask, self.image_size, soft_mask=self.masks == "bilinear")
             images.append(image)
             masks.append(mask)
-        item = _padded_item(images, masks, chunk, gi, len(chunk), self.image_size)
+        item: dict[str, Any] = _padded_item(images, masks, chunk, gi, len(chunk), self.image_size)
+        item["score"] = torch.tensor(score)
         item["sizes"] = torch.tensor([list(s) for s in sizes])
         item["has_mask"] = torch.tensor(has_mask)
+        if self.original_masks:
+            item["original_masks"] = originals
         return item
 
 
-def collate_sets(items: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def collate_sets(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack set items into a batch, padding sets to the largest ``N`` (``valid`` False).
 
-    Per-image tensors (``images``, ``masks``, ``valid``, ``indices``, ``sizes``) become
-    ``(B, N, ...)``; per-set scalars (``group``, ``has_mask``) become ``(B,)``.
+    Per-image tensors (``images``, ``masks``, ``valid``, ``score``, ``indices``, ``sizes``)
+    become ``(B, N, ...)``; per-set scalars (``group``, ``has_mask``) become ``(B,)``; lists
+    (``original_masks``) are kept as a list of the items' lists, without padding.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.data import collate_sets
+        >>> one = {"images": torch.zeros(2, 3, 8, 8), "valid": torch.ones(2, dtype=torch.bool), "group": torch.tensor(0)}
+        >>> two = {"images": torch.zeros(1, 3, 8, 8), "valid": torch.ones(1, dtype=torch.bool), "group": torch.tensor(1)}
+        >>> batch = collate_sets([one, two])
+        >>> batch["images"].shape, batch["valid"].tolist()
+        (torch.Size([2, 2, 3, 8, 8]), [[True, True], [True, False]])
     """
     if not items:
         raise CosegValueError("cannot collate an empty list of sets")
     n = max(int(item["valid"].shape[0]) for item in items)
-    fill = {"valid": False, "indices": -1}
-    batch: dict[str, torch.Tensor] = {}
+    fill = {"valid": False, "score": False, "indices": -1}
+    batch: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]
+        if not isinstance(values[0], torch.Tensor):
+            batch[key] = values
+            continue
         if values[0].ndim == 0:
             batch[key] = torch.stack(values)
             continue

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cosegkit.data import Augmentation, DataError, EvalSets, Group, TrainSets, collate_sets, eval_chunks
+from cosegkit.data import Augmentation, DataError, EvalSets, Group, TrainSets, collate_sets, eval_chunks, interleave
 from cosegkit.errors import CosegValueError
 
 
@@ -107,12 +107,62 @@ def test_eval_chunks() -> None:
     assert eval_chunks(7, 10) == [list(range(7))]
     assert eval_chunks(10, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert eval_chunks(11, 5) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10]]
-    assert eval_chunks(11, 5, "interleaved") == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    # UFO's test.py: order 0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, then consecutive chunks of 5
+    assert eval_chunks(11, 5, "interleaved") == [[0, 3, 6, 9, 1], [4, 7, 10, 2, 5], [8]]
+    assert eval_chunks(11, 5, "interleaved", wrap=True) == [[0, 3, 6, 9, 1], [4, 7, 10, 2, 5], [8, 0, 3, 6, 9]]
+    assert eval_chunks(12, 5, wrap=True) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 0, 1, 2]]
     assert eval_chunks(4, 5, wrap=True) == [[0, 1, 2, 3, 0]]
+    assert eval_chunks(2, 5, wrap=True) == [[0, 1, 0, 1, 0]]
+    assert interleave(12, 5) == [0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]
     with pytest.raises(CosegValueError):
         eval_chunks(0, 5)
     with pytest.raises(CosegValueError):
         eval_chunks(5, 2, "random")  # type: ignore[arg-type]
+    with pytest.raises(CosegValueError, match="set_size"):
+        eval_chunks(5, 0)
+
+
+def ufo_test_py_groups(names: list[str], group_size: int) -> list[list[str]]:
+    """A literal transcription of the grouping in UFO's ``test.py`` (list slicing for tensors)."""
+    image_path = sorted(names)
+    idx = []
+    block_size = (len(image_path) + group_size - 1) // group_size
+    for ii in range(block_size):
+        cur = ii
+        while cur < len(image_path):
+            idx.append(cur)
+            cur += block_size
+    image_path = [image_path[idx[ii]] for ii in range(len(image_path))]
+    groups = []
+    divided, rested = len(image_path) // group_size, len(image_path) % group_size
+    for k in range(divided):
+        groups.append(image_path[k * group_size : (k + 1) * group_size])
+    if rested != 0:
+        groups.append(image_path[-rested:] + image_path[: group_size - rested])
+    return groups
+
+
+@given(length=st.integers(3, 80), set_size=st.integers(1, 12))
+def test_interleaved_wrap_matches_ufo_test_py(length: int, set_size: int) -> None:
+    names = [f"img_{i:04d}.jpg" for i in range(length)]
+    ours = [[names[i] for i in chunk] for chunk in eval_chunks(length, set_size, "interleaved", wrap=True)]
+    if set_size < length:
+        assert ours == ufo_test_py_groups(names, set_size)
+    else:  # UFO slices a short list there; we cycle to fill the set
+        assert ours[0][:length] == names and len(ours[0]) == set_size
+
+
+@given(length=st.integers(1, 60), set_size=st.integers(1, 12), chunking=st.sampled_from(["contiguous", "interleaved"]))
+def test_wrapped_sets_are_full_and_score_every_image_once(length: int, set_size: int, chunking: str) -> None:
+    fake = lambda g, i: (torch.rand(3, 4, 4), torch.ones(1, 4, 4))  # noqa: E731
+    group = Group("g", tuple(f"{i}" for i in range(length)), tuple(f"{i}" for i in range(length)))
+    ds = EvalSets([group], set_size=set_size, image_size=4, chunking=chunking, wrap=True, loader=fake)  # type: ignore[arg-type]
+    scored: list[int] = []
+    for k in range(len(ds)):
+        item = ds[k]
+        assert len(item["indices"]) == set_size and item["valid"].all()
+        scored += item["indices"][item["score"]].tolist()
+    assert sorted(scored) == list(range(length))
 
 
 @given(length=st.integers(1, 60), set_size=st.integers(1, 12), chunking=st.sampled_from(["contiguous", "interleaved"]))
@@ -133,6 +183,30 @@ def test_eval_sets_and_collate_pad_the_last_set() -> None:
     assert batch["group"].tolist() == [0, 0, 1]
     assert batch["sizes"][0, 0].tolist() == [48, 64]
     assert not batch["images"][1, 2:].any()  # padding is zeros
+    assert torch.equal(batch["score"], batch["valid"])  # no wrap: every run image is scored once
+
+
+def test_eval_masks_follow_the_protocols_resize() -> None:
+    """Bilinear (antialiased) soft masks: thresholded at 0.5 they equal the protocol's ground truth."""
+    from cosegkit.metrics.functional import precision_jaccard
+
+    soft = EvalSets(make_groups({"a": 3}), image_size=20, loader=pattern_loader, original_masks=True)[0]
+    hard = EvalSets(make_groups({"a": 3}), image_size=20, loader=pattern_loader, masks="nearest")[0]
+    assert set(hard["masks"].unique().tolist()) <= {0.0, 1.0}
+    assert ((soft["masks"] > 0) & (soft["masks"] < 1)).any()  # soft along the borders
+    originals = torch.stack(soft["original_masks"])  # (3, 1, 48, 64), binary
+    assert originals.shape == (3, 1, 48, 64) and set(originals.unique().tolist()) <= {0.0, 1.0}
+    expected = torch.nn.functional.interpolate(originals, size=(20, 20), mode="bilinear", antialias=True) >= 0.5
+    assert torch.equal(soft["masks"] >= 0.5, expected)
+    # scoring the original-size masks at 20 px equals scoring the soft ones (same resize inside)
+    pred = torch.rand(1, 3, 1, 20, 20)
+    p_soft, j_soft = precision_jaccard(pred, soft["masks"][None], size=20)
+    p_orig, j_orig = precision_jaccard(pred, originals[None], size=20)
+    assert torch.equal(p_soft, p_orig) and torch.equal(j_soft, j_orig)
+    batch = collate_sets([soft, soft])
+    assert len(batch["original_masks"]) == 2 and len(batch["original_masks"][0]) == 3
+    with pytest.raises(CosegValueError, match="masks must be"):
+        EvalSets(make_groups({"a": 3}), loader=pattern_loader, masks="area")  # type: ignore[arg-type]
 
 
 def test_errors() -> None:
