@@ -417,7 +417,11 @@ class SyntheticWorld:
 
         Args:
             set_size: images in the set, ``N >= 1``.
-            seed: an int or a tuple of ints that fixes the set (same seed, same set).
+            seed: an int or a tuple of ints that fixes the set (same seed, same set). Seeds
+                go through :class:`numpy.random.SeedSequence`, which ignores trailing zeros:
+                ``s``, ``(s,)`` and ``(s, 0)`` give the same set, so item 0 of
+                ``SyntheticCosegDataset(..., seed=s)`` is ``sample_set(seed=s)``. Keep
+                training and held-out data apart by their first word (e.g. seeds 0 and 1).
             generator: a NumPy or torch generator to draw from instead of ``seed``. With
                 neither, a seed is drawn from torch's global RNG (so ``torch.manual_seed``
                 makes it reproducible).

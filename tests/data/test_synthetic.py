@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
 
 import numpy as np
@@ -69,14 +68,6 @@ def test_vocabulary_and_class_names():
 def test_world_classes_are_deterministic_by_seed():
     assert SyntheticWorld(num_classes=12, seed=5).classes == SyntheticWorld(num_classes=12, seed=5).classes
     assert SyntheticWorld(num_classes=12, seed=5).classes != SyntheticWorld(num_classes=12, seed=6).classes
-
-
-def test_world_is_cheap_to_construct():
-    start = time.perf_counter()
-    for seed in range(50):
-        SyntheticWorld(num_classes=320, image_size=224, seed=seed)
-    # ~1 ms each here; a world that pre-rendered anything per class would take far longer
-    assert time.perf_counter() - start < 2.0
 
 
 @pytest.mark.parametrize(
@@ -379,13 +370,9 @@ def test_write_folder_dataset(tmp_path):
         write_folder_dataset(world, tmp_path, images_per_group=1)
 
 
-# ---------------------------------------------------------------------------- speed
-
-
-def test_generation_is_vectorised():
-    world = SyntheticWorld(num_classes=10, image_size=128)
-    world.sample_set(1, seed=0)
-    start = time.perf_counter()
-    world.sample_set(40, seed=1)
-    # ~40 ms on one core; per-pixel Python loops would take seconds
-    assert time.perf_counter() - start < 1.5
+def test_trailing_zero_seeds_give_the_same_set_as_documented() -> None:
+    world = SyntheticWorld(num_classes=6, image_size=32, seed=0)
+    item = SyntheticCosegDataset(world, set_size=3, length=2, seed=4)[0]
+    plain = world.sample_set(3, seed=4)
+    assert torch.equal(item["images"], plain.images)
+    assert not torch.equal(SyntheticCosegDataset(world, set_size=3, length=2, seed=4)[1]["images"], plain.images)
