@@ -28,6 +28,7 @@ from cosegkit.losses import (
     iou_loss,
     set_class_targets,
 )
+from cosegkit.metrics import CosegJaccard, CosegMetrics, CosegPrecision, precision_jaccard, reduce_scores
 from cosegkit.models import LCCo, LCCoOutput
 
 __all__ = [
@@ -40,6 +41,9 @@ __all__ = [
     "ClipRegularizationOutput",
     "CoarseMaskDecoder",
     "CosegError",
+    "CosegJaccard",
+    "CosegMetrics",
+    "CosegPrecision",
     "CosegShapeError",
     "CosegValueError",
     "FrozenClip",
@@ -54,5 +58,7 @@ __all__ = [
     "classification_loss",
     "coarse_segmentation_loss",
     "iou_loss",
+    "precision_jaccard",
+    "reduce_scores",
     "set_class_targets",
 ]
