@@ -1,0 +1,251 @@
+"""What a training run is: one flat, JSON-serialisable config, and the builders it drives.
+
+:class:`TrainConfig` holds every setting of ``cosegkit train``; the run folder keeps it as
+``config.json`` (resolved: every default written out), and ``--resume`` rebuilds the same run
+from it. The builders turn a config into the model, the training sets and the evaluation sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from cosegkit.data.readers import READERS, get_reader
+from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets
+from cosegkit.data.synthetic import SyntheticWorld
+from cosegkit.data.types import DataError, Group
+from cosegkit.errors import CosegValueError
+
+__all__ = ["DATASETS", "SyntheticTrainSets", "TrainConfig", "build_eval_sets", "build_model", "build_train_sets"]
+
+DATASETS: tuple[str, ...] = ("synthetic", *READERS)
+"""Dataset names ``cosegkit train`` accepts: the synthetic world and every reader."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (see ``cosegkit train --help`` for each one's flag).
+
+    Data: ``dataset`` is ``"synthetic"`` or a reader name (``"pascal_voc"``, ``"coco"``,
+    ``"icoseg"``, ``"msrc"``, ``"internet"``, ``"processed"``, ``"folder"``) with ``root`` its
+    folder (for COCO, the instances json; images beside it in ``coco_images``). ``classes``
+    keeps only those groups for training; ``eval_classes`` names held-out groups evaluated at
+    the end of the run. ``world_*`` describe the synthetic world.
+
+    Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
+    ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
+    ``top_k``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
+    with ``lr`` and a cosine schedule after ``warmup`` steps, loss weights ``lambda1`` and
+    ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
+    """
+
+    # data
+    dataset: str = "synthetic"
+    root: str | None = None
+    coco_images: str | None = None
+    classes: list[str] | None = None
+    eval_classes: list[str] | None = None
+    world_classes: int = 16
+    world_seed: int = 0
+    world_objects: tuple[int, int] = (2, 3)
+    image_size: int = 224
+    set_size: int = 5
+    batch_size: int = 2
+    augment: bool = True
+    workers: int = 0
+    # model
+    encoder: str = "resnet50"
+    encoder_weights: str | None = "imagenet"
+    encoder_depth: int = 5
+    decoder_channels: list[int] | None = None
+    clip_model: str = "ViT-B-16"
+    clip_pretrained: str | None = "openai"
+    use_correspondence: bool = True
+    use_interaction: bool = True
+    use_regularization: bool = True
+    top_k: int = 5
+    heads: int = 8
+    # optimisation
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup: int = 0
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    seed: int = 0
+    # run
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    eval_set_size: int | None = 5
+    eval_preset: str = "ssnm"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise KeyError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
+        if self.dataset != "synthetic" and not self.root:
+            raise CosegValueError(f"dataset {self.dataset!r} needs its folder: pass root (--root PATH)")
+        for name in ("steps", "set_size", "batch_size", "image_size", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CosegValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.lr <= 0:
+            raise CosegValueError(f"lr must be positive, got {self.lr}")
+        self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON data."""
+        data = dataclasses.asdict(self)
+        data["world_objects"] = list(self.world_objects)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict`'s output; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise CosegValueError(f"unknown config keys {unknown}; valid keys are {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        """Read a ``config.json`` written by :meth:`save`."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CosegValueError(f"could not read the run config {str(path)!r}: {err}") from err
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the resolved config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def world(self) -> SyntheticWorld:
+        """The synthetic world of this config."""
+        return SyntheticWorld(
+            num_classes=self.world_classes,
+            image_size=self.image_size,
+            objects_per_image=self.world_objects,
+            seed=self.world_seed,
+        )
+
+    def vocabulary(self) -> tuple[list[str] | None, list[str] | None]:
+        """The CLIP prompt vocabulary and templates: the world's classes, or the defaults."""
+        if self.dataset == "synthetic":
+            from cosegkit.clip.pretrain import SYNTHETIC_TEMPLATES
+
+            return self.world().class_names, list(SYNTHETIC_TEMPLATES)
+        return None, None
+
+
+class SyntheticTrainSets(Dataset):
+    """Items of the synthetic world in the layout of :class:`~cosegkit.data.TrainSets`.
+
+    Item ``i`` is ``world.sample_set(set_size, seed=(seed, i))`` with ``valid`` all True and
+    its target class under ``group``.
+    """
+
+    def __init__(self, world: SyntheticWorld, set_size: int, length: int, seed: int = 0) -> None:
+        self.world, self.set_size, self.length, self.seed = world, set_size, length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"item {index} out of range for {self.length} sets")
+        s = self.world.sample_set(self.set_size, seed=(self.seed, index))
+        n = len(s)
+        return {
+            "images": s.images,
+            "masks": s.masks,
+            "valid": torch.ones(n, dtype=torch.bool),
+            "score": torch.ones(n, dtype=torch.bool),
+            "group": torch.tensor(s.target),
+            "indices": torch.arange(n),
+        }
+
+
+def _select(groups: Sequence[Group], names: Sequence[str] | None, what: str) -> list[Group]:
+    if not names:
+        return list(groups)
+    by_name = {g.name: g for g in groups}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(f"{what} {missing} are not groups of this dataset; its groups are {sorted(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def _read_groups(config: TrainConfig) -> list[Group]:
+    reader = get_reader(config.dataset)
+    if config.dataset == "coco":
+        if not config.coco_images:
+            raise CosegValueError("dataset 'coco' needs the image folder too: pass coco_images (--coco-images PATH)")
+        return reader(config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)))
+    return reader(config.root)
+
+
+def build_train_sets(config: TrainConfig, length: int) -> Dataset:
+    """The training dataset of ``length`` items: synthetic sets, or :class:`TrainSets` of a reader's groups."""
+    if config.dataset == "synthetic":
+        return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
+    groups = _select(_read_groups(config), config.classes, "training classes")
+    return TrainSets(
+        groups,
+        config.set_size,
+        config.image_size,
+        length=length,
+        augment=Augmentation() if config.augment else None,
+        seed=config.seed,
+    )
+
+
+def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int = 40) -> Dataset:
+    """Held-out evaluation sets: ``sets`` synthetic sets (seed word 1), or :class:`EvalSets` of the named groups."""
+    if config.dataset == "synthetic":
+        return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=config.seed + 1)
+    groups = _select(_read_groups(config), classes, "evaluation classes")
+    return EvalSets(groups, config.eval_set_size, config.image_size)
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The LCCo of ``config``, initialised from ``config.seed`` (so a resumed run rebuilds it)."""
+    from cosegkit.clip.pretrain import SYNTHETIC_CLIP, register_synthetic_clip
+    from cosegkit.models.lcco import LCCo
+    from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
+
+    if config.clip_model == SYNTHETIC_CLIP:
+        register_synthetic_clip()
+    elif config.clip_model in TINY_CLIP_CONFIGS:
+        register_tiny_clips()
+    classnames, templates = config.vocabulary()
+    torch.manual_seed(config.seed)
+    return LCCo(
+        encoder_name=config.encoder,
+        encoder_weights=config.encoder_weights,
+        encoder_depth=config.encoder_depth,
+        decoder_channels=config.decoder_channels,
+        clip_model=config.clip_model,
+        clip_pretrained=config.clip_pretrained,
+        classnames=classnames,
+        templates=templates,
+        top_k=config.top_k,
+        heads=config.heads,
+        clip_heads=config.heads,
+        use_correspondence=config.use_correspondence,
+        use_interaction=config.use_interaction,
+        use_regularization=config.use_regularization,
+    )

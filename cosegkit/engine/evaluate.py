@@ -1,0 +1,122 @@
+"""Evaluate a model on evaluation sets: per-image P and J, reduced over images and per group.
+
+Works on any dataset whose items carry ``images``, ``masks``, ``valid`` and ``group`` (and
+optionally ``score``): :class:`~cosegkit.data.EvalSets`, or the synthetic sets of
+:class:`~cosegkit.engine.config.SyntheticTrainSets`. Under ``torchrun`` each process scores a
+shard of the sets and the numbers are reduced across processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cosegkit.data.sampling import collate_sets
+from cosegkit.engine.distributed import DistInfo, all_gather_cat
+from cosegkit.metrics.functional import precision_jaccard, reduce_scores
+
+__all__ = ["EvalResult", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """The outcome of :func:`evaluate`.
+
+    Attributes:
+        P: precision over all scored images (the SSNM/UFO reduction).
+        J: Jaccard index over all scored images.
+        images: how many images were scored.
+        per_group: ``{group name: {"P": ..., "J": ..., "images": ...}}``.
+        preset: the binarisation preset used.
+    """
+
+    P: float
+    J: float
+    images: int
+    per_group: dict[str, dict[str, float]] = field(default_factory=dict)
+    preset: str = "ssnm"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON data."""
+        return {"P": self.P, "J": self.J, "images": self.images, "preset": self.preset, "per_group": self.per_group}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    *,
+    preset: str = "ssnm",
+    batch_size: int = 1,
+    group_names: Sequence[str] | None = None,
+    device: torch.device | str = "cpu",
+    workers: int = 0,
+    dist: DistInfo | None = None,
+    progress: Any = None,
+) -> EvalResult:
+    """Score ``model`` on every set of ``dataset`` with :func:`~cosegkit.metrics.precision_jaccard`.
+
+    Masks are compared at the images' resolution (the items' mask size). Images repeated to
+    fill a set (``score`` False) and padding (``valid`` False) are run but not scored.
+
+    Args:
+        model: an :class:`~cosegkit.LCCo` (or a DDP wrapper of one).
+        dataset: evaluation sets.
+        preset: ``"ssnm"``, ``"ufo"`` or ``"fixed"``.
+        batch_size: sets per forward pass.
+        group_names: names of the group ids, for ``per_group`` (ids otherwise).
+        device: where to run.
+        workers: data-loader worker processes.
+        dist: the process group's rank and size; each rank scores every ``world``-th set.
+        progress: a callable wrapping an iterable in a progress bar (e.g. ``tqdm``), or None.
+
+    Returns:
+        An :class:`EvalResult`.
+    """
+    net = _unwrap(model)
+    net.eval()
+    indices = list(range(len(dataset)))
+    if dist is not None and dist.world > 1:
+        indices = indices[dist.rank :: dist.world]
+    loader = DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=batch_size,
+        collate_fn=collate_sets,
+        num_workers=workers,
+    )
+    p_all, j_all, g_all = [], [], []
+    iterator = progress(loader) if progress is not None else loader
+    for batch in iterator:
+        images = batch["images"].to(device)
+        valid = batch["valid"].to(device)
+        score = batch.get("score", batch["valid"]).to(device) & valid
+        probs = net(images, valid).masks.float().sigmoid()
+        masks = batch["masks"].to(device)
+        p, j = precision_jaccard(probs, masks, preset=preset, size=tuple(masks.shape[-2:]), valid=score)
+        keep = ~torch.isnan(p)
+        groups = batch["group"].to(device)[:, None].expand_as(p)
+        p_all.append(p[keep].double())
+        j_all.append(j[keep].double())
+        g_all.append(groups[keep])
+    p = torch.cat(p_all) if p_all else torch.empty(0, dtype=torch.float64, device=device)
+    j = torch.cat(j_all) if j_all else torch.empty(0, dtype=torch.float64, device=device)
+    g = torch.cat(g_all) if g_all else torch.empty(0, dtype=torch.long, device=device)
+    if dist is not None and dist.world > 1:
+        p, j, g = all_gather_cat(p), all_gather_cat(j), all_gather_cat(g)
+    per_group: dict[str, dict[str, float]] = {}
+    for gid in torch.unique(g).tolist():
+        sel = g == gid
+        name = group_names[gid] if group_names is not None and gid < len(group_names) else str(gid)
+        per_group[name] = {"P": float(p[sel].mean()), "J": float(j[sel].mean()), "images": int(sel.sum())}
+    if p.numel() == 0:
+        return EvalResult(math.nan, math.nan, 0, per_group, preset)
+    return EvalResult(float(reduce_scores(p)), float(reduce_scores(j)), int(p.numel()), per_group, preset)

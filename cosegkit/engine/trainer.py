@@ -1,0 +1,299 @@
+"""The training loop of ``cosegkit train``: resumable, checkpointed, distributed through torchrun.
+
+A run folder holds::
+
+    config.json          the resolved TrainConfig (every default written out)
+    metrics.jsonl        one JSON line per logged step (losses, learning rate, seconds)
+    checkpoints/         step_XXXXXXXX.pt, written atomically; the newest few are kept
+    model/               the final model (LCCo.save_pretrained), for evaluate and segment
+    eval.json            the held-out evaluation at the end of the run, when there is one
+
+Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
+``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
+index, so the data of a step depends on nothing but the step. A checkpoint holds the model,
+optimizer and scheduler states, the step and the RNG states; on the CPU a run that is killed
+and resumed ends with the same weights as one that was not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from cosegkit.data.sampling import collate_sets
+from cosegkit.engine import distributed
+from cosegkit.engine.checkpoint import find_checkpoints, load_checkpoint, save_checkpoint
+from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model, build_train_sets
+from cosegkit.engine.evaluate import EvalResult, evaluate
+from cosegkit.errors import CosegError, CosegValueError
+
+__all__ = ["StepBatches", "TrainingDiverged", "TrainingInterrupted", "TrainResult", "train"]
+
+
+class TrainingDiverged(CosegError, RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(CosegError, RuntimeError):
+    """The run was stopped by a signal (SIGINT or SIGTERM) after saving a checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run folder, the steps done and the final evaluation."""
+
+    run_dir: Path
+    steps: int
+    last_loss: float
+    evaluation: EvalResult | None
+
+
+class StepBatches(Sampler[list[int]]):
+    """Batches of dataset indices by step: step ``s`` of rank ``r`` gets ``B`` fixed indices.
+
+    Starting at ``start`` resumes the exact sequence of a run that stopped there.
+    """
+
+    def __init__(self, start: int, steps: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.start, self.steps, self.batch_size, self.rank, self.world = start, steps, batch_size, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in range(self.start, self.steps):
+            first = (s * self.world + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+
+
+def _lr_lambda(config: TrainConfig):
+    def factor(step: int) -> float:
+        if config.warmup and step < config.warmup:
+            return (step + 1) / config.warmup
+        span = max(1, config.steps - config.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - config.warmup) / span)))
+
+    return factor
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def train(
+    config: TrainConfig | None,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train LCCo as ``config`` says, writing the run folder ``run_dir``.
+
+    Args:
+        config: the settings; with ``resume=True`` it may be ``None`` (the run's own
+            ``config.json`` is used) and otherwise must match it.
+        run_dir: the run folder (created).
+        resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
+        progress: show a progress bar (on the main process).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or Inf.
+        TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint of the last finished
+            step was written first, and ``resume=True`` continues from it.
+    """
+    run = Path(run_dir)
+    ckpt_dir = run / "checkpoints"
+    if resume:
+        saved = TrainConfig.load(run / "config.json")
+        if config is not None and config.to_dict() != saved.to_dict():
+            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
+            raise CosegValueError(f"--resume continues the run as it was configured; these settings differ: {diff}")
+        config = saved
+    elif config is None:
+        raise CosegValueError("a new run needs a config")
+    elif find_checkpoints(ckpt_dir):
+        raise CosegValueError(f"{str(run)!r} already holds checkpoints; pass --resume to continue it, or a new --out")
+
+    dist = distributed.setup(config.device)
+    try:
+        return _train(config, run, ckpt_dir, dist, resume=resume, progress=progress and dist.is_main)
+    finally:
+        distributed.cleanup()
+
+
+def _train(
+    config: TrainConfig, run: Path, ckpt_dir: Path, dist: distributed.DistInfo, *, resume: bool, progress: bool
+) -> TrainResult:
+    from cosegkit.losses.lcco import LCCoLoss
+
+    device = dist.device
+    if dist.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            config.save(run / "config.json")
+    model = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
+    start = 0
+    last_good: Path | None = None
+    if resume:
+        checkpoints = find_checkpoints(ckpt_dir)
+        if not checkpoints:
+            raise CosegValueError(f"nothing to resume: {str(ckpt_dir)!r} holds no checkpoint")
+        last_good = checkpoints[-1]
+        state = load_checkpoint(last_good, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"], device)
+        start = int(state["step"])
+    net: torch.nn.Module = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    forward = torch.compile(net) if config.compile else net
+    criterion = LCCoLoss(lambda1=config.lambda1, lambda2=config.lambda2)
+
+    dataset = build_train_sets(config, length=config.steps * config.batch_size * dist.world)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=StepBatches(start, config.steps, config.batch_size, dist.rank, dist.world),
+        collate_fn=collate_sets,
+        num_workers=config.workers,
+        persistent_workers=False,
+    )
+
+    def checkpoint(step: int) -> Path | None:
+        if not dist.is_main:
+            return None
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(device),
+            "config": config.to_dict(),
+        }
+        return save_checkpoint(state, ckpt_dir, step, keep=config.keep_checkpoints)
+
+    amp = config.amp and device.type == "cuda"
+    bar = _progress(config.steps, start, progress, "train")
+    log = (run / "metrics.jsonl").open("a") if dist.is_main else None
+    step, loss_value, tic = start, math.nan, time.perf_counter()
+    try:
+        with _StopFlag() as stop:
+            model.train()
+            for step, batch in enumerate(loader, start=start):
+                images = batch["images"].to(device, non_blocking=True)
+                masks = batch["masks"].to(device, non_blocking=True)
+                valid = batch["valid"].to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = forward(images, valid=valid, masks=masks)
+                losses = criterion(out, masks)
+                finite = torch.isfinite(losses.total.detach()).float()
+                if dist.world > 1:
+                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                if not bool(finite):
+                    where = f"the last good checkpoint is {str(last_good)!r}" if last_good else "no checkpoint was written"
+                    raise TrainingDiverged(
+                        f"the loss became {float(losses.total):.4g} at step {step + 1}; the run stopped and "
+                        f"{where}. Lower the learning rate (--lr) or check the data, then resume or restart"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
+                optimizer.step()
+                scheduler.step()
+                loss_value = float(losses.total.detach())
+                done = step + 1
+                if log is not None and (done % config.log_every == 0 or done == config.steps):
+                    record = {"step": done, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - tic, 3)}
+                    record.update({k: float(v.detach()) for k, v in losses._asdict().items() if v is not None})
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_value:.4f}")
+                stopping = stop.signal is not None
+                if dist.world > 1:
+                    flag = torch.tensor([float(stopping)], device=device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    stopping = bool(flag)
+                if done % config.checkpoint_every == 0 or done == config.steps or stopping:
+                    last_good = checkpoint(done) or last_good
+                    if dist.world > 1:
+                        torch.distributed.barrier()
+                if stopping:
+                    raise TrainingInterrupted(
+                        f"stopped by a signal after step {done}; checkpoint written to {str(ckpt_dir)!r}. "
+                        f"Continue with --resume"
+                    )
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+
+    evaluation = None
+    if dist.is_main:
+        model.save_pretrained(run / "model")
+    if config.dataset == "synthetic" or config.eval_classes:
+        eval_sets = build_eval_sets(config, config.eval_classes)
+        names = [g.name for g in getattr(eval_sets, "groups", [])] or None
+        if config.dataset == "synthetic":
+            names = config.world().class_names
+        evaluation = evaluate(
+            model, eval_sets, preset=config.eval_preset, group_names=names, device=device, dist=dist
+        )
+        if dist.is_main:
+            (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    return TrainResult(run, config.steps, loss_value, evaluation)
