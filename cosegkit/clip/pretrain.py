@@ -186,7 +186,7 @@ def pretrain_synthetic_clip(
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # at most 100, as open_clip's training does
         if progress is not None:
-            progress(step + 1, config.steps, float(loss))
+            progress(step + 1, config.steps, float(loss.detach()))
     elapsed = time.perf_counter() - start
 
     folder.mkdir(parents=True, exist_ok=True)

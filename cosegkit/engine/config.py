@@ -213,9 +213,11 @@ def build_train_sets(config: TrainConfig, length: int) -> Dataset:
     )
 
 
-def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int = 40) -> Dataset:
-    """Held-out evaluation sets: ``sets`` synthetic sets (seed word 1), or :class:`EvalSets` of the named groups."""
+def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int | None = None) -> Dataset:
+    """Held-out evaluation sets: synthetic sets drawn with seed ``config.seed + 1`` (``sets`` of
+    them, default ``config.extra["eval_sets"]`` or 40), or :class:`EvalSets` of the named groups."""
     if config.dataset == "synthetic":
+        sets = sets or int(config.extra.get("eval_sets", 40))
         return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=config.seed + 1)
     groups = _select(_read_groups(config), classes, "evaluation classes")
     return EvalSets(groups, config.eval_set_size, config.image_size)

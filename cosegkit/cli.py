@@ -1,0 +1,396 @@
+"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate`` and ``segment``.
+
+``python -m cosegkit`` runs the same command. Bad arguments end with a one-line error (exit
+status 2), not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def _none_or_str(value: str) -> str | None:
+    return None if value.lower() in ("none", "random", "") else value
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _set_size(value: str) -> int | None:
+    return None if value.lower() in ("all", "none", "group") else _positive(value)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from cosegkit.engine.config import DATASETS
+
+    p = sub.add_parser(
+        "train",
+        help="train LCCo (or an ablation of it) and write a run folder",
+        formatter_class=_FORMATTER,
+        description="Train LCCo on a dataset and write a run folder: config.json, metrics.jsonl, "
+        "checkpoints/, model/ and eval.json.",
+        epilog="""examples:
+  # the paper's set-up on PASCAL-VOC co-segmentation (downloads ImageNet and CLIP weights)
+  cosegkit train --dataset pascal_voc --root data/pascal_voc_coseg --out runs/pascal
+
+  # offline, random weights, train on some classes and evaluate on others
+  cosegkit train --dataset pascal_voc --root ../shared/data/pascal_voc_coseg \\
+      --classes Aero Bird Boat Bus --eval-classes Cat Dog \\
+      --encoder resnet18 --encoder-weights none --clip-pretrained none --steps 200
+
+  # the single-image Baseline (all three modules off)
+  cosegkit train --dataset synthetic --no-correspondence --no-interaction --no-regularization
+
+  # continue an interrupted run, on 2 GPUs or CPU processes
+  torchrun --nproc-per-node 2 -m cosegkit train --out runs/pascal --resume
+""",
+    )
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset reader (default: synthetic)")
+    d.add_argument("--root", help="dataset folder (for coco: the instances json)")
+    d.add_argument("--coco-images", help="coco only: the image folder")
+    d.add_argument("--classes", nargs="+", metavar="GROUP", help="train on these groups only")
+    d.add_argument("--eval-classes", nargs="+", metavar="GROUP", help="evaluate on these groups at the end")
+    d.add_argument("--world-classes", type=_positive, default=16, help="synthetic world: classes (default 16)")
+    d.add_argument("--world-seed", type=int, default=0, help="synthetic world: which classes (default 0)")
+    d.add_argument("--image-size", type=_positive, default=224, help="training image side (default 224)")
+    d.add_argument("--set-size", type=_positive, default=5, help="images per set N (default 5)")
+    d.add_argument("--batch-size", type=_positive, default=2, help="sets per step B (default 2)")
+    d.add_argument("--no-augment", action="store_true", help="no flip, scale-crop or colour jitter")
+    d.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    m = p.add_argument_group("model")
+    m.add_argument("--encoder", default="resnet50", help="smp encoder, or tu-<timm name> (default resnet50)")
+    m.add_argument("--encoder-weights", type=_none_or_str, default="imagenet", help="tag, file, or none")
+    m.add_argument("--encoder-depth", type=_positive, default=5, help="encoder stages (default 5)")
+    m.add_argument("--decoder-channels", type=_positive, nargs="+", help="decoder widths, deepest first")
+    m.add_argument("--clip-model", default="ViT-B-16", help="open_clip architecture (default ViT-B-16)")
+    m.add_argument("--clip-pretrained", type=_none_or_str, default="openai", help="tag, file, or none")
+    m.add_argument("--no-correspondence", action="store_true", help="switch off ISFC (eq. 1-2)")
+    m.add_argument("--no-interaction", action="store_true", help="switch off CLIP interaction (eq. 3-5)")
+    m.add_argument("--no-regularization", action="store_true", help="switch off CLIP regularization (eq. 6-8)")
+    m.add_argument("--top-k", type=_positive, default=5, help="distilled text embeddings K (default 5)")
+    m.add_argument("--heads", type=_positive, default=8, help="attention heads (default 8)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=_positive, default=1000, help="optimizer steps (default 1000)")
+    o.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    o.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
+    o.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the cosine schedule")
+    o.add_argument("--lambda1", type=float, default=1.0, help="weight of the coarse segmentation loss (eq. 9)")
+    o.add_argument("--lambda2", type=float, default=1.0, help="weight of the classification loss (eq. 9)")
+    o.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
+    r = p.add_argument_group("run")
+    r.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    r.add_argument("--checkpoint-every", type=_positive, default=500, help="steps between checkpoints")
+    r.add_argument("--log-every", type=_positive, default=10, help="steps between metrics.jsonl lines")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default auto)")
+    r.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model")
+    r.add_argument("--eval-set-size", type=_set_size, default=5, help="images per evaluation set, or 'all'")
+    r.add_argument("--eval-preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="P/J binarisation")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+
+def _config_from_args(args: argparse.Namespace):
+    from cosegkit.engine.config import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset,
+        root=args.root,
+        coco_images=args.coco_images,
+        classes=args.classes,
+        eval_classes=args.eval_classes,
+        world_classes=args.world_classes,
+        world_seed=args.world_seed,
+        image_size=args.image_size,
+        set_size=args.set_size,
+        batch_size=args.batch_size,
+        augment=not args.no_augment,
+        workers=args.workers,
+        encoder=args.encoder,
+        encoder_weights=args.encoder_weights,
+        encoder_depth=args.encoder_depth,
+        decoder_channels=args.decoder_channels,
+        clip_model=args.clip_model,
+        clip_pretrained=args.clip_pretrained,
+        use_correspondence=not args.no_correspondence,
+        use_interaction=not args.no_interaction,
+        use_regularization=not args.no_regularization,
+        top_k=args.top_k,
+        heads=args.heads,
+        steps=args.steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        lambda1=args.lambda1,
+        lambda2=args.lambda2,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        device=args.device,
+        amp=args.amp,
+        compile=args.compile,
+        eval_set_size=args.eval_set_size,
+        eval_preset=args.eval_preset,
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from cosegkit.engine.trainer import train
+
+    if args.resume:
+        if not args.out:
+            raise _UsageError("--resume needs the run folder: --out RUN_DIR")
+        config = None
+    else:
+        config = _config_from_args(args)
+    out = args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(f"run folder: {result.run_dir}  (steps {result.steps}, last loss {result.last_loss:.4f})")
+    if result.evaluation is not None:
+        ev = result.evaluation
+        print(f"held-out evaluation ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score a trained model on datasets with P and J",
+        formatter_class=_FORMATTER,
+        description="Score a model folder (written by train or save_pretrained) on one or more datasets.",
+        epilog="""examples:
+  cosegkit evaluate --model runs/pascal/model --data pascal_voc=../shared/data/pascal_voc_coseg
+  cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg msrc=data/MSRC --preset ufo --per-group
+  cosegkit evaluate --model runs/demo/model --data synthetic --json scores.json
+""",
+    )
+    p.add_argument("--model", required=True, help="a model folder, or a run folder (its model/ is used)")
+    p.add_argument("--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic")
+    p.add_argument("--classes", nargs="+", metavar="GROUP", help="score these groups only")
+    p.add_argument("--preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="binarisation (default ssnm)")
+    p.add_argument("--set-size", type=_set_size, default=5, help="images per set, or 'all' (default 5)")
+    p.add_argument("--image-size", type=_positive, default=224, help="evaluation resolution (default 224)")
+    p.add_argument("--chunking", choices=("contiguous", "interleaved"), default="contiguous")
+    p.add_argument("--batch-size", type=_positive, default=1, help="sets per forward pass")
+    p.add_argument("--per-group", action="store_true", help="also print one line per group")
+    p.add_argument("--json", help="write the results to this file")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _model_folder(path: str) -> Path:
+    folder = Path(path)
+    if (folder / "model" / "config.json").is_file():
+        folder = folder / "model"
+    if not (folder / "config.json").is_file():
+        raise _UsageError(f"{path!r} is not a model folder (no config.json); pass run/model or a save_pretrained folder")
+    return folder
+
+
+def _load_model(path: str, device):
+    from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.models.lcco import LCCo
+    from cosegkit.testing import register_tiny_clips
+
+    register_synthetic_clip()
+    register_tiny_clips()
+    folder = _model_folder(path)
+    return LCCo.from_pretrained(folder, map_location=device), folder
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from cosegkit.data.readers import get_reader
+    from cosegkit.data.sampling import EvalSets
+    from cosegkit.engine.config import TrainConfig, build_eval_sets
+    from cosegkit.engine.distributed import _pick_device
+    from cosegkit.engine.evaluate import evaluate
+
+    device = _pick_device(args.device, 0)
+    model, folder = _load_model(args.model, device)
+    results = {}
+    for spec in args.data:
+        name, _, root = spec.partition("=")
+        if name == "synthetic":
+            run_config = folder.parent / "config.json"
+            if not run_config.is_file():
+                raise _UsageError("--data synthetic needs a model inside a run folder (its config.json names the world)")
+            config = TrainConfig.load(run_config)
+            config.eval_set_size = args.set_size or config.set_size
+            dataset = build_eval_sets(config)
+            names = config.world().class_names
+        else:
+            if not root:
+                raise _UsageError(f"--data {spec!r}: give the folder as {name}=PATH")
+            groups = get_reader(name)(root)
+            if args.classes:
+                groups = [g for g in groups if g.name in set(args.classes)]
+                if not groups:
+                    raise _UsageError(f"none of {args.classes} is a group of {spec!r}")
+            dataset = EvalSets(groups, args.set_size, args.image_size, chunking=args.chunking)
+            names = [g.name for g in groups]
+        result = evaluate(model, dataset, preset=args.preset, batch_size=args.batch_size, group_names=names, device=device)
+        results[name] = result.to_dict()
+        print(f"{name:<12} images {result.images:>5}   P {100 * result.P:6.2f}   J {100 * result.J:6.2f}   ({args.preset})")
+        if args.per_group:
+            for group, s in result.per_group.items():
+                print(f"    {group:<24} images {s['images']:>4}   P {100 * s['P']:6.2f}   J {100 * s['J']:6.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="co-segment your own images and write one mask PNG per image",
+        formatter_class=_FORMATTER,
+        description="Co-segment images that share an object: all of them form one set (or sets of "
+        "--set-size). Writes <out>/<stem>.png masks (0/255) at each image's original size.",
+        epilog="""examples:
+  cosegkit segment --model runs/pascal/model photos/*.jpg --out masks/
+  cosegkit segment --model runs/pascal/model photos/ --out masks/ --overlay --set-size 8
+  cosegkit segment --model runs/pascal/model 'photos/**/*.png' --out masks/ --skip-bad
+""",
+    )
+    p.add_argument("inputs", nargs="+", help="image files, folders, or glob patterns")
+    p.add_argument("--model", required=True, help="a model folder, or a run folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--set-size", type=_set_size, default=None, help="images per set (default: all in one set)")
+    p.add_argument("--image-size", type=_positive, default=224, help="network resolution (default 224)")
+    p.add_argument("--preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="binarisation (default ssnm)")
+    p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_segment)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from cosegkit.engine.distributed import _pick_device
+    from cosegkit.engine.segment import collect_images, segment_files
+
+    files = collect_images(args.inputs)
+    if not files:
+        raise _UsageError(f"no image files found in {args.inputs}")
+    device = _pick_device(args.device, 0)
+    model, _ = _load_model(args.model, device)
+    written, skipped = segment_files(
+        model,
+        files,
+        args.out,
+        set_size=args.set_size,
+        image_size=args.image_size,
+        preset=args.preset,
+        overlays=args.overlay,
+        skip_bad=args.skip_bad,
+        device=device,
+    )
+    print(f"wrote {len(written)} masks to {args.out}" + (f"; skipped {len(skipped)} unreadable files" if skipped else ""))
+    for path, reason in skipped:
+        print(f"  skipped {path}: {reason}")
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the CPU demo: what the set-aware modules buy, on the synthetic world",
+        formatter_class=_FORMATTER,
+        description="Builds the synthetic world, pre-trains a small CLIP on its captions (cached), "
+        "trains LCCo and the single-image Baseline with the same budget, scores both on held-out sets "
+        "and writes a figure. About 10 minutes on a 2-core CPU; --quick is a smoke test of seconds.",
+        epilog="""examples:
+  cosegkit demo
+  cosegkit demo --out demo-out --steps 1200
+  cosegkit demo --quick
+""",
+    )
+    p.add_argument("--out", default="cosegkit-demo", help="output folder (default cosegkit-demo)")
+    p.add_argument("--steps", type=_positive, default=None, help="training steps per model")
+    p.add_argument("--clip-steps", type=_positive, default=None, help="CLIP pre-training steps")
+    p.add_argument("--quick", action="store_true", help="a tiny budget: checks the pipeline, measures nothing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from cosegkit.demo import run_demo
+
+    run_demo(args.out, steps=args.steps, clip_steps=args.clip_steps, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cosegkit`` command."""
+    from cosegkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cosegkit",
+        description="Image co-segmentation with LCCo: train, evaluate, segment, and a CPU demo.",
+        formatter_class=_FORMATTER,
+        epilog="""examples:
+  cosegkit demo
+  cosegkit train --dataset pascal_voc --root data/pascal_voc_coseg --out runs/pascal
+  cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg
+  cosegkit segment --model runs/pascal/model photos/ --out masks/
+Run 'cosegkit COMMAND --help' for a command's options.""",
+    )
+    parser.add_argument("--version", action="version", version=f"cosegkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_segment(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cosegkit`` command; returns the exit status."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from cosegkit.engine.checkpoint import CheckpointError
+    from cosegkit.engine.trainer import TrainingDiverged, TrainingInterrupted
+    from cosegkit.errors import CosegError, WeightsUnavailableError
+
+    try:
+        return int(args.func(args) or 0)
+    except TrainingInterrupted as err:
+        print(f"cosegkit {args.command}: {err}", file=sys.stderr)
+        return 130
+    except TrainingDiverged as err:
+        print(f"cosegkit {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (_UsageError, CosegError, CheckpointError, WeightsUnavailableError, KeyError, FileNotFoundError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"cosegkit {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Co-segment a user's own images: files in, one mask PNG per image out, at its original size."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cosegkit.data.io import is_image_file, load_image
+from cosegkit.data.sampling import eval_chunks
+from cosegkit.data.types import DataError
+from cosegkit.errors import CosegValueError
+from cosegkit.metrics.functional import get_preset
+
+__all__ = ["binarize", "collect_images", "overlay", "segment_files", "threshold"]
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files from paths, folders (their image files, sorted) and glob patterns, without duplicates.
+
+    A path that does not exist and matches no file raises :class:`FileNotFoundError`.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{str(item)!r} is neither a file, a folder nor a pattern matching files")
+            found += [m for m in matches if m.is_file() and is_image_file(m)]
+    seen: set[Path] = set()
+    return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]  # type: ignore[func-returns-value]
+
+
+def binarize(probs: torch.Tensor, preset: str = "ssnm") -> torch.Tensor:
+    """Binarise one probability map ``(h, w)`` by a P/J preset's rule (the threshold from this map).
+
+    Example:
+        >>> import torch
+        >>> binarize(torch.tensor([[0.9, 0.1], [0.2, 0.1]])).tolist()
+        [[True, False], [False, False]]
+    """
+    return probs > threshold(probs, preset)
+
+
+def threshold(probs: torch.Tensor, preset: str = "ssnm") -> float:
+    """The threshold a P/J preset puts on one probability map: fixed, or ``min(mean + std, cap)``."""
+    rule = get_preset(preset)
+    if rule.threshold is not None:
+        return float(rule.threshold)
+    wide = probs.double()
+    return min(float(wide.mean() + wide.std(correction=0)), float(rule.cap))
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, colour: tuple[float, float, float] = (1.0, 0.15, 0.1)) -> Image.Image:
+    """The image ``(3, H, W)`` in [0, 1] with the mask ``(H, W)`` tinted, as a PIL image."""
+    tint = torch.tensor(colour).view(3, 1, 1)
+    out = torch.where(mask[None].bool(), 0.5 * image + 0.5 * tint, 0.7 * image)
+    return Image.fromarray((out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+@torch.inference_mode()
+def segment_files(
+    model: torch.nn.Module,
+    files: Sequence[Path],
+    out_dir: str | os.PathLike[str],
+    *,
+    set_size: int | None = None,
+    image_size: int = 224,
+    preset: str = "ssnm",
+    overlays: bool = False,
+    skip_bad: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Co-segment ``files`` and write ``<out_dir>/<stem>.png`` (0/255) for each.
+
+    All files form one set, or consecutive sets of ``set_size`` (the last one smaller).
+    Each image is resized to ``image_size`` for the network; its probability map is resized
+    back to the image's own size and binarised by ``preset`` (the threshold is taken from
+    the map at network resolution, as the P/J protocol does).
+
+    Args:
+        model: an :class:`~cosegkit.LCCo`.
+        files: image files (any size, any format Pillow reads).
+        out_dir: output folder (created).
+        set_size: images per set; ``None`` puts all of them in one set.
+        image_size: the network's input side.
+        preset: ``"ssnm"``, ``"ufo"`` or ``"fixed"``.
+        overlays: also write ``<stem>_overlay.png``.
+        skip_bad: skip unreadable files and go on (they are returned); otherwise the first
+            unreadable file raises :class:`~cosegkit.data.DataError` naming it, before any
+            mask is written.
+        device: where to run.
+
+    Returns:
+        ``(written mask paths, [(skipped file, reason), ...])``.
+    """
+    get_preset(preset)
+    if not files:
+        raise CosegValueError("no images to segment")
+    images: list[torch.Tensor] = []
+    kept: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for path in files:
+        try:
+            images.append(load_image(path))
+            kept.append(Path(path))
+        except DataError as err:
+            if not skip_bad:
+                raise DataError(f"{err}; pass --skip-bad (skip_bad=True) to segment the other images") from err
+            skipped.append((Path(path), str(err)))
+    if not kept:
+        raise DataError("none of the images could be read")
+    stems = [p.stem for p in kept]
+    if len(set(stems)) != len(stems):
+        stems = [f"{i:04d}_{p.stem}" for i, p in enumerate(kept)]  # different folders, same names
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    written: list[Path] = []
+    for chunk in eval_chunks(len(kept), set_size):
+        batch = torch.stack(
+            [F.interpolate(images[i][None], size=(image_size, image_size), mode="bilinear", antialias=True)[0] for i in chunk]
+        ).clamp(0, 1)
+        probs = model(batch[None].to(device)).masks.float().sigmoid()[0, :, 0].cpu()  # (n, S, S)
+        for k, i in enumerate(chunk):
+            h, w = images[i].shape[-2:]
+            full = F.interpolate(probs[k][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            mask = full > threshold(probs[k], preset)
+            target = out / f"{stems[i]}.png"
+            Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(target)
+            written.append(target)
+            if overlays:
+                overlay(images[i], mask).save(out / f"{stems[i]}_overlay.png")
+    return written, skipped
