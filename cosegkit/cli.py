@@ -184,7 +184,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 """,
     )
     p.add_argument("--model", required=True, help="a model folder, or a run folder (its model/ is used)")
-    p.add_argument("--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic")
+    p.add_argument(
+        "--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic"
+    )
     p.add_argument("--classes", nargs="+", metavar="GROUP", help="score these groups only")
     p.add_argument("--preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="binarisation (default ssnm)")
     p.add_argument("--set-size", type=_set_size, default=5, help="images per set, or 'all' (default 5)")
@@ -206,7 +208,9 @@ def _model_folder(path: str) -> Path:
     if (folder / "model" / "config.json").is_file():
         folder = folder / "model"
     if not (folder / "config.json").is_file():
-        raise _UsageError(f"{path!r} is not a model folder (no config.json); pass run/model or a save_pretrained folder")
+        raise _UsageError(
+            f"{path!r} is not a model folder (no config.json); pass run/model or a save_pretrained folder"
+        )
     return folder
 
 
@@ -236,7 +240,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if name == "synthetic":
             run_config = folder.parent / "config.json"
             if not run_config.is_file():
-                raise _UsageError("--data synthetic needs a model inside a run folder (its config.json names the world)")
+                raise _UsageError(
+                    "--data synthetic needs a model inside a run folder (its config.json names the world)"
+                )
             config = TrainConfig.load(run_config)
             config.eval_set_size = args.set_size or config.set_size
             dataset = build_eval_sets(config)
@@ -251,9 +257,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                     raise _UsageError(f"none of {args.classes} is a group of {spec!r}")
             dataset = EvalSets(groups, args.set_size, args.image_size, chunking=args.chunking)
             names = [g.name for g in groups]
-        result = evaluate(model, dataset, preset=args.preset, batch_size=args.batch_size, group_names=names, device=device)
+        result = evaluate(
+            model, dataset, preset=args.preset, batch_size=args.batch_size, group_names=names, device=device
+        )
         results[name] = result.to_dict()
-        print(f"{name:<12} images {result.images:>5}   P {100 * result.P:6.2f}   J {100 * result.J:6.2f}   ({args.preset})")
+        print(
+            f"{name:<12} images {result.images:>5}   P {100 * result.P:6.2f}   J {100 * result.J:6.2f}   ({args.preset})"
+        )
         if args.per_group:
             for group, s in result.per_group.items():
                 print(f"    {group:<24} images {s['images']:>4}   P {100 * s['P']:6.2f}   J {100 * s['J']:6.2f}")
@@ -307,7 +317,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         device=device,
     )
-    print(f"wrote {len(written)} masks to {args.out}" + (f"; skipped {len(skipped)} unreadable files" if skipped else ""))
+    print(
+        f"wrote {len(written)} masks to {args.out}" + (f"; skipped {len(skipped)} unreadable files" if skipped else "")
+    )
     for path, reason in skipped:
         print(f"  skipped {path}: {reason}")
     return 0
@@ -339,7 +351,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cosegkit.demo import run_demo
 
-    run_demo(args.out, steps=args.steps, clip_steps=args.clip_steps, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    run_demo(
+        args.out,
+        steps=args.steps,
+        clip_steps=args.clip_steps,
+        quick=args.quick,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
     return 0
 
 

@@ -160,7 +160,9 @@ def run_demo(
     wall = time.perf_counter()
 
     _say("[1/5] the synthetic world: 16 classes (shape x colour x texture), 2-3 objects per image, 64 px")
-    clip_config = ClipPretrainConfig(num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=clip_steps)
+    clip_config = ClipPretrainConfig(
+        num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=clip_steps
+    )
     world = clip_config.world()
 
     _say(f"[2/5] a small CLIP pre-trained on the world's captions ({clip_steps} steps; cached)")

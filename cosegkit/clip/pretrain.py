@@ -167,9 +167,11 @@ def pretrain_synthetic_clip(
     warmup = max(1, config.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: (s + 1) / warmup
-        if s < warmup
-        else 0.5 * (1 + torch.cos(torch.tensor((s - warmup) / max(1, config.steps - warmup) * torch.pi)).item()),
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + torch.cos(torch.tensor((s - warmup) / max(1, config.steps - warmup) * torch.pi)).item())
+        ),
     )
     model.train()
     start = time.perf_counter()

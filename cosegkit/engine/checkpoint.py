@@ -39,7 +39,9 @@ def checkpoint_name(step: int) -> str:
     return f"step_{step:08d}.pt"
 
 
-def save_checkpoint(state: dict[str, Any], directory: str | os.PathLike[str], step: int, *, keep: int | None = 3) -> Path:
+def save_checkpoint(
+    state: dict[str, Any], directory: str | os.PathLike[str], step: int, *, keep: int | None = 3
+) -> Path:
     """Write ``state`` as the checkpoint of ``step`` in ``directory``, atomically.
 
     Args:

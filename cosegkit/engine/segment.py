@@ -62,7 +62,9 @@ def threshold(probs: torch.Tensor, preset: str = "ssnm") -> float:
     return min(float(wide.mean() + wide.std(correction=0)), float(rule.cap))
 
 
-def overlay(image: torch.Tensor, mask: torch.Tensor, colour: tuple[float, float, float] = (1.0, 0.15, 0.1)) -> Image.Image:
+def overlay(
+    image: torch.Tensor, mask: torch.Tensor, colour: tuple[float, float, float] = (1.0, 0.15, 0.1)
+) -> Image.Image:
     """The image ``(3, H, W)`` in [0, 1] with the mask ``(H, W)`` tinted, as a PIL image."""
     tint = torch.tensor(colour).view(3, 1, 1)
     out = torch.where(mask[None].bool(), 0.5 * image + 0.5 * tint, 0.7 * image)
@@ -130,7 +132,10 @@ def segment_files(
     written: list[Path] = []
     for chunk in eval_chunks(len(kept), set_size):
         batch = torch.stack(
-            [F.interpolate(images[i][None], size=(image_size, image_size), mode="bilinear", antialias=True)[0] for i in chunk]
+            [
+                F.interpolate(images[i][None], size=(image_size, image_size), mode="bilinear", antialias=True)[0]
+                for i in chunk
+            ]
         ).clamp(0, 1)
         probs = model(batch[None].to(device)).masks.float().sigmoid()[0, :, 0].cpu()  # (n, S, S)
         for k, i in enumerate(chunk):

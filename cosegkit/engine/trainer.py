@@ -17,6 +17,7 @@ and resumed ends with the same weights as one that was not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -36,7 +37,7 @@ from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model, bu
 from cosegkit.engine.evaluate import EvalResult, evaluate
 from cosegkit.errors import CosegError, CosegValueError
 
-__all__ = ["StepBatches", "TrainingDiverged", "TrainingInterrupted", "TrainResult", "train"]
+__all__ = ["StepBatches", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 
 class TrainingDiverged(CosegError, RuntimeError):
@@ -107,10 +108,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave the handlers alone
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -201,7 +200,9 @@ def _train(
         start = int(state["step"])
     net: torch.nn.Module = model
     if dist.world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     forward = torch.compile(net) if config.compile else net
     criterion = LCCoLoss(lambda1=config.lambda1, lambda2=config.lambda2)
 
@@ -244,7 +245,9 @@ def _train(
                 if dist.world > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                 if not bool(finite):
-                    where = f"the last good checkpoint is {str(last_good)!r}" if last_good else "no checkpoint was written"
+                    where = (
+                        f"the last good checkpoint is {str(last_good)!r}" if last_good else "no checkpoint was written"
+                    )
                     raise TrainingDiverged(
                         f"the loss became {float(losses.total):.4g} at step {step + 1}; the run stopped and "
                         f"{where}. Lower the learning rate (--lr) or check the data, then resume or restart"
@@ -256,7 +259,11 @@ def _train(
                 loss_value = float(losses.total.detach())
                 done = step + 1
                 if log is not None and (done % config.log_every == 0 or done == config.steps):
-                    record = {"step": done, "lr": scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - tic, 3)}
+                    record = {
+                        "step": done,
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": round(time.perf_counter() - tic, 3),
+                    }
                     record.update({k: float(v.detach()) for k, v in losses._asdict().items() if v is not None})
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -291,9 +298,7 @@ def _train(
         names = [g.name for g in getattr(eval_sets, "groups", [])] or None
         if config.dataset == "synthetic":
             names = config.world().class_names
-        evaluation = evaluate(
-            model, eval_sets, preset=config.eval_preset, group_names=names, device=device, dist=dist
-        )
+        evaluation = evaluate(model, eval_sets, preset=config.eval_preset, group_names=names, device=device, dist=dist)
         if dist.is_main:
             (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
     return TrainResult(run, config.steps, loss_value, evaluation)
