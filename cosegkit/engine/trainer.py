@@ -18,6 +18,7 @@ and resumed ends with the same weights as one that was not.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import signal
@@ -118,6 +119,24 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_replicas(model: torch.nn.Module, dist: distributed.DistInfo, run: Path) -> None:
+    """Compare every rank's final weights (a SHA-256 of the state dict); write ``ddp.json``."""
+    digests: list[str | None] = [None] * dist.world
+    torch.distributed.all_gather_object(digests, _weights_digest(model))
+    if dist.is_main:
+        (run / "ddp.json").write_text(json.dumps({"world": dist.world, "checksums": digests}, indent=2) + "\n")
+    if len(set(digests)) != 1:
+        raise CosegError(f"the {dist.world} processes ended with different weights (digests {digests}); see ddp.json")
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -290,6 +309,8 @@ def _train(
         if log is not None:
             log.close()
 
+    if dist.world > 1:
+        _check_replicas(model, dist, run)
     evaluation = None
     if dist.is_main:
         model.save_pretrained(run / "model")

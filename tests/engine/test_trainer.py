@@ -1,0 +1,146 @@
+"""The training loop: run folder, resume after a kill equals an uninterrupted run, NaN stop, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cosegkit.engine import TrainConfig, TrainingDiverged, find_checkpoints, train
+from cosegkit.engine.trainer import StepBatches
+
+TINY = dict(
+    dataset="synthetic",
+    world_classes=6,
+    image_size=32,
+    set_size=3,
+    batch_size=2,
+    encoder="tu-test_convnext",
+    encoder_weights=None,
+    decoder_channels=[16, 16, 16, 16],
+    clip_model="coseg-test-tiny",
+    clip_pretrained=None,
+    heads=2,
+    top_k=2,
+    lr=1e-3,
+    log_every=1,
+    eval_set_size=3,
+    device="cpu",
+    extra={"eval_sets": 4},
+)
+
+TINY_ARGS = [
+    "--dataset", "synthetic", "--world-classes", "6", "--image-size", "32", "--set-size", "3",
+    "--batch-size", "2", "--encoder", "tu-test_convnext", "--encoder-weights", "none",
+    "--decoder-channels", "16", "16", "16", "16", "--clip-model", "coseg-test-tiny",
+    "--clip-pretrained", "none", "--heads", "2", "--top-k", "2", "--lr", "1e-3", "--log-every", "1",
+    "--eval-set-size", "3", "--device", "cpu", "--no-progress",
+]  # fmt: skip
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return env
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model" / "model.safetensors"))
+
+
+def test_step_batches_depend_on_the_step_only() -> None:
+    full = list(StepBatches(0, 5, 2, rank=1, world=2))
+    assert full[3] == [14, 15]  # (3 * 2 + 1) * 2
+    assert list(StepBatches(3, 5, 2, rank=1, world=2)) == full[3:]
+
+
+def test_a_run_writes_its_folder(tmp_path) -> None:
+    result = train(TrainConfig(**TINY, steps=4, checkpoint_every=2), tmp_path / "run", progress=False)
+    run = result.run_dir
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]
+    assert {"total", "iou", "coarse", "classification", "lr"} <= set(lines[0])
+    assert [p.name for p in find_checkpoints(run / "checkpoints")] == ["step_00000002.pt", "step_00000004.pt"]
+    assert (run / "model" / "model.safetensors").is_file()
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["images"] == 4 * 3 and 0 <= ev["P"] <= 1 and 0 <= ev["J"] <= 1
+    with pytest.raises(ValueError, match="--resume"):
+        train(TrainConfig(**TINY, steps=4), run, progress=False)  # never overwrite a run
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
+    from cosegkit.losses import lcco
+
+    original = lcco.LCCoLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, output, masks, class_targets=None):
+        calls["n"] += 1
+        out = original(self, output, masks, class_targets)
+        return out._replace(total=out.total * float("nan")) if calls["n"] == 3 else out
+
+    monkeypatch.setattr(lcco.LCCoLoss, "forward", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"step 3.*step_00000002\.pt"):
+        train(TrainConfig(**TINY, steps=6, checkpoint_every=2), run, progress=False)
+    assert [p.name for p in find_checkpoints(run / "checkpoints")] == ["step_00000002.pt"]
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cosegkit", "train", *args], env=cli_env(), **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, sig) -> None:
+    steps = ["--steps", "30", "--checkpoint-every", "3"]
+    whole = run_cli([*TINY_ARGS, *steps, "--out", str(tmp_path / "whole")], stdout=subprocess.DEVNULL)
+    assert whole.wait(timeout=300) == 0
+
+    broken = tmp_path / "broken"
+    proc = run_cli([*TINY_ARGS, *steps, "--out", str(broken)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not find_checkpoints(broken / "checkpoints") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=120)
+    stderr = proc.stderr.read().decode()
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), stderr
+    if sig == signal.SIGTERM:
+        assert "Continue with --resume" in stderr
+    assert not (broken / "model").exists()  # it really stopped mid-run
+    stopped_at = find_checkpoints(broken / "checkpoints")[-1].name
+    assert stopped_at != "step_00000030.pt"
+
+    resumed = run_cli(["--out", str(broken), "--resume", "--no-progress"], stdout=subprocess.DEVNULL)
+    assert resumed.wait(timeout=300) == 0
+    a, b = weights(tmp_path / "whole"), weights(broken)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after resuming from {stopped_at}"
+    steps_logged = [json.loads(line)["step"] for line in (broken / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged[-1] == 30
+
+
+@pytest.mark.slow
+def test_ddp_with_gloo_two_processes(tmp_path) -> None:
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        "-m", "cosegkit", "train", *TINY_ARGS, "--steps", "3", "--out", str(run),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "ddp.json").read_text())
+    assert report["world"] == 2
+    assert len(report["checksums"]) == 2 and report["checksums"][0] == report["checksums"][1]
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["images"] == 4 * 3  # both ranks' shards of the 4 held-out sets, gathered
