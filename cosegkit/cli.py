@@ -102,6 +102,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--eval-set-size", type=_set_size, default=5, help="images per evaluation set, or 'all'")
+    r.add_argument("--eval-sets", type=_positive, default=40, help="synthetic: held-out sets scored at the end")
     r.add_argument("--eval-preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="P/J binarisation")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
@@ -148,10 +149,12 @@ def _config_from_args(args: argparse.Namespace):
         compile=args.compile,
         eval_set_size=args.eval_set_size,
         eval_preset=args.eval_preset,
+        extra={"eval_sets": args.eval_sets} if args.dataset == "synthetic" else {},
     )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import os
     import time
 
     from cosegkit.engine.trainer import train
@@ -164,6 +167,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
     out = args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, the main process reports
     print(f"run folder: {result.run_dir}  (steps {result.steps}, last loss {result.last_loss:.4f})")
     if result.evaluation is not None:
         ev = result.evaluation

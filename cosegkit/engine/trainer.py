@@ -130,7 +130,14 @@ def _weights_digest(model: torch.nn.Module) -> str:
 
 
 def _check_replicas(model: torch.nn.Module, dist: distributed.DistInfo, run: Path) -> None:
-    """Compare every rank's final weights (a SHA-256 of the state dict); write ``ddp.json``."""
+    """Compare every rank's final weights (a SHA-256 of the state dict); write ``ddp.json``.
+
+    DDP keeps the parameters equal; buffers such as BatchNorm's running statistics are
+    updated by each rank's own last batch, so rank 0's are broadcast first, as DDP itself
+    does before every forward pass.
+    """
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
     digests: list[str | None] = [None] * dist.world
     torch.distributed.all_gather_object(digests, _weights_digest(model))
     if dist.is_main:
@@ -268,7 +275,7 @@ def _train(
                         f"the last good checkpoint is {str(last_good)!r}" if last_good else "no checkpoint was written"
                     )
                     raise TrainingDiverged(
-                        f"the loss became {float(losses.total):.4g} at step {step + 1}; the run stopped and "
+                        f"the loss became {float(losses.total.detach()):.4g} at step {step + 1}; the run stopped and "
                         f"{where}. Lower the learning rate (--lr) or check the data, then resume or restart"
                     )
                 optimizer.zero_grad(set_to_none=True)

@@ -42,7 +42,7 @@ TINY_ARGS = [
     "--batch-size", "2", "--encoder", "tu-test_convnext", "--encoder-weights", "none",
     "--decoder-channels", "16", "16", "16", "16", "--clip-model", "coseg-test-tiny",
     "--clip-pretrained", "none", "--heads", "2", "--top-k", "2", "--lr", "1e-3", "--log-every", "1",
-    "--eval-set-size", "3", "--device", "cpu", "--no-progress",
+    "--eval-set-size", "3", "--eval-sets", "4", "--device", "cpu", "--no-progress",
 ]  # fmt: skip
 
 
@@ -134,7 +134,7 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, sig) -> None:
 def test_ddp_with_gloo_two_processes(tmp_path) -> None:
     run = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "cosegkit", "train", *TINY_ARGS, "--steps", "3", "--out", str(run),
     ]  # fmt: skip
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=400)

@@ -1,0 +1,101 @@
+"""The cosegkit command: help texts, one-line errors, train -> evaluate -> segment, the quick demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cosegkit.cli import main
+from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+from tests.engine.test_trainer import TINY_ARGS, cli_env
+
+MODEL_ARGS = TINY_ARGS[TINY_ARGS.index("--encoder") :]  # the model and run flags, without the synthetic data flags
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["segment"]])
+def test_every_help_has_examples(command, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "cosegkit" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--dataset", "pascal_voc"], "needs its folder"),
+        (["train", "--resume"], "--resume needs the run folder"),
+        (["evaluate", "--model", "/nonexistent", "--data", "synthetic"], "not a model folder"),
+        (["segment", "--model", "/nonexistent", "/no/such/*.jpg", "--out", "x"], "neither a file"),
+    ],
+)
+def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    done = subprocess.run([sys.executable, "-m", "cosegkit", "--version"], capture_output=True, text=True, env=cli_env())
+    assert done.returncode == 0 and done.stdout.startswith("cosegkit ")
+
+
+@pytest.mark.slow
+def test_train_evaluate_segment_on_a_generated_folder(tmp_path, capsys) -> None:
+    world = SyntheticWorld(num_classes=5, image_size=32, seed=3)
+    groups = write_folder_dataset(world, tmp_path / "data", images_per_group=4)
+    names = [g.name for g in groups]
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "folder", "--root", str(tmp_path / "data"), "--classes", *names[:3],
+            "--eval-classes", *names[3:], "--image-size", "32", "--set-size", "3", "--batch-size", "2",
+            *MODEL_ARGS, "--steps", "2", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    assert "held-out evaluation" in capsys.readouterr().out
+    assert set(json.loads((run / "eval.json").read_text())["per_group"]) == set(names[3:])
+
+    scores = tmp_path / "scores.json"
+    argv = ["evaluate", "--model", str(run), "--data", f"folder={tmp_path / 'data'}", "--classes", *names[3:],
+            "--image-size", "32", "--set-size", "3", "--per-group", "--json", str(scores), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "folder" in out and names[3] in out
+    assert json.loads(scores.read_text())["folder"]["images"] == 8
+    assert main(["evaluate", "--model", str(run), "--data", "folder"]) == 2  # no folder given
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 60), (50, 30), (33, 33)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(photos / f"p{i}.jpg")
+    (photos / "broken.png").write_bytes(b"\x89PNG not really")
+    masks = tmp_path / "masks"
+    argv = ["segment", "--model", str(run / "model"), str(photos), "--out", str(masks), "--image-size", "32"]
+    assert main(argv) == 2
+    assert "broken.png" in capsys.readouterr().err and not masks.exists()  # refused before writing anything
+    assert main([*argv, "--skip-bad", "--overlay", "--set-size", "2"]) == 0
+    assert "skipped 1" in capsys.readouterr().out
+    for i, (h, w) in enumerate([(40, 60), (50, 30), (33, 33)]):
+        mask = np.array(Image.open(masks / f"p{i}.png"))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        assert Image.open(masks / f"p{i}_overlay.png").size == (w, h)
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Baseline" in out and "LCCo" in out and "measure nothing" in out
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert {"clip", "LCCo", "Baseline"} <= set(results)
+    assert Image.open(tmp_path / "demo" / "figure.png").size[0] > 100
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0  # finished runs reused
+    assert "continuing the run" in capsys.readouterr().out
