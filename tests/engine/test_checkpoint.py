@@ -40,7 +40,7 @@ def test_refuses_truncated_foreign_unsafe_and_missing_files(tmp_path) -> None:
     good = save_checkpoint({"model": {"w": torch.randn(100)}}, tmp_path, 1)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="truncated.pt"):
+    with pytest.raises(CheckpointError, match=r"truncated\.pt"):
         load_checkpoint(truncated)
 
     foreign = tmp_path / "foreign.pt"
