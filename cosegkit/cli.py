@@ -83,6 +83,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-correspondence", action="store_true", help="switch off ISFC (eq. 1-2)")
     m.add_argument("--no-interaction", action="store_true", help="switch off CLIP interaction (eq. 3-5)")
     m.add_argument("--no-regularization", action="store_true", help="switch off CLIP regularization (eq. 6-8)")
+    m.add_argument("--residual", action="store_true", help="F + F_hat in the CLIP modules (not in the paper)")
     m.add_argument("--top-k", type=_positive, default=5, help="distilled text embeddings K (default 5)")
     m.add_argument("--heads", type=_positive, default=8, help="attention heads (default 8)")
     o = p.add_argument_group("optimisation")
@@ -135,6 +136,7 @@ def _config_from_args(args: argparse.Namespace):
         use_regularization=not args.no_regularization,
         top_k=args.top_k,
         heads=args.heads,
+        residual=args.residual,
         steps=args.steps,
         lr=args.lr,
         weight_decay=args.weight_decay,

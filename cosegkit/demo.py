@@ -28,7 +28,7 @@ from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model
 from cosegkit.engine.segment import binarize
 from cosegkit.engine.trainer import train
 
-__all__ = ["DemoBudget", "run_demo"]
+__all__ = ["DemoBudget", "demo_train_config", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,13 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _model_config(clip_path: Path, steps: int, seed: int, eval_sets: int, *, modules: bool) -> TrainConfig:
+def demo_train_config(clip_path: str | Path, steps: int, seed: int = 0, eval_sets: int = 60, *, modules: bool = True) -> TrainConfig:
+    """The training config of the demo's models (and of ``examples/ablation.py``).
+
+    A 16-class world at 64 px, sets of 4, batches of 4 sets; a ResNet-18 (random weights) at
+    encoder depth 3, so the three modules act at strides 8, 4 and 2; the synthetic CLIP at
+    ``clip_path``; AdamW at 1e-3 with a short warm-up. ``modules=False`` is the Baseline.
+    """
     return TrainConfig(
         dataset="synthetic",
         world_classes=16,
@@ -182,7 +188,7 @@ def run_demo(
     if bar is not None:
         bar.close()
     clip_seconds = time.perf_counter() - start
-    config = _model_config(clip_path, steps, seed, budget.eval_sets, modules=True)
+    config = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=True)
     model = build_model(config)
     zero_shot = zero_shot_accuracy(model.clip, world, sets=budget.eval_sets)
     _say(
@@ -196,7 +202,7 @@ def run_demo(
         step_no = 3 if modules else 4
         what = "all three modules" if modules else "single-image, all three modules off"
         _say(f"[{step_no}/5] training {name} ({what}), {steps} steps of 4 sets x 4 images")
-        cfg = _model_config(clip_path, steps, seed, budget.eval_sets, modules=modules)
+        cfg = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=modules)
         run = out / name.lower()
         results[name] = _train_or_resume(cfg, run, progress)
         runs[name] = run

@@ -73,6 +73,7 @@ class TrainConfig:
     use_regularization: bool = True
     top_k: int = 5
     heads: int = 8
+    residual: bool = False
     # optimisation
     steps: int = 1000
     lr: float = 1e-4
@@ -250,4 +251,5 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         use_correspondence=config.use_correspondence,
         use_interaction=config.use_interaction,
         use_regularization=config.use_regularization,
+        residual=config.residual,
     )

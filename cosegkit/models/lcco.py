@@ -151,6 +151,8 @@ class LCCo(nn.Module):
         use_regularization: switch for the CLIP regularization module.
         coarse_decoder: build the coarse decoder of eq. (11) (needs the interaction module
             and a CLIP that gives dense patch tokens).
+        residual: add each CLIP module's input features to its output (eq. 5 and 8 become
+            :math:`F + \hat F`). Off in the paper; see the equations page.
 
     Example:
         >>> import torch
@@ -184,6 +186,7 @@ class LCCo(nn.Module):
         use_interaction: bool = True,
         use_regularization: bool = True,
         coarse_decoder: bool = True,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = build_encoder(encoder_name, encoder_weights, encoder_depth)
@@ -240,11 +243,13 @@ class LCCo(nn.Module):
             ImageSetCorrespondence(decoder_channels[0], heads=heads) if use_correspondence else nn.Identity()
         )
         self.interaction: nn.Module = (
-            ClipInteraction(decoder_channels[1], d, top_k=top_k, heads=clip_heads) if use_interaction else nn.Identity()
+            ClipInteraction(decoder_channels[1], d, top_k=top_k, heads=clip_heads, residual=residual)
+            if use_interaction
+            else nn.Identity()
         )
         self.coarse: nn.Module = CoarseMaskDecoder(d) if use_interaction and coarse_decoder else nn.Identity()
         self.regularization: nn.Module = (
-            ClipRegularization(decoder_channels[2], d, p) if use_regularization else nn.Identity()
+            ClipRegularization(decoder_channels[2], d, p, residual=residual) if use_regularization else nn.Identity()
         )
         self.has_coarse = use_interaction and coarse_decoder
         self.config: dict[str, Any] = {
@@ -261,6 +266,7 @@ class LCCo(nn.Module):
             "use_interaction": use_interaction,
             "use_regularization": use_regularization,
             "coarse_decoder": coarse_decoder,
+            "residual": residual,
         }
 
     # ------------------------------------------------------------------ forward
