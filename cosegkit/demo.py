@@ -3,12 +3,15 @@
 1. Build the synthetic co-segmentation world (every image holds the set's target among
    distractors, so one image alone cannot tell which object to segment).
 2. Pre-train a small CLIP contrastively on the world's images and captions (cached).
-3. Train LCCo with that frozen CLIP and, with the same budget, the single-image Baseline.
-4. Score both on held-out sets with P and J, print the table, write ``results.json``.
-5. Write ``figure.png``: images, ground truth, Baseline and LCCo masks of a few held-out sets.
+3. Train, with the same budget each: LCCo as the paper writes it, LCCo with residual CLIP
+   modulation (``residual=True``: eq. 5 and 8 become :math:`F + \hat F`, see the equations
+   page), and the single-image Baseline (all three modules off).
+4. Score them on the same held-out sets with P and J, print the table, write ``results.json``.
+5. Write ``figure.png``: images, ground truth and each model's masks for a few held-out sets.
 
-Each model's run folder (``<out>/lcco``, ``<out>/baseline``) is a normal ``cosegkit train``
-run: interrupted, the demo continues from the last checkpoint when started again.
+Each model's run folder (``<out>/baseline``, ``<out>/lcco``, ``<out>/lcco-residual``) is a
+normal ``cosegkit train`` run: interrupted, the demo continues from the last checkpoint when
+started again.
 """
 
 from __future__ import annotations
@@ -47,12 +50,21 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def demo_train_config(clip_path: str | Path, steps: int, seed: int = 0, eval_sets: int = 60, *, modules: bool = True) -> TrainConfig:
+def demo_train_config(
+    clip_path: str | Path,
+    steps: int,
+    seed: int = 0,
+    eval_sets: int = 60,
+    *,
+    modules: bool = True,
+    residual: bool = False,
+) -> TrainConfig:
     """The training config of the demo's models (and of ``examples/ablation.py``).
 
     A 16-class world at 64 px, sets of 4, batches of 4 sets; a ResNet-18 (random weights) at
     encoder depth 3, so the three modules act at strides 8, 4 and 2; the synthetic CLIP at
-    ``clip_path``; AdamW at 1e-3 with a short warm-up. ``modules=False`` is the Baseline.
+    ``clip_path``; AdamW at 1e-3 with a short warm-up. ``modules=False`` is the Baseline;
+    ``residual`` adds the input features to the CLIP modules' outputs.
     """
     return TrainConfig(
         dataset="synthetic",
@@ -73,6 +85,7 @@ def demo_train_config(clip_path: str | Path, steps: int, seed: int = 0, eval_set
         use_regularization=modules,
         top_k=3,
         heads=4,
+        residual=residual,
         steps=steps,
         lr=1e-3,
         warmup=max(1, steps // 20),
@@ -109,7 +122,7 @@ def _tile(x: torch.Tensor, size: int) -> Image.Image:
 def _figure(models: dict[str, torch.nn.Module], config: TrainConfig, path: Path, sets: int = 3) -> None:
     world = config.world()
     eval_sets = build_eval_sets(config, sets=sets)
-    tile, pad, label_w = 96, 4, 92
+    tile, pad, label_w = 96, 4, 100
     rows = ["image", "truth", *models]
     n = config.eval_set_size or config.set_size
     width = label_w + n * (tile + pad)
@@ -197,21 +210,24 @@ def run_demo(
     )
 
     results: dict = {"clip": {**zero_shot, "seconds": round(clip_seconds, 1), "weights": str(clip_path)}}
+    variants = (
+        ("Baseline", "baseline", False, False, "single image: all three modules off"),
+        ("LCCo", "lcco", True, False, "all three modules, eq. 5 and 8 as printed"),
+        ("LCCo+res", "lcco-residual", True, True, "all three modules, residual CLIP modulation"),
+    )
     runs = {}
-    for name, modules in (("LCCo", True), ("Baseline", False)):
-        step_no = 3 if modules else 4
-        what = "all three modules" if modules else "single-image, all three modules off"
-        _say(f"[{step_no}/5] training {name} ({what}), {steps} steps of 4 sets x 4 images")
-        cfg = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=modules)
-        run = out / name.lower()
-        results[name] = _train_or_resume(cfg, run, progress)
-        runs[name] = run
+    _say(f"[3/5] three models, the same budget each: {steps} steps of 4 sets x 4 images")
+    for name, folder, modules, residual, what in variants:
+        _say(f"  {name}: {what}")
+        cfg = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=modules, residual=residual)
+        results[name] = _train_or_resume(cfg, out / folder, progress)
+        runs[name] = out / folder
 
-    _say("[5/5] held-out evaluation and the figure")
+    _say("[4/5] the held-out evaluation is in each run's eval.json; [5/5] the figure")
     from cosegkit.models.lcco import LCCo
 
     models = {name: LCCo.from_pretrained(run / "model") for name, run in runs.items()}
-    _figure({"Baseline": models["Baseline"], "LCCo": models["LCCo"]}, config, out / "figure.png")
+    _figure(models, config, out / "figure.png")
     results["wall_seconds"] = round(time.perf_counter() - wall, 1)
     results["quick"] = quick
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -220,11 +236,13 @@ def run_demo(
     _say("")
     _say(f"held-out synthetic sets: {held_out} images, P/J protocol 'ssnm' (adaptive threshold, cap 0.8)")
     _say(f"{'model':<10} {'P (%)':>7} {'J (%)':>7} {'train s':>8}")
-    for name in ("Baseline", "LCCo"):
+    for name in runs:
         r = results[name]
         _say(f"{name:<10} {100 * r['P']:7.2f} {100 * r['J']:7.2f} {r['train_seconds']:8.1f}")
-    delta_j = 100 * (results["LCCo"]["J"] - results["Baseline"]["J"])
-    _say(f"LCCo - Baseline: J {delta_j:+.2f} points")
+    for name in ("LCCo", "LCCo+res"):
+        dp = 100 * (results[name]["P"] - results["Baseline"]["P"])
+        dj = 100 * (results[name]["J"] - results["Baseline"]["J"])
+        _say(f"{name} - Baseline: P {dp:+.2f}, J {dj:+.2f} points")
     if quick:
         _say("(--quick: a pipeline check; these numbers measure nothing)")
     _say(f"figure: {out / 'figure.png'}   results: {out / 'results.json'}   wall time {results['wall_seconds']:.0f} s")

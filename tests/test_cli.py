@@ -43,7 +43,9 @@ def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
 
 
 def test_python_dash_m_runs_the_command() -> None:
-    done = subprocess.run([sys.executable, "-m", "cosegkit", "--version"], capture_output=True, text=True, env=cli_env())
+    done = subprocess.run(
+        [sys.executable, "-m", "cosegkit", "--version"], capture_output=True, text=True, env=cli_env()
+    )
     assert done.returncode == 0 and done.stdout.startswith("cosegkit ")
 
 
@@ -95,7 +97,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert "Baseline" in out and "LCCo" in out and "measure nothing" in out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert {"clip", "LCCo", "Baseline"} <= set(results)
+    assert {"clip", "LCCo", "LCCo+res", "Baseline"} <= set(results)
     assert Image.open(tmp_path / "demo" / "figure.png").size[0] > 100
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0  # finished runs reused
     assert "continuing the run" in capsys.readouterr().out
