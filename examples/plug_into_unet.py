@@ -45,7 +45,7 @@ class SetAwareUnet(nn.Module):
         self.regularization = ClipRegularization(decoder_channels[1], clip.embed_dim, clip.num_prompts)
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        b, n = images.shape[:2]
+        b = images.shape[0]
         as_set = lambda t: rearrange(t, "(b n) c h w -> b n c h w", b=b)  # noqa: E731
         flat = lambda t: rearrange(t, "b n c h w -> (b n) c h w")  # noqa: E731
 
