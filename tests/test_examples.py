@@ -48,5 +48,5 @@ def test_ablation_writes_eight_rows(tmp_path) -> None:
     table_rows = [line for line in out.splitlines() if line.startswith("|") and "±" in line]
     assert len(table_rows) == 8 and all(line.count("±") == 2 for line in table_rows)
     rows = json.loads((tmp_path / "abl" / "table.json").read_text())["rows"]
-    assert [r["row"] for r in rows][0] == "Baseline" and rows[-1]["row"] == "ISFC + CLIP Inter. + CLIP Reg."
+    assert rows[0]["row"] == "Baseline" and rows[-1]["row"] == "ISFC + CLIP Inter. + CLIP Reg."
     assert len(rows) == 8
