@@ -396,9 +396,6 @@ Run 'cosegkit COMMAND --help' for a command's options.""",
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cosegkit`` command; returns the exit status."""
-    import os
-
-    os.environ.setdefault("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
     parser = build_parser()
     args = parser.parse_args(argv)
     from cosegkit.engine.checkpoint import CheckpointError

@@ -101,3 +101,15 @@ def test_quick_demo_runs_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     assert Image.open(tmp_path / "demo" / "figure.png").size[0] > 100
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0  # finished runs reused
     assert "continuing the run" in capsys.readouterr().out
+
+
+def test_a_corrupt_model_folder_is_refused_in_one_line(tmp_path, capsys) -> None:
+    from tests._support import tiny_lcco
+
+    folder = tiny_lcco().save_pretrained(tmp_path / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    argv = ["evaluate", "--model", str(folder), "--data", "synthetic", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model.safetensors" in err and "not a complete safetensors file" in err and len(err.splitlines()) == 1

@@ -56,6 +56,18 @@ def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or foreign file raises WeightsUnavailableError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise WeightsUnavailableError(
+            f"could not read {str(path)!r}: not a complete safetensors file ({type(err).__name__}: {err})"
+        ) from err
+
+
 def build_encoder(name: str, weights: str | os.PathLike[str] | None, depth: int) -> nn.Module:
     """An smp encoder by name, with weights by smp tag, local file, or ``None``.
 
@@ -422,11 +434,9 @@ class LCCo(nn.Module):
         """Load a model written by :meth:`save_pretrained`, from a folder or a Hugging Face hub id.
 
         Raises:
-            WeightsUnavailableError: a hub id that cannot be fetched (e.g. offline), or
-                missing files.
+            WeightsUnavailableError: a hub id that cannot be fetched (e.g. offline), missing
+                files, or a truncated or foreign weights file.
         """
-        from safetensors.torch import load_file
-
         path = Path(name_or_path)
         if not path.is_dir():
             path = cls._download(str(name_or_path))
@@ -452,12 +462,12 @@ class LCCo(nn.Module):
             )
             if not (path / CLIP_WEIGHTS_NAME).is_file():
                 raise WeightsUnavailableError(f"{str(path)!r} lacks {CLIP_WEIGHTS_NAME}")
-            clip.model.load_state_dict(load_file(str(path / CLIP_WEIGHTS_NAME)))
+            clip.model.load_state_dict(_read_safetensors(path / CLIP_WEIGHTS_NAME))
             clip.set_vocabulary(kwargs["classnames"], kwargs["templates"])  # text bank from loaded weights
         for key in ("clip_model", "classnames", "templates"):
             kwargs.pop(key)
         model = cls(clip=clip, encoder_weights=None, clip_pretrained=None, **kwargs)
-        model.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        model.load_state_dict(_read_safetensors(path / WEIGHTS_NAME))
         return model.to(map_location)
 
     @staticmethod
