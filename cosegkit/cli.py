@@ -88,7 +88,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--heads", type=_positive, default=8, help="attention heads (default 8)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=_positive, default=1000, help="optimizer steps (default 1000)")
+    o.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
     o.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    o.add_argument("--encoder-lr", type=float, help="learning rate of the encoder (default: --lr)")
     o.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     o.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the cosine schedule")
     o.add_argument("--lambda1", type=float, default=1.0, help="weight of the coarse segmentation loss (eq. 9)")
@@ -139,6 +141,7 @@ def _config_from_args(args: argparse.Namespace):
         residual=args.residual,
         steps=args.steps,
         lr=args.lr,
+        encoder_lr=args.encoder_lr,
         weight_decay=args.weight_decay,
         warmup=args.warmup,
         lambda1=args.lambda1,
@@ -167,6 +170,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = None
     else:
         config = _config_from_args(args)
+        if args.epochs is not None:
+            from cosegkit.engine.config import steps_for_epochs
+
+            config.steps = steps_for_epochs(config, args.epochs)
     out = args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":

@@ -1,4 +1,4 @@
-"""``cosegkit demo``: what the set-aware modules buy, measured on the synthetic world on a CPU.
+r"""``cosegkit demo``: what the set-aware modules buy, measured on the synthetic world on a CPU.
 
 1. Build the synthetic co-segmentation world (every image holds the set's target among
    distractors, so one image alone cannot tell which object to segment).

@@ -32,6 +32,7 @@ def test_every_help_has_examples(command, capsys) -> None:
     [
         (["train", "--dataset", "pascal_voc"], "needs its folder"),
         (["train", "--resume"], "--resume needs the run folder"),
+        (["train", "--epochs", "2"], "give --steps, not --epochs"),
         (["evaluate", "--model", "/nonexistent", "--data", "synthetic"], "not a model folder"),
         (["segment", "--model", "/nonexistent", "/no/such/*.jpg", "--out", "x"], "neither a file"),
     ],
@@ -58,8 +59,9 @@ def test_train_evaluate_segment_on_a_generated_folder(tmp_path, capsys) -> None:
     argv = ["train", "--dataset", "folder", "--root", str(tmp_path / "data"), "--classes", *names[:3],
             "--eval-classes", *names[3:], "--image-size", "32", "--set-size", "3", "--batch-size", "2",
             *MODEL_ARGS, "--steps", "2", "--out", str(run)]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv[:-4], "--epochs", "1", "--encoder-lr", "1e-4", "--out", str(run)]) == 0
     assert "held-out evaluation" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["steps"] == 2  # ceil(1 * 12 images / (3 * 2))
     assert set(json.loads((run / "eval.json").read_text())["per_group"]) == set(names[3:])
 
     scores = tmp_path / "scores.json"

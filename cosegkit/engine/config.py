@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,15 @@ from cosegkit.data.synthetic import SyntheticWorld
 from cosegkit.data.types import DataError, Group
 from cosegkit.errors import CosegValueError
 
-__all__ = ["DATASETS", "SyntheticTrainSets", "TrainConfig", "build_eval_sets", "build_model", "build_train_sets"]
+__all__ = [
+    "DATASETS",
+    "SyntheticTrainSets",
+    "TrainConfig",
+    "build_eval_sets",
+    "build_model",
+    "build_train_sets",
+    "steps_for_epochs",
+]
 
 DATASETS: tuple[str, ...] = ("synthetic", *READERS)
 """Dataset names ``cosegkit train`` accepts: the synthetic world and every reader."""
@@ -43,8 +52,8 @@ class TrainConfig:
     Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
     ``top_k``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
-    with ``lr`` and a cosine schedule after ``warmup`` steps, loss weights ``lambda1`` and
-    ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
+    with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
+    ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
     """
 
     # data
@@ -77,6 +86,7 @@ class TrainConfig:
     # optimisation
     steps: int = 1000
     lr: float = 1e-4
+    encoder_lr: float | None = None
     weight_decay: float = 1e-4
     warmup: int = 0
     lambda1: float = 1.0
@@ -102,8 +112,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CosegValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise CosegValueError(f"lr must be positive, got {self.lr}")
+        if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr < 0):
+            raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +198,20 @@ def _select(groups: Sequence[Group], names: Sequence[str] | None, what: str) -> 
     if missing:
         raise DataError(f"{what} {missing} are not groups of this dataset; its groups are {sorted(by_name)}")
     return [by_name[n] for n in names]
+
+
+def steps_for_epochs(config: TrainConfig, epochs: float) -> int:
+    """Optimizer steps that show the training groups' images about ``epochs`` times.
+
+    One epoch is ``ceil(images / (set_size * batch_size))`` steps, over the images of the
+    groups that ``config.classes`` selects. The synthetic world has no epochs.
+    """
+    if config.dataset == "synthetic":
+        raise CosegValueError("the synthetic world is endless: give --steps, not --epochs")
+    if epochs <= 0:
+        raise CosegValueError(f"epochs must be positive, got {epochs}")
+    images = sum(len(g) for g in _select(_read_groups(config), config.classes, "training classes"))
+    return max(1, math.ceil(epochs * images / (config.set_size * config.batch_size)))
 
 
 def _read_groups(config: TrainConfig) -> list[Group]:

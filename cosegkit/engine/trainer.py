@@ -209,7 +209,12 @@ def _train(
         if not resume:
             config.save(run / "config.json")
     model = build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    encoder_params = {id(p) for p in model.encoder.parameters()}
+    groups = [
+        {"params": [p for p in model.trainable_parameters() if id(p) in encoder_params], "lr": config.encoder_lr or config.lr},
+        {"params": [p for p in model.trainable_parameters() if id(p) not in encoder_params], "lr": config.lr},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     start = 0
     last_good: Path | None = None
