@@ -211,7 +211,10 @@ def _train(
     model = build_model(config).to(device)
     encoder_params = {id(p) for p in model.encoder.parameters()}
     groups = [
-        {"params": [p for p in model.trainable_parameters() if id(p) in encoder_params], "lr": config.encoder_lr or config.lr},
+        {
+            "params": [p for p in model.trainable_parameters() if id(p) in encoder_params],
+            "lr": config.encoder_lr or config.lr,
+        },
         {"params": [p for p in model.trainable_parameters() if id(p) not in encoder_params], "lr": config.lr},
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
