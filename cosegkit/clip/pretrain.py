@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -65,7 +66,13 @@ def register_synthetic_clip() -> str:
         folder = cache_folder() / "open_clip_configs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{SYNTHETIC_CLIP}.json"
-        path.write_text(json.dumps(SYNTHETIC_CLIP_CONFIG))
+        text = json.dumps(SYNTHETIC_CLIP_CONFIG)
+        if not path.is_file() or path.read_text() != text:
+            # atomically: processes started together (torchrun, a process pool) read this file
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
         open_clip.add_model_config(path)
     return SYNTHETIC_CLIP
 
