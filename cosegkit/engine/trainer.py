@@ -213,7 +213,7 @@ def _train(
     groups = [
         {
             "params": [p for p in model.trainable_parameters() if id(p) in encoder_params],
-            "lr": config.encoder_lr or config.lr,
+            "lr": config.encoder_lr if config.encoder_lr is not None else config.lr,
         },
         {"params": [p for p in model.trainable_parameters() if id(p) not in encoder_params], "lr": config.lr},
     ]
