@@ -125,19 +125,56 @@ class ImageSetCorrespondence(nn.Module):
         Returns:
             ``(b, n, m, c, h, w)``.
         """
+        h, w = features.shape[-2:]
+        out = self.to_out(self._attend(features, index))
+        return rearrange(out, "b n m (h w) c -> b n m c h w", h=h, w=w)
+
+    def _attend(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Multi-head attention of every image over each partner, before the output projection.
+
+        Queries, keys and values are projected once per image, then paired by ``index``.
+
+        Returns:
+            ``(b, n, m, h * w, c)``.
+        """
         b, n, c, h, w = features.shape
         m = index.shape[2]
         tokens = rearrange(features, "b n c h w -> b n (h w) c")
-        # project once per image, then pair the projections: no per-pair projection work
         q = rearrange(self.to_q(tokens), "b n l (g e) -> b n g l e", g=self.heads)
         k, v = rearrange(self.to_kv(tokens), "b n l (two g e) -> two b n g l e", two=2, g=self.heads)
         gather = repeat(index, "b n m -> b (n m) g l e", g=self.heads, l=h * w, e=c // self.heads)
         k = rearrange(torch.gather(k, 1, gather), "b (n m) g l e -> (b n m) g l e", m=m)
         v = rearrange(torch.gather(v, 1, gather), "b (n m) g l e -> (b n m) g l e", m=m)
         q = rearrange(repeat(q, "b n g l e -> b n m g l e", m=m), "b n m g l e -> (b n m) g l e")
-        out = F.scaled_dot_product_attention(q, k, v)
-        out = self.to_out(rearrange(out, "(b n m) g l e -> b n m l (g e)", b=b, n=n))
-        return rearrange(out, "b n m (h w) c -> b n m c h w", h=h, w=w)
+        return rearrange(F.scaled_dot_product_attention(q, k, v), "(b n m) g l e -> b n m l (g e)", b=b, n=n)
+
+    def _pair_updates(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Eq. (1), :math:`\bar F_i^j = F_i + \mathrm{FFN}_1(F_i \| \mathfrak m_{j \to i})`, for every pair.
+
+        The same maths as ``FFN_1`` applied to the concatenation of ``F_i`` and
+        :meth:`messages`, computed so that no work is repeated per pair that depends on one
+        image only: the first layer of ``FFN_1`` is linear, so it splits into a part on
+        ``F_i`` (computed once per image) and a part on the message, and the message's output
+        projection folds into the latter (one matrix instead of two per pair).
+
+        Returns:
+            ``(b, n, m, c, h, w)``.
+        """
+        c, h, w = features.shape[-3:]
+        m = index.shape[2]
+        first, _, second = self.ffn[0], self.ffn[1], self.ffn[2]
+        w1 = first.weight[:, :, 0, 0]  # (hidden, 2c)
+        w_self, w_msg = w1[:, :c], w1[:, c:]
+        tokens = rearrange(features, "b n c h w -> b n (h w) c")
+        attended = self._attend(features, index)
+        # FFN_1's first layer on [F_i ; to_out(attended)] = w_self F_i + (w_msg W_out) attended + bias
+        folded = w_msg @ self.to_out.weight  # (hidden, c)
+        bias = w_msg @ self.to_out.bias + (first.bias if first.bias is not None else 0.0)
+        hidden = F.linear(attended, folded) + F.linear(tokens, w_self, bias)[:, :, None]
+        out = F.linear(F.gelu(hidden), second.weight[:, :, 0, 0], second.bias)  # (b, n, m, l, c)
+        return repeat(features, "b n c h w -> b n m c h w", m=m) + rearrange(
+            out, "b n m (h w) c -> b n m c h w", h=h, w=w
+        )
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Refine every image's features with messages from the other images of its set.
@@ -153,12 +190,7 @@ class ImageSetCorrespondence(nn.Module):
         b, n = features.shape[:2]
         valid = resolve_valid(valid, b, n, features.device)
         index, live = partner_index(valid)
-        m = index.shape[2]
-
-        msg = self.messages(features, index)  # (b, n, m, c, h, w)
-        query = repeat(features, "b n c h w -> b n m c h w", m=m)
-        pair = rearrange(torch.cat([query, msg], dim=3), "b n m c h w -> (b n m) c h w")
-        updated = query + rearrange(self.ffn(pair), "(b n m) c h w -> b n m c h w", b=b, n=n)  # eq. (1)
+        updated = self._pair_updates(features, index)  # eq. (1) for every pair: (b, n, m, c, h, w)
 
         # eq. (2): alpha = softmax over the partners j, element-wise; dead slots get no weight
         dead = ~live[:, :, :, None, None, None]

@@ -1,0 +1,369 @@
+"""Speed and memory of LCCo against its Baseline, per module, and against a naive correspondence loop.
+
+    python benchmarks/lcco_bench.py --quick                  # resnet18 + a small CLIP, about a minute
+    python benchmarks/lcco_bench.py                          # resnet50 + ViT-B/16 at 224 and 320 px
+    python benchmarks/lcco_bench.py --device cuda --dtype bf16 --json bench-cuda.json
+    python benchmarks/lcco_bench.py --options                # + channels_last, torch.compile, bf16 autocast
+
+What is measured (random weights, nothing downloaded):
+
+- ``model``: forward time (``torch.inference_mode``) and peak memory of the full LCCo and of the
+  Baseline, for every image size and set size ``N`` (``B = 1``). The Baseline is the same
+  encoder and decoder with the three modules off *plus the same CLIP image pass* (dense tokens
+  included), i.e. the unavoidable work; ``ratio`` is LCCo / Baseline.
+- ``train``: one training step (forward with masks, loss, backward, AdamW step) at ``B = 2``
+  sets of ``N = 5``, for both.
+- ``modules``: each set-aware module alone on the feature shapes LCCo gives it (ISFC at
+  stride 32, interaction at 16, regularization at 8, the decoder's default widths).
+- ``isfc-loop``: the vectorised ImageSetCorrespondence against a per-pair Python loop of the
+  same maths on the same weights (kept here only, for this comparison).
+
+Timing: one warm-up call, then ``--repeats`` timed calls (``time.perf_counter``, with
+``torch.cuda.synchronize`` around each on a GPU); the table gives the median and the fastest
+and slowest call. Memory on the CPU is the process's resident set size (``/proc/self/statm``),
+sampled every millisecond by a thread during each call: ``peak`` is the highest RSS seen,
+``extra`` that peak minus the RSS before the call (the call's own working memory). On CUDA it
+is ``torch.cuda.max_memory_allocated`` after a reset. The machine, versions and thread count
+are printed with the table and written to the JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; falls back to the high-water mark)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakMemory:
+    """Peak memory during a block: CUDA allocator statistics, or a thread sampling the RSS."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak, self.extra = device, 0, 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.before = torch.cuda.memory_allocated(self.device)
+            return self
+        self.before = rss_bytes()
+        self.peak = self.before
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, rss_bytes())
+                time.sleep(0.001)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, rss_bytes())
+        self.extra = self.peak - self.before
+
+
+def measure(fn: Callable[[], Any], device: torch.device, repeats: int) -> dict[str, float]:
+    """Median, fastest and slowest seconds of ``repeats`` calls after one warm-up, and peak memory."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    sync()
+    times = []
+    with PeakMemory(device) as mem:
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "peak_mib": mem.peak / 2**20,
+        "extra_mib": mem.extra / 2**20,
+        "repeats": repeats,
+    }
+
+
+def naive_isfc(module: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """ImageSetCorrespondence for one set ``(1, N, C, h, w)``, pair by pair in Python (N >= 2)."""
+    from einops import rearrange
+
+    _, n, c, h, w = features.shape
+    x = features[0]
+    out = []
+    for i in range(n):
+        updated = []
+        for j in range(n):
+            if j == i:
+                continue
+            qi = rearrange(module.to_q(rearrange(x[i], "c h w -> (h w) c")), "l (g e) -> g l e", g=module.heads)
+            kv = module.to_kv(rearrange(x[j], "c h w -> (h w) c"))
+            k, v = rearrange(kv, "l (two g e) -> two g l e", two=2, g=module.heads)
+            msg = module.to_out(rearrange(F.scaled_dot_product_attention(qi, k, v), "g l e -> l (g e)"))
+            msg = rearrange(msg, "(h w) c -> c h w", h=h, w=w)
+            updated.append(x[i] + module.ffn(torch.cat([x[i], msg])[None])[0])  # eq. (1)
+        stacked = torch.stack(updated)
+        alpha = stacked.softmax(dim=0)
+        out.append(module.conv((alpha * stacked).sum(0)[None])[0])  # eq. (2)
+    return torch.stack(out)[None]
+
+
+def build(encoder: str, clip_model: str, device: torch.device, *, modules: bool) -> torch.nn.Module:
+    from cosegkit import LCCo
+    from cosegkit.testing import register_tiny_clips
+
+    register_tiny_clips()
+    torch.manual_seed(0)
+    model = LCCo(
+        encoder_name=encoder,
+        encoder_weights=None,
+        clip_model=clip_model,
+        clip_pretrained=None,
+        use_correspondence=modules,
+        use_interaction=modules,
+        use_regularization=modules,
+    )
+    return model.to(device).eval()
+
+
+def fmt_row(cells: list[Any], widths: list[int]) -> str:
+    return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="resnet18 + a small CLIP, 224 px, N <= 8")
+    parser.add_argument("--encoder", help="smp encoder (default resnet50; resnet18 with --quick)")
+    parser.add_argument("--clip-model", help="open_clip model (default ViT-B-16; ViT-B-32 with --quick)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="image sizes (default 224 320; 224 with --quick)")
+    parser.add_argument("--set-sizes", type=int, nargs="+", help="N values (default 1 2 5 8 16 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (default 3)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast everywhere")
+    parser.add_argument("--options", action="store_true", help="also channels_last, torch.compile, bf16 autocast")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    encoder = args.encoder or ("resnet18" if args.quick else "resnet50")
+    clip_model = args.clip_model or ("ViT-B-32" if args.quick else "ViT-B-16")
+    sizes = args.sizes or ([224] if args.quick else [224, 320])
+    set_sizes = args.set_sizes or ([1, 2, 5, 8] if args.quick else [1, 2, 5, 8, 16, 32])
+    autocast = args.dtype == "bf16"
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": args.dtype,
+    }
+    print(f"machine: {machine}")
+    print(f"encoder {encoder}, CLIP {clip_model} (random weights); median of {args.repeats} calls after a warm-up\n")
+
+    def amp():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
+    full = build(encoder, clip_model, device, modules=True)
+    base = build(encoder, clip_model, device, modules=False)
+    clip = full.clip
+    _ = clip.text_bank  # computed once per model, here, before any timing
+    results: dict[str, Any] = {"machine": machine, "encoder": encoder, "clip_model": clip_model, "model": []}
+
+    print("model forward (inference_mode), B = 1")
+    widths = [5, 4, 12, 12, 7, 12, 12, 10]
+    print(fmt_row(["size", "N", "LCCo s", "Baseline s", "ratio", "LCCo MiB", "Base MiB", "ISFC %"], widths))
+    for size in sizes:
+        for n in set_sizes:
+            images = torch.rand(1, n, 3, size, size, device=device)
+
+            @torch.inference_mode()
+            def run_full(images=images):
+                with amp():
+                    return full(images)
+
+            @torch.inference_mode()
+            def run_base(images=images):
+                with amp():
+                    base(images)
+                    return clip.encode_images(images, dense=True)  # the same CLIP pass LCCo makes
+
+            f = measure(run_full, device, args.repeats)
+            b = measure(run_base, device, args.repeats)
+            # the correspondence module alone on this forward's F^1
+            channels = full.config["decoder_channels"][0]
+            side = -(-size // full.output_stride)
+            feats = torch.randn(1, n, channels, side, side, device=device)
+
+            @torch.inference_mode()
+            def run_isfc(feats=feats):
+                with amp():
+                    return full.correspondence(feats)
+
+            share = measure(run_isfc, device, args.repeats)["median_s"] / f["median_s"]
+            ratio = f["median_s"] / b["median_s"]
+            results["model"].append({"size": size, "N": n, "lcco": f, "baseline": b, "ratio": ratio, "isfc_share": share})
+            print(
+                fmt_row(
+                    [
+                        size,
+                        n,
+                        f"{f['median_s']:.3f}",
+                        f"{b['median_s']:.3f}",
+                        f"{ratio:.3f}",
+                        f"{f['peak_mib']:.0f}",
+                        f"{b['peak_mib']:.0f}",
+                        f"{100 * share:.1f}",
+                    ],
+                    widths,
+                )
+            )
+        print()
+
+    # one training step, B = 2 sets of N = 5
+    from cosegkit import LCCoLoss
+
+    criterion = LCCoLoss()
+    print("training step (forward with masks, loss, backward, AdamW), B = 2, N = 5")
+    results["train"] = []
+    for size in sizes:
+        images = torch.rand(2, 5, 3, size, size, device=device)
+        masks = (torch.rand(2, 5, 1, size, size, device=device) > 0.5).float()
+        row = {"size": size}
+        for name, model in (("lcco", full), ("baseline", base)):
+            model.train()
+            opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+
+            def step(model=model, opt=opt):
+                with amp():
+                    out = model(images, masks=masks)
+                    if model is base:
+                        clip.encode_images(images, dense=True)
+                loss = criterion(out, masks).total
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            row[name] = measure(step, device, args.repeats)
+            model.eval()
+        row["ratio"] = row["lcco"]["median_s"] / row["baseline"]["median_s"]
+        results["train"].append(row)
+        print(
+            f"  {size} px: LCCo {row['lcco']['median_s']:.3f} s ({row['lcco']['peak_mib']:.0f} MiB), "
+            f"Baseline {row['baseline']['median_s']:.3f} s ({row['baseline']['peak_mib']:.0f} MiB), ratio {row['ratio']:.3f}"
+        )
+
+    # each module alone on LCCo's shapes at the first size, N = 5 and the largest N
+    size = sizes[0]
+    c1, c2, c3 = full.config["decoder_channels"][:3]
+    s1 = -(-size // full.output_stride)
+    d, p = clip.embed_dim, clip.num_prompts
+    text = clip.text_bank
+    print(f"\nmodules alone at {size} px (F1 {c1}x{s1}x{s1}, F2 {c2}x{2 * s1}x{2 * s1}, F3 {c3}x{4 * s1}x{4 * s1})")
+    results["modules"] = []
+    for n in sorted({5, set_sizes[-1]}):
+        f1 = torch.randn(1, n, c1, s1, s1, device=device)
+        f2 = torch.randn(1, n, c2, 2 * s1, 2 * s1, device=device)
+        f3 = torch.randn(1, n, c3, 4 * s1, 4 * s1, device=device)
+        emb = F.normalize(torch.randn(1, n, d, device=device), dim=-1)
+        sim = torch.randn(1, n, p, device=device)
+        calls = {
+            "ImageSetCorrespondence": lambda f1=f1: full.correspondence(f1),
+            "ClipInteraction": lambda f2=f2, emb=emb: full.interaction(f2, emb, text),
+            "ClipRegularization": lambda f3=f3, sim=sim: full.regularization(f3, sim, text),
+        }
+        for name, call in calls.items():
+            m = measure(torch.inference_mode()(call), device, args.repeats)
+            results["modules"].append({"module": name, "N": n, **m})
+            print(f"  N={n:<3} {name:<24} {m['median_s'] * 1e3:9.2f} ms")
+
+    # vectorised ISFC against the per-pair loop
+    print("\nImageSetCorrespondence: vectorised vs a per-pair Python loop (same weights, same maths)")
+    results["isfc_loop"] = []
+    for n in (5, 8):
+        f1 = torch.randn(1, n, c1, s1, s1, device=device)
+        with torch.inference_mode():
+            same = torch.allclose(full.correspondence(f1), naive_isfc(full.correspondence, f1), atol=1e-4)
+        vec = measure(torch.inference_mode()(lambda f1=f1: full.correspondence(f1)), device, args.repeats)
+        loop = measure(torch.inference_mode()(lambda f1=f1: naive_isfc(full.correspondence, f1)), device, args.repeats)
+        speedup = loop["median_s"] / vec["median_s"]
+        results["isfc_loop"].append({"N": n, "vectorised": vec, "loop": loop, "speedup": speedup, "same_output": same})
+        print(
+            f"  N={n}: vectorised {vec['median_s'] * 1e3:.2f} ms, loop {loop['median_s'] * 1e3:.2f} ms, "
+            f"speed-up {speedup:.1f}x, outputs equal: {same}"
+        )
+
+    print(f"\ntext bank computations: {clip.text_bank_computations} (once per model)")
+    results["text_bank_computations"] = clip.text_bank_computations
+
+    if args.options:
+        results["options"] = []
+        n, size = 5, sizes[0]
+        images = torch.rand(1, n, 3, size, size, device=device)
+        print(f"\noptions, full LCCo forward at {size} px, N = {n}")
+        variants: dict[str, Callable[[], Any]] = {}
+        variants["fp32"] = torch.inference_mode()(lambda: full(images))
+        cl = build(encoder, clip_model, device, modules=True).to(memory_format=torch.channels_last)
+        variants["channels_last"] = torch.inference_mode()(lambda: cl(images))
+
+        @torch.inference_mode()
+        def bf16():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return full(images)
+
+        variants["bf16 autocast"] = bf16
+        compiled = torch.compile(full)
+        variants["torch.compile"] = torch.inference_mode()(lambda: compiled(images))
+        for name, call in variants.items():
+            m = measure(call, device, args.repeats)
+            results["options"].append({"option": name, **m})
+            print(f"  {name:<15} {m['median_s']:.3f} s  peak {m['peak_mib']:.0f} MiB")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
