@@ -125,7 +125,7 @@ def naive_isfc(module: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
     """ImageSetCorrespondence for one set ``(1, N, C, h, w)``, pair by pair in Python (N >= 2)."""
     from einops import rearrange
 
-    _, n, c, h, w = features.shape
+    _, n, _, h, w = features.shape
     x = features[0]
     out = []
     for i in range(n):
@@ -180,6 +180,12 @@ def main() -> None:
     parser.add_argument("--options", action="store_true", help="also channels_last, torch.compile, bf16 autocast")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["model", "train", "modules", "loop"],
+        help="model train modules loop (default all)",
+    )
     args = parser.parse_args()
 
     if args.threads:
@@ -211,6 +217,16 @@ def main() -> None:
     _ = clip.text_bank  # computed once per model, here, before any timing
     results: dict[str, Any] = {"machine": machine, "encoder": encoder, "clip_model": clip_model, "model": []}
 
+    if "model" in args.parts:
+        model_table(args, full, base, clip, sizes, set_sizes, device, amp, results)
+    if "train" in args.parts:
+        train_table(args, full, base, clip, sizes, device, amp, results)
+    if "modules" in args.parts or "loop" in args.parts:
+        module_tables(args, full, clip, sizes, set_sizes, device, results)
+    finish(args, full, clip, encoder, clip_model, sizes, device, results)
+
+
+def model_table(args, full, base, clip, sizes, set_sizes, device, amp, results) -> None:
     print("model forward (inference_mode), B = 1")
     widths = [5, 4, 12, 12, 7, 12, 12, 10]
     print(fmt_row(["size", "N", "LCCo s", "Baseline s", "ratio", "LCCo MiB", "Base MiB", "ISFC %"], widths))
@@ -243,7 +259,9 @@ def main() -> None:
 
             share = measure(run_isfc, device, args.repeats)["median_s"] / f["median_s"]
             ratio = f["median_s"] / b["median_s"]
-            results["model"].append({"size": size, "N": n, "lcco": f, "baseline": b, "ratio": ratio, "isfc_share": share})
+            results["model"].append(
+                {"size": size, "N": n, "lcco": f, "baseline": b, "ratio": ratio, "isfc_share": share}
+            )
             print(
                 fmt_row(
                     [
@@ -261,7 +279,9 @@ def main() -> None:
             )
         print()
 
-    # one training step, B = 2 sets of N = 5
+
+def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
+    """One training step, B = 2 sets of N = 5."""
     from cosegkit import LCCoLoss
 
     criterion = LCCoLoss()
@@ -275,7 +295,7 @@ def main() -> None:
             model.train()
             opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
 
-            def step(model=model, opt=opt):
+            def step(model=model, opt=opt, images=images, masks=masks):
                 with amp():
                     out = model(images, masks=masks)
                     if model is base:
@@ -294,7 +314,9 @@ def main() -> None:
             f"Baseline {row['baseline']['median_s']:.3f} s ({row['baseline']['peak_mib']:.0f} MiB), ratio {row['ratio']:.3f}"
         )
 
-    # each module alone on LCCo's shapes at the first size, N = 5 and the largest N
+
+def module_tables(args, full, clip, sizes, set_sizes, device, results) -> None:
+    """Each module alone on LCCo's shapes at the first size, and the vectorised ISFC against a loop."""
     size = sizes[0]
     c1, c2, c3 = full.config["decoder_channels"][:3]
     s1 = -(-size // full.output_stride)
@@ -334,6 +356,8 @@ def main() -> None:
             f"speed-up {speedup:.1f}x, outputs equal: {same}"
         )
 
+
+def finish(args, full, clip, encoder, clip_model, sizes, device, results) -> None:
     print(f"\ntext bank computations: {clip.text_bank_computations} (once per model)")
     results["text_bank_computations"] = clip.text_bank_computations
 

@@ -101,6 +101,7 @@ class FrozenClip(nn.Module):
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("_text_bank", None, persistent=False)
         self.text_bank_computations = 0
+        self.micro_batch: int | None = None  # images per CLIP call; None: all at once
         self.classnames: tuple[str, ...] = ()
         self.templates: tuple[str, ...] = ()
         self.set_vocabulary(classnames, templates)
@@ -309,11 +310,13 @@ class FrozenClip(nn.Module):
         b = images.shape[0]
         x = self.preprocess(images)
         dtype = self._param().dtype  # the text bank's dtype too
+        step = self.micro_batch or x.shape[0]
         if dense:
-            pooled, tokens = self._dense_forward(x)
+            parts = [self._dense_forward(part) for part in x.split(step)]
+            pooled, tokens = torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
             tokens = rearrange(tokens.to(dtype), "(b n) d h w -> b n d h w", b=b)
         else:
-            pooled = self._clip.encode_image(x)
+            pooled = torch.cat([self._clip.encode_image(part) for part in x.split(step)])
         emb = rearrange(F.normalize(pooled.float(), dim=-1).to(dtype), "(b n) d -> b n d", b=b)
         return (emb, tokens) if dense else emb
 

@@ -145,8 +145,24 @@ def test_clip_runs_once_per_forward_and_the_text_bank_once_per_model(monkeypatch
     images = rand_images(2, 3)
     m(images)
     m(images, masks=torch.ones(2, 3, 1, 40, 48))
-    assert visual_calls == [6, 12]  # one call each; masked images ride along with the images
+    assert visual_calls == [6, 8, 4]  # every image once; masked images ride along, in chunks of 8
     assert m.clip.text_bank_computations == 1
+    visual_calls.clear()
+    m.micro_batch = m.clip.micro_batch = None
+    m(images, masks=torch.ones(2, 3, 1, 40, 48))
+    assert visual_calls == [12]
+
+
+def test_micro_batches_give_the_same_output_as_one_batch() -> None:
+    m = tiny_lcco(micro_batch=2).eval()
+    images = rand_images(2, 3)
+    chunked = m(images)
+    m.micro_batch = m.clip.micro_batch = None
+    whole = m(images)
+    torch.testing.assert_close(chunked.masks, whole.masks, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked.class_probs, whole.class_probs, atol=1e-5, rtol=1e-4)
+    with pytest.raises(CosegValueError, match="micro_batch"):
+        tiny_lcco(micro_batch=0)
 
 
 def test_class_targets_match_set_class_targets() -> None:
