@@ -50,3 +50,19 @@ def test_ablation_writes_eight_rows(tmp_path) -> None:
     rows = json.loads((tmp_path / "abl" / "table.json").read_text())["rows"]
     assert rows[0]["row"] == "Baseline" and rows[-1]["row"] == "ISFC + CLIP Inter. + CLIP Reg."
     assert len(rows) == 8
+
+
+@pytest.mark.slow
+def test_benchmark_harness_runs_and_records_json(tmp_path) -> None:
+    script = EXAMPLES.parent / "benchmarks" / "lcco_bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--encoder", "resnet18", "--clip-model", "coseg-test-tiny", "--sizes", "64",
+         "--set-sizes", "1", "3", "--repeats", "1", "--json", str(tmp_path / "bench.json")],
+        env=cli_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["size"], r["N"]) for r in record["model"]] == [(64, 1), (64, 3)]
+    assert all(r["lcco"]["median_s"] > 0 and r["baseline"]["peak_mib"] > 0 for r in record["model"])
+    assert all(r["same_output"] for r in record["isfc_loop"])
+    assert record["text_bank_computations"] == 1
