@@ -149,7 +149,7 @@ class ImageSetCorrespondence(nn.Module):
         return rearrange(F.scaled_dot_product_attention(q, k, v), "(b n m) g l e -> b n m l (g e)", b=b, n=n)
 
     def _pair_updates(self, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Eq. (1), :math:`\bar F_i^j = F_i + \mathrm{FFN}_1(F_i \| \mathfrak m_{j \to i})`, for every pair.
+        r"""Eq. (1), :math:`\bar F_i^j = F_i + \mathrm{FFN}_1(F_i \| \mathfrak m_{j \to i})`, for every pair.
 
         The same maths as ``FFN_1`` applied to the concatenation of ``F_i`` and
         :meth:`messages`, computed so that no work is repeated per pair that depends on one
