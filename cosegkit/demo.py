@@ -25,9 +25,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from cosegkit.clip.pretrain import SYNTHETIC_CLIP, ClipPretrainConfig, pretrain_synthetic_clip, zero_shot_accuracy
+from cosegkit.clip.frozen import FrozenClip
+from cosegkit.clip.pretrain import (
+    SYNTHETIC_CLIP,
+    SYNTHETIC_TEMPLATES,
+    ClipPretrainConfig,
+    pretrain_synthetic_clip,
+    register_synthetic_clip,
+    zero_shot_accuracy,
+)
 from cosegkit.engine.checkpoint import find_checkpoints
-from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model
+from cosegkit.engine.config import TrainConfig, build_eval_sets
 from cosegkit.engine.segment import binarize
 from cosegkit.engine.trainer import train
 
@@ -175,7 +183,6 @@ def run_demo(
     clip_steps = clip_steps or budget.clip_steps
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     wall = time.perf_counter()
 
     _say("[1/5] the synthetic world: 16 classes (shape x colour x texture), 2-3 objects per image, 64 px")
@@ -202,8 +209,11 @@ def run_demo(
         bar.close()
     clip_seconds = time.perf_counter() - start
     config = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=True)
-    model = build_model(config)
-    zero_shot = zero_shot_accuracy(model.clip, world, sets=budget.eval_sets)
+    register_synthetic_clip()
+    clip = FrozenClip.from_name(
+        SYNTHETIC_CLIP, pretrained=str(clip_path), classnames=world.class_names, templates=SYNTHETIC_TEMPLATES
+    )
+    zero_shot = zero_shot_accuracy(clip, world, sets=budget.eval_sets)
     _say(
         f"  CLIP names a held-out set's common object {100 * zero_shot['set_top1']:.0f}% of the time "
         f"(top-5 {100 * zero_shot['set_top5']:.0f}%, chance {100 * zero_shot['chance']:.0f}%)"

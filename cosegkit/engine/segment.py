@@ -16,9 +16,9 @@ from cosegkit.data.io import is_image_file, load_image
 from cosegkit.data.sampling import eval_chunks
 from cosegkit.data.types import DataError
 from cosegkit.errors import CosegValueError
-from cosegkit.metrics.functional import get_preset
+from cosegkit.metrics.functional import get_preset, thresholds
 
-__all__ = ["binarize", "collect_images", "overlay", "segment_files", "threshold"]
+__all__ = ["binarize", "collect_images", "overlay", "segment_files"]
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -50,16 +50,7 @@ def binarize(probs: torch.Tensor, preset: str = "ssnm") -> torch.Tensor:
         >>> binarize(torch.tensor([[0.9, 0.1], [0.2, 0.1]])).tolist()
         [[True, False], [False, False]]
     """
-    return probs > threshold(probs, preset)
-
-
-def threshold(probs: torch.Tensor, preset: str = "ssnm") -> float:
-    """The threshold a P/J preset puts on one probability map: fixed, or ``min(mean + std, cap)``."""
-    rule = get_preset(preset)
-    if rule.threshold is not None:
-        return float(rule.threshold)
-    wide = probs.double()
-    return min(float(wide.mean() + wide.std(correction=0)), float(rule.cap))
+    return probs > thresholds(probs, preset)
 
 
 def overlay(
@@ -141,7 +132,7 @@ def segment_files(
         for k, i in enumerate(chunk):
             h, w = images[i].shape[-2:]
             full = F.interpolate(probs[k][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-            mask = full > threshold(probs[k], preset)
+            mask = full > thresholds(probs[k], preset)
             target = out / f"{stems[i]}.png"
             Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(target)
             written.append(target)

@@ -4,7 +4,14 @@ A pure function does the work (:func:`precision_jaccard`, :func:`reduce_scores`)
 torchmetrics classes accumulate it over batches and processes.
 """
 
-from cosegkit.metrics.functional import PRESETS, ThresholdPreset, get_preset, precision_jaccard, reduce_scores
+from cosegkit.metrics.functional import (
+    PRESETS,
+    ThresholdPreset,
+    get_preset,
+    precision_jaccard,
+    reduce_scores,
+    thresholds,
+)
 from cosegkit.metrics.modules import CosegJaccard, CosegMetrics, CosegPrecision
 
 __all__ = [
@@ -16,4 +23,5 @@ __all__ = [
     "get_preset",
     "precision_jaccard",
     "reduce_scores",
+    "thresholds",
 ]

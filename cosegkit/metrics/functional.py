@@ -55,7 +55,7 @@ from einops import rearrange, reduce
 from cosegkit._validation import is_compiling, resolve_valid, shape_str
 from cosegkit.errors import CosegShapeError, CosegValueError
 
-__all__ = ["PRESETS", "ThresholdPreset", "get_preset", "precision_jaccard", "reduce_scores"]
+__all__ = ["PRESETS", "ThresholdPreset", "get_preset", "precision_jaccard", "reduce_scores", "thresholds"]
 
 JACCARD_EPS = 1e-10
 """The constant in J's denominator, as in ``calc_precision_and_jaccard`` of SSNM/UFO."""
@@ -198,6 +198,37 @@ def _resize(x: torch.Tensor, size: tuple[int, int], antialias: bool) -> torch.Te
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
+def _thresholds(probs: torch.Tensor, rule: ThresholdPreset) -> torch.Tensor:
+    """Per-map thresholds ``(..., 1, 1)`` of probability maps ``(..., h, w)``, in the maps' dtype."""
+    if rule.threshold is not None:
+        return torch.full((*probs.shape[:-2], 1, 1), rule.threshold, dtype=probs.dtype, device=probs.device)
+    # statistics in float64 (exact for a constant map), compared in the map's dtype
+    wide = probs.to(torch.float32 if probs.device.type == "mps" else torch.float64)
+    mean = wide.mean(dim=(-2, -1), keepdim=True)
+    std = wide.std(dim=(-2, -1), correction=0, keepdim=True)  # population std, as np.std
+    return (mean + std).clamp(max=rule.cap).to(probs.dtype)
+
+
+def thresholds(probs: torch.Tensor, preset: str = "ssnm") -> torch.Tensor:
+    """The threshold a preset puts on each probability map, as :func:`precision_jaccard` applies it.
+
+    Args:
+        probs: probability maps ``(..., h, w)`` in [0, 1].
+        preset: ``"ssnm"``, ``"ufo"`` or ``"fixed"``.
+
+    Returns:
+        ``(..., 1, 1)`` in the maps' dtype; a map's binary mask is ``probs > thresholds``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.metrics import thresholds
+        >>> maps = torch.tensor([[[0.9, 0.1], [0.2, 0.1]]])
+        >>> thresholds(maps, "fixed").flatten().tolist(), (maps > thresholds(maps)).tolist()
+        ([0.5], [[[True, False], [False, False]]])
+    """
+    return _thresholds(probs, get_preset(preset))
+
+
 def precision_jaccard(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -285,14 +316,7 @@ def precision_jaccard(
         gt = rearrange(target.detach().to(device=probs.device, dtype=probs.dtype), "b n 1 h w -> (b n) 1 h w")
         gt = _resize(gt, out_size, antialias) >= 0.5
 
-        if rule.threshold is not None:
-            binary = probs > rule.threshold
-        else:
-            # statistics in float64 (exact for a constant map), compared in the map's dtype
-            wide = probs.to(torch.float32 if probs.device.type == "mps" else torch.float64)
-            mean = reduce(wide, "m 1 h w -> m 1 1 1", "mean")
-            std = wide.std(dim=(-2, -1), correction=0, keepdim=True)  # population std, as np.std
-            binary = probs > (mean + std).clamp(max=rule.cap).to(probs.dtype)
+        binary = probs > _thresholds(probs, rule)
 
         correct = reduce((binary == gt).to(probs.dtype), "m 1 h w -> m", "sum")
         inter = reduce((binary & gt).to(probs.dtype), "m 1 h w -> m", "sum")
