@@ -76,7 +76,7 @@ class FrozenClip(nn.Module):
 
     def __init__(
         self,
-        model: nn.Module,
+        model: torch.nn.Module,
         tokenizer: Callable[..., torch.Tensor],
         *,
         classnames: Sequence[str] = DEFAULT_VOCABULARY,
@@ -357,5 +357,5 @@ class FrozenClip(nn.Module):
         )
 
     def clip_state_dict(self) -> dict[str, torch.Tensor]:
-        """The wrapped CLIP's weights (they are not part of :meth:`state_dict`)."""
+        """The wrapped CLIP's weights (they are not part of :meth:`~torch.nn.Module.state_dict`)."""
         return self._clip.state_dict()

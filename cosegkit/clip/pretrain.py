@@ -3,7 +3,7 @@
 Pretrained CLIP weights cannot always be downloaded (offline machines, CI). So that the CLIP
 modules of LCCo carry real semantics there too, this module trains a small open_clip model on
 the synthetic world's images and captions (``"a red striped circle and a blue square"``) with
-open_clip's own model classes and contrastive loss (:class:`open_clip.ClipLoss`). The result is
+open_clip's own model classes and contrastive loss (``open_clip.ClipLoss``). The result is
 cached by its settings under the user's cache folder and reused.
 
 The architecture ``"coseg-synthetic-clip"`` (a 3-layer ViT on 64 px input with patch 8, a

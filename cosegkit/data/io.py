@@ -357,10 +357,10 @@ def _mask_utils():
 
 
 def coco_mask(group: Group, index: int) -> torch.Tensor:
-    """The mask of image ``index`` of a :func:`~cosegkit.data.readers.read_coco` group: the union of its instances.
+    """The mask of image ``index`` of a :func:`~cosegkit.data.read_coco` group: the union of its instances.
 
     Args:
-        group: a group made by :func:`~cosegkit.data.readers.read_coco`.
+        group: a group made by :func:`~cosegkit.data.read_coco`.
         index: the image's position in the group.
 
     Returns:
@@ -412,13 +412,13 @@ def coco_mask(group: Group, index: int) -> torch.Tensor:
 def load_group_item(group: Group, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Load image ``index`` of a group and its mask, whatever reader made the group.
 
-    Dispatches on ``group.meta``: COCO groups (:func:`~cosegkit.data.readers.read_coco`) build the mask from their
-    annotations, MSRC groups (:func:`~cosegkit.data.readers.read_msrc`) select ``meta["mask_colour"]`` in the colour
+    Dispatches on ``group.meta``: COCO groups (:func:`~cosegkit.data.read_coco`) build the mask from their
+    annotations, MSRC groups (:func:`~cosegkit.data.read_msrc`) select ``meta["mask_colour"]`` in the colour
     map, others load the mask file; unlabelled groups (``masks=None``, not COCO) give ``None``.
     The mask's size is checked against the image's.
 
     COCO images load without EXIF transposition (COCO's annotations are drawn on the stored
-    pixels); all others with it (:func:`~cosegkit.data.io.load_image`).
+    pixels); all others with it (:func:`~cosegkit.data.load_image`).
 
     Args:
         group: a group from any reader.

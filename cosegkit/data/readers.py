@@ -3,7 +3,7 @@
 Every reader returns a ``list[Group]`` sorted by group name, each group's files sorted by file
 name, images matched to masks by file stem (``img_1001.jpg`` <-> ``img_1001.png``). Nothing is
 decoded while reading (except MSRC's colour maps, which decide the groups), so reading is fast;
-:func:`~cosegkit.data.io.load_group_item` loads one image and its mask, whatever layout it came from.
+:func:`~cosegkit.data.load_group_item` loads one image and its mask, whatever layout it came from.
 
 Problems are never skipped silently:
 
@@ -362,7 +362,7 @@ def read_msrc(
     A class's group holds every image whose ground truth has more than ``min_fraction`` of its
     pixels in that class's colour (:data:`MSRC_COLOURS`); the default 0 takes every image where
     the class is annotated at all. The group's masks are the colour maps themselves, and
-    ``group.meta["mask_colour"]`` tells :func:`~cosegkit.data.io.load_group_item` which colour is foreground. An
+    ``group.meta["mask_colour"]`` tells :func:`~cosegkit.data.load_group_item` which colour is foreground. An
     image with two requested classes (a cow with sheep) joins both groups. This reads all of
     MSRC v2; the co-segmentation benchmark's "MSRC 7 x 10" is a hand-picked subset whose lists
     are not distributed with MSRC (its processed copy reads with :func:`read_processed`).
@@ -532,7 +532,7 @@ def read_processed(
             groundtruth/<class>/*   masks of the same stems: .png, .bmp or .jpg
 
     Masks stored as JPEG (the Internet set's) binarise by the threshold rule of
-    :func:`~cosegkit.data.io.load_mask`, which is made for their compression noise.
+    :func:`~cosegkit.data.load_mask`, which is made for their compression noise.
 
     Args:
         root: the dataset folder (``.../iCoseg8``), or its parent when ``dataset`` is given.
@@ -654,10 +654,10 @@ def read_coco(
     ``min_area``; a category with fewer than ``min_images`` such images (or none) is left out by
     that filter, while a category with no instance at all is an empty group (``on_empty``). Masks are not
     files: ``group.masks`` is ``None`` and ``group.meta`` keeps what
-    :func:`~cosegkit.data.io.coco_mask` needs (``category_id``, ``annotations`` (the json's path),
+    :func:`~cosegkit.data.coco_mask` needs (``category_id``, ``annotations`` (the json's path),
     ``annotation_ids``, ``image_ids``, ``image_sizes`` and ``segmentations``, per image). The mask
     of an image is the union of *all* its instances of the category (small ones included; crowd
-    regions too unless ``include_crowd=False``). :func:`~cosegkit.data.io.load_group_item` loads image and mask.
+    regions too unless ``include_crowd=False``). :func:`~cosegkit.data.load_group_item` loads image and mask.
 
     ``ssnm_filter=True`` applies the SSNM/UFO training-set rule: categories with at least 100
     images holding an instance of area > 4000 pixels, each group holding those images (that

@@ -167,7 +167,7 @@ class TrainSets(Dataset):
         balance: how groups are drawn.
         seed: base seed.
         loader: ``(group, index) -> (image, mask)``; by default
-            :func:`cosegkit.data.io.load_group_item`.
+            :func:`cosegkit.data.load_group_item`.
 
     Example:
         >>> import torch

@@ -100,7 +100,7 @@ SHAPES: tuple[str, ...] = (
     "heart",
 )
 
-#: Colours of the vocabulary: name -> RGB in [0, 1].
+#: The vocabulary's colours, each name with its RGB in [0, 1].
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.92, 0.12, 0.10),
     "green": (0.10, 0.72, 0.18),
@@ -150,7 +150,7 @@ class SyntheticSet:
     Attributes:
         images: ``(N, 3, S, S)`` float32 RGB in [0, 1].
         masks: ``(N, 1, S, S)`` float32 in {0, 1}: the target's visible pixels.
-        target: the target's class index into :attr:`SyntheticWorld.classes`.
+        target: the target's class index into ``SyntheticWorld.classes``.
         target_name: the target's class name.
         captions: one caption per image, naming its objects in a random order, e.g.
             ``"a blue plain square and a red striped circle"``.

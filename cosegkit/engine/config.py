@@ -224,7 +224,7 @@ def _read_groups(config: TrainConfig) -> list[Group]:
 
 
 def build_train_sets(config: TrainConfig, length: int) -> Dataset:
-    """The training dataset of ``length`` items: synthetic sets, or :class:`TrainSets` of a reader's groups."""
+    """The training dataset of ``length`` items: synthetic sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups."""
     if config.dataset == "synthetic":
         return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
     groups = _select(_read_groups(config), config.classes, "training classes")
@@ -240,7 +240,7 @@ def build_train_sets(config: TrainConfig, length: int) -> Dataset:
 
 def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int | None = None) -> Dataset:
     """Held-out evaluation sets: synthetic sets drawn with seed ``config.seed + 1`` (``sets`` of
-    them, default ``config.extra["eval_sets"]`` or 40), or :class:`EvalSets` of the named groups."""
+    them, default ``config.extra["eval_sets"]`` or 40), or :class:`~cosegkit.data.EvalSets` of the named groups."""
     if config.dataset == "synthetic":
         sets = sets or int(config.extra.get("eval_sets", 40))
         return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=config.seed + 1)

@@ -120,7 +120,7 @@ class ImageSetCorrespondence(nn.Module):
 
         Args:
             features: ``(b, n, c, h, w)``.
-            index: ``(b, n, m)`` partner positions from :func:`partner_index`.
+            index: ``(b, n, m)`` partner positions from :func:`~cosegkit.layers.partner_index`.
 
         Returns:
             ``(b, n, m, c, h, w)``.

@@ -12,7 +12,7 @@ The field's P/J numbers (LCCo Table 1 included) come from the evaluation code of
    (SSNM) or 0.5 (UFO); ``"fixed"`` uses :math:`t = 0.5` (GroupSeg's rule).
 3. Per image, :math:`P = |\{\hat B = G\}| / (HW)` (pixel accuracy over foreground and
    background) and :math:`J = |\hat B \cap G| / (|\hat B \cup G| + 10^{-10})`.
-4. Both are averaged over all images of the dataset (:func:`reduce_scores`).
+4. Both are averaged over all images of the dataset (:func:`~cosegkit.metrics.reduce_scores`).
 
 Details taken from the reference code, each decided by it:
 

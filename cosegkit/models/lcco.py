@@ -407,7 +407,7 @@ class LCCo(nn.Module):
         return self(images, valid).masks.sigmoid()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """Parameters that train (the frozen CLIP is never among :meth:`parameters` anyway)."""
+        """Parameters that train (the frozen CLIP is never among :meth:`~torch.nn.Module.parameters` anyway)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ persistence
