@@ -264,6 +264,18 @@ def image_size(path: str | Path, *, exif_transpose: bool = True) -> tuple[int, i
 
     Raises:
         DataError: the file is missing or not an image; the message names it.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from cosegkit.data.io import image_size
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     exif = Image.Exif()
+        ...     exif[0x0112] = 6  # EXIF orientation: a phone photo to be turned 90 degrees
+        ...     Image.new("RGB", (8, 6)).save(f"{tmp}/phone.jpg", exif=exif)
+        ...     sizes = image_size(f"{tmp}/phone.jpg"), image_size(f"{tmp}/phone.jpg", exif_transpose=False)
+        >>> sizes  # (width, height) as viewers show it, then as stored
+        ((6, 8), (8, 6))
     """
     path = Path(path)
     if not path.is_file():
@@ -303,6 +315,20 @@ def check_pair(image_path: str | Path, mask_path: str | Path, *, exif_transpose:
     Raises:
         DataError: either file is unreadable, or the sizes differ; the message names both files
             and both sizes.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from cosegkit.data.io import check_pair
+        >>> with tempfile.TemporaryDirectory() as tmp:  # doctest: +ELLIPSIS
+        ...     Image.new("RGB", (8, 6)).save(f"{tmp}/cat.jpg")
+        ...     Image.new("L", (8, 6)).save(f"{tmp}/cat.png")
+        ...     Image.new("L", (6, 8)).save(f"{tmp}/dog.png")
+        ...     check_pair(f"{tmp}/cat.jpg", f"{tmp}/cat.png")  # the same size: passes silently
+        ...     check_pair(f"{tmp}/cat.jpg", f"{tmp}/dog.png")
+        Traceback (most recent call last):
+        ...
+        cosegkit.data.types.DataError: mask ...dog.png is 6x8 (width x height) but its image ...cat.jpg is 8x6; ...
     """
     image_path, mask_path = Path(image_path), Path(mask_path)
     image_wh = image_size(image_path, exif_transpose=exif_transpose)
@@ -333,6 +359,22 @@ def load_pair(
     Raises:
         DataError: a file is unreadable, or the mask's size differs from the image's; the
             message names the files and both sizes.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from cosegkit.data.io import load_pair
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     Image.new("RGB", (8, 6), (200, 120, 40)).save(f"{tmp}/cat.jpg")
+        ...     mask = Image.new("L", (8, 6))
+        ...     mask.paste(255, (2, 1, 6, 4))  # a 4 x 3 foreground box
+        ...     mask.save(f"{tmp}/cat.png")
+        ...     image, mask = load_pair(f"{tmp}/cat.jpg", f"{tmp}/cat.png")
+        ...     unlabelled = load_pair(f"{tmp}/cat.jpg", None)
+        >>> image.shape, image.dtype, mask.shape, mask.sum().item()
+        (torch.Size([3, 6, 8]), torch.float32, torch.Size([1, 6, 8]), 12.0)
+        >>> unlabelled[0].shape, unlabelled[1]
+        (torch.Size([3, 6, 8]), None)
     """
     image = load_image(image_path, exif_transpose=exif_transpose)
     if mask_path is None:
@@ -369,6 +411,31 @@ def coco_mask(group: Group, index: int) -> torch.Tensor:
     Raises:
         ImportError: pycocotools is not installed.
         DataError: the group is not a COCO group, or an annotation cannot be decoded.
+
+    Example:
+        Two overlapping cats in one image, given as polygons ``[x1, y1, x2, y2, ...]``: a 4 x 4 and
+        a 6 x 4 box that share 2 x 2 pixels.
+
+        >>> import json, tempfile
+        >>> from PIL import Image
+        >>> from cosegkit.data.io import coco_mask
+        >>> from cosegkit.data.readers import read_coco
+        >>> coco = {
+        ...     "images": [{"id": 1, "file_name": "cats.jpg", "width": 8, "height": 6}],
+        ...     "categories": [{"id": 17, "name": "cat"}],
+        ...     "annotations": [
+        ...         {"id": 1, "image_id": 1, "category_id": 17, "area": 16, "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]]},
+        ...         {"id": 2, "image_id": 1, "category_id": 17, "area": 24, "segmentation": [[2, 2, 8, 2, 8, 6, 2, 6]]},
+        ...     ],
+        ... }
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     with open(f"{tmp}/instances.json", "w") as file:
+        ...         json.dump(coco, file)
+        ...     Image.new("RGB", (8, 6)).save(f"{tmp}/cats.jpg")
+        ...     groups = read_coco(f"{tmp}/instances.json", tmp)
+        >>> mask = coco_mask(groups[0], 0)  # reads the json's polygons, not the files
+        >>> mask.shape, mask.dtype, mask.sum().item()  # 16 + 24 - 4 pixels
+        (torch.Size([1, 6, 8]), torch.float32, 36.0)
     """
     if "segmentations" not in group.meta:
         raise DataError(f"group {group.name!r} was not made by read_coco: its meta has no COCO segmentations")
@@ -432,6 +499,23 @@ def load_group_item(group: Group, index: int) -> tuple[torch.Tensor, torch.Tenso
         IndexError: ``index`` is out of range.
         DataError: a file is unreadable or the mask's size differs from the image's; the message
             names the files.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data.io import load_group_item
+        >>> from cosegkit.data.types import Group
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     Image.new("RGB", (8, 6)).save(f"{tmp}/cat.jpg")
+        ...     Image.new("L", (8, 6), 255).save(f"{tmp}/cat.png")
+        ...     labelled = Group("cats", images=(Path(tmp, "cat.jpg"),), masks=(Path(tmp, "cat.png"),))
+        ...     image, mask = load_group_item(labelled, 0)
+        ...     unlabelled = load_group_item(Group("cats", images=(Path(tmp, "cat.jpg"),), masks=None), 0)
+        >>> image.shape, mask.shape, mask.mean().item()
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]), 1.0)
+        >>> unlabelled[0].shape, unlabelled[1]
+        (torch.Size([3, 6, 8]), None)
     """
     image_path = group.images[index]
     if "segmentations" in group.meta:

@@ -218,10 +218,25 @@ def read_pascal_voc(root: str | Path, *, missing_masks: str = "error", on_empty:
     Raises:
         DataError: the root is missing, an image has no mask, or a group is empty.
 
-    Example::
+    Example:
+        On the real set, ``read_pascal_voc("data/pascal_voc_coseg")[0]`` is ``Aero`` (``airplane``, 66
+        images). The same layout with one image:
 
-        groups = read_pascal_voc("data/pascal_voc_coseg")
-        groups[0].name, groups[0].class_name, len(groups[0])   # ('Aero', 'airplane', 66)
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data import load_group_item, read_pascal_voc
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     (Path(tmp) / "Pascal_10" / "Aero").mkdir(parents=True)
+        ...     (Path(tmp) / "eval_pascal_10" / "Aero").mkdir(parents=True)
+        ...     Image.new("RGB", (8, 6)).save(Path(tmp) / "Pascal_10" / "Aero" / "img_0001.jpg")
+        ...     Image.new("L", (8, 6), 255).save(Path(tmp) / "eval_pascal_10" / "Aero" / "img_0001.png")
+        ...     groups = read_pascal_voc(tmp)
+        ...     image, mask = load_group_item(groups[0], 0)
+        >>> groups[0].name, groups[0].class_name, len(groups[0])
+        ('Aero', 'airplane', 1)
+        >>> image.shape, mask.shape, mask.mean().item()
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]), 1.0)
     """
     root = Path(root)
     reader = "read_pascal_voc"
@@ -271,10 +286,27 @@ def read_icoseg(root: str | Path, *, missing_masks: str = "error", on_empty: str
     Raises:
         DataError: the root is missing, an image has no mask, or a group is empty.
 
-    Example::
+    Example:
+        On the real set, ``read_icoseg("data/icoseg")[0]`` is ``001 Alaskan Brown Bear``. The same
+        layout with one image:
 
-        groups = read_icoseg("data/icoseg")
-        groups[0].name, groups[0].class_name   # ('001 Alaskan Brown Bear', 'alaskan brown bear')
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data import load_group_item, read_icoseg
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     images = Path(tmp, "dataset_public", "images", "001 Alaskan Brown Bear")
+        ...     truth = Path(tmp, "dataset_public", "ground_truth", "001 Alaskan Brown Bear")
+        ...     images.mkdir(parents=True)
+        ...     truth.mkdir(parents=True)
+        ...     Image.new("RGB", (8, 6)).save(images / "100.jpg")
+        ...     Image.new("L", (8, 6)).save(truth / "100.png")
+        ...     groups = read_icoseg(tmp)
+        ...     image, mask = load_group_item(groups[0], 0)
+        >>> groups[0].name, groups[0].class_name, len(groups[0])
+        ('001 Alaskan Brown Bear', 'alaskan brown bear', 1)
+        >>> image.shape, mask.shape
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]))
     """
     root = Path(root)
     reader = "read_icoseg"
@@ -383,10 +415,28 @@ def read_msrc(
         DataError: the root is missing, an image has no ground truth or a class no image.
         CosegValueError: an unknown class name or a ``min_fraction`` outside [0, 1).
 
-    Example::
+    Example:
+        On the real set, ``read_msrc("data/MSRC_ObjCategImageDatabase_v2")`` gives the groups
+        ``bird``, ``car``, ``cat``, ``cow``, ``dog``, ``plane`` and ``sheep``. One image of a cow on
+        grass, read as two groups:
 
-        groups = read_msrc("data/MSRC_ObjCategImageDatabase_v2")
-        [g.name for g in groups]   # ['bird', 'car', 'cat', 'cow', 'dog', 'plane', 'sheep']
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data import MSRC_COLOURS, load_group_item, read_msrc
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     Path(tmp, "Images").mkdir()
+        ...     Path(tmp, "GroundTruth").mkdir()
+        ...     Image.new("RGB", (8, 6)).save(Path(tmp, "Images", "1_1_s.bmp"))
+        ...     colour_map = Image.new("RGB", (8, 6), MSRC_COLOURS["grass"])
+        ...     colour_map.paste(MSRC_COLOURS["cow"], (2, 1, 6, 4))  # a 4 x 3 cow
+        ...     colour_map.save(Path(tmp, "GroundTruth", "1_1_s_GT.bmp"))
+        ...     groups = read_msrc(tmp, classes=("cow", "grass"))
+        ...     image, cow = load_group_item(groups[0], 0)
+        >>> [(g.name, len(g), g.meta["mask_colour"]) for g in groups]
+        [('cow', 1, (0, 0, 128)), ('grass', 1, (0, 128, 0))]
+        >>> image.shape, cow.shape, cow.sum().item()
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]), 12.0)
     """
     root = Path(root)
     reader = "read_msrc"
@@ -479,10 +529,26 @@ def read_internet(
         DataError: the root is missing, no folder matches ``subset``, an image has no mask, or
             a group is empty.
 
-    Example::
+    Example:
+        On the real set, ``read_internet("data/ObjectDiscovery")`` gives ``Airplane100``,
+        ``Car100`` and ``Horse100`` (100 images each). The same layout with one image per folder:
 
-        groups = read_internet("data/ObjectDiscovery")
-        [(g.name, g.class_name, len(g)) for g in groups]   # [('Airplane100', 'airplane', 100), ...]
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data import load_group_item, read_internet
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     for name in ("Airplane100", "Airplane"):  # the 100-image subset and the full set
+        ...         folder = Path(tmp, "Data", name)
+        ...         (folder / "GroundTruth").mkdir(parents=True)
+        ...         Image.new("RGB", (8, 6)).save(folder / "0001.jpg")
+        ...         Image.new("L", (8, 6)).save(folder / "GroundTruth" / "0001.png")
+        ...     groups, full = read_internet(tmp), read_internet(tmp, subset="full")
+        ...     image, mask = load_group_item(groups[0], 0)
+        >>> [(g.name, g.class_name, len(g)) for g in groups + full]
+        [('Airplane100', 'airplane', 1), ('Airplane', 'airplane', 1)]
+        >>> image.shape, mask.shape, mask.sum().item()  # an empty mask: no airplane in this image
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]), 0.0)
     """
     root = Path(root)
     reader = "read_internet"
@@ -546,9 +612,26 @@ def read_processed(
     Raises:
         DataError: the folder is missing, an image has no mask, or a group is empty.
 
-    Example::
+    Example:
+        ``read_processed("data/SSNM_test", dataset="iCoseg8")`` reads SSNM's iCoseg test set. The
+        same layout with one image, its mask a JPEG:
 
-        groups = read_processed("data/SSNM_test", dataset="iCoseg8")
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data import load_group_item, read_processed
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     images, truth = Path(tmp, "iCoseg8", "image", "cheetah"), Path(tmp, "iCoseg8", "groundtruth", "cheetah")
+        ...     images.mkdir(parents=True)
+        ...     truth.mkdir(parents=True)
+        ...     Image.new("RGB", (8, 6)).save(images / "1.jpg")
+        ...     Image.new("L", (8, 6), 255).save(truth / "1.jpg")
+        ...     groups = read_processed(tmp, dataset="iCoseg8")
+        ...     image, mask = load_group_item(groups[0], 0)
+        >>> groups[0].name, len(groups[0]), groups[0].masks[0].name
+        ('cheetah', 1, '1.jpg')
+        >>> image.shape, mask.shape, mask.mean().item()
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]), 1.0)
     """
     root = Path(root) if dataset is None else Path(root) / dataset
     reader = "read_processed"
@@ -685,10 +768,30 @@ def read_coco(
             instance, or no category passes the filters.
         CosegValueError: an unknown category, or ``ssnm_filter`` with other thresholds.
 
-    Example::
+    Example:
+        On COCO itself: ``read_coco("coco/annotations/instances_train2017.json", "coco/train2017",
+        ssnm_filter=True)``. A json with one image and one cat instance (a polygon
+        ``[x1, y1, x2, y2, ...]``):
 
-        groups = read_coco("coco/annotations/instances_train2017.json", "coco/train2017", ssnm_filter=True)
-        image, mask = load_group_item(groups[0], 0)
+        >>> import json, tempfile
+        >>> from PIL import Image
+        >>> from cosegkit.data import load_group_item, read_coco
+        >>> cat = {"id": 5, "image_id": 1, "category_id": 17, "area": 12.0, "segmentation": [[2, 1, 6, 1, 6, 4, 2, 4]]}
+        >>> coco = {
+        ...     "images": [{"id": 1, "file_name": "cat.jpg", "width": 8, "height": 6}],
+        ...     "categories": [{"id": 17, "name": "cat"}],
+        ...     "annotations": [cat],
+        ... }
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     with open(f"{tmp}/instances.json", "w") as file:
+        ...         json.dump(coco, file)
+        ...     Image.new("RGB", (8, 6)).save(f"{tmp}/cat.jpg")
+        ...     groups = read_coco(f"{tmp}/instances.json", tmp)
+        ...     image, mask = load_group_item(groups[0], 0)
+        >>> groups[0].name, len(groups[0]), groups[0].masks, groups[0].meta["category_id"]
+        ('cat', 1, None, 17)
+        >>> image.shape, mask.shape, mask.sum().item()
+        (torch.Size([3, 6, 8]), torch.Size([1, 6, 8]), 12.0)
     """
     _mask_utils()  # fail early, before parsing a large json
     _check_choice("on_empty", on_empty, _ON_EMPTY)

@@ -63,6 +63,22 @@ class Augmentation:
         contrast: jitter factor range ``1 ± contrast``.
         saturation: jitter factor range ``1 ± saturation``.
         hue: hue shift range ``± hue`` (at most 0.5).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.data.sampling import Augmentation
+        >>> image, mask = torch.rand(3, 40, 60), torch.zeros(1, 40, 60)
+        >>> mask[..., :30] = 1.0  # the left half is foreground
+        >>> out_image, out_mask = Augmentation()(image, mask, 32, torch.Generator().manual_seed(0))
+        >>> out_image.shape, out_mask.shape, out_mask.unique().tolist()
+        (torch.Size([3, 32, 32]), torch.Size([1, 32, 32]), [0.0, 1.0])
+
+        Geometry only, a certain flip: the mask's foreground moves to the right half.
+
+        >>> flip = Augmentation(hflip=1.0, scale=(1.0, 1.0), brightness=0, contrast=0, saturation=0, hue=0)
+        >>> _, out_mask = flip(image, mask, 32, torch.Generator().manual_seed(0))
+        >>> out_mask[0, :, :16].sum().item(), out_mask[0, :, 16:].sum().item()
+        (0.0, 512.0)
     """
 
     hflip: float = 0.5

@@ -160,6 +160,17 @@ class SyntheticSet:
             object's pixels left visible by the objects drawn over it.
         class_maps: ``(N, 1, S, S)`` int64: the class index of the object visible at each
             pixel, ``-1`` on the background. ``class_maps == c`` is class ``c``'s visible mask.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> s = SyntheticWorld(num_classes=6, image_size=32, seed=0).sample_set(3, seed=1)
+        >>> len(s), s.images.shape, s.masks.shape, s.class_maps.shape, s.class_maps.dtype
+        (3, torch.Size([3, 3, 32, 32]), torch.Size([3, 1, 32, 32]), torch.Size([3, 1, 32, 32]), torch.int64)
+        >>> torch.equal(s.masks, (s.class_maps == s.target).float())  # the target's visible pixels
+        True
+        >>> all(s.target in present for present in s.present_classes)
+        True
     """
 
     images: torch.Tensor
@@ -176,7 +187,17 @@ class SyntheticSet:
 
 
 class SyntheticBatch(NamedTuple):
-    """A batch of sets: ``images (B, N, 3, S, S)``, ``masks (B, N, 1, S, S)``, ``targets (B,)``."""
+    """A batch of sets: ``images (B, N, 3, S, S)``, ``masks (B, N, 1, S, S)``, ``targets (B,)``.
+
+    Example:
+        >>> from cosegkit.data.synthetic import SyntheticBatch, SyntheticWorld
+        >>> batch = SyntheticWorld(num_classes=5, image_size=32, seed=0).sample_batch(2, 3, seed=0)
+        >>> isinstance(batch, SyntheticBatch), batch.images.shape, batch.masks.shape
+        (True, torch.Size([2, 3, 3, 32, 32]), torch.Size([2, 3, 1, 32, 32]))
+        >>> batch.targets.shape, batch.targets.dtype
+        (torch.Size([2]), torch.int64)
+        >>> images, masks, targets = batch  # a named tuple: it unpacks
+    """
 
     images: torch.Tensor
     masks: torch.Tensor

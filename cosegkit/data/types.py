@@ -11,7 +11,20 @@ __all__ = ["DataError", "Group"]
 
 
 class DataError(CosegValueError):
-    """A dataset file or folder is missing, unreadable or inconsistent; the message names it."""
+    """A dataset file or folder is missing, unreadable or inconsistent; the message names it.
+
+    It is a :class:`~cosegkit.errors.CosegValueError`, so ``except ValueError`` catches it too.
+
+    Example:
+        >>> from cosegkit.data.readers import read_pascal_voc
+        >>> read_pascal_voc("/no/such/folder")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cosegkit.data.types.DataError: read_pascal_voc: /no/such/folder/Pascal_10 does not exist; expected ...
+            <root>/
+                Pascal_10/<Class>/img_XXXX.jpg        images, one folder per class (Aero, Bicycle, ...)
+                eval_pascal_10/<Class>/img_XXXX.png   masks of the same names, 0/255
+    """
 
 
 @dataclass(frozen=True)
@@ -25,6 +38,16 @@ class Group:
         class_name: the common object's class in words, when the layout tells it (e.g.
             ``"airplane"``), else the group name.
         meta: reader-specific extras (e.g. the COCO category id and per-image annotation ids).
+
+    Example:
+        >>> from pathlib import Path
+        >>> from cosegkit.data.types import Group
+        >>> images, masks = (Path("img_1.jpg"), Path("img_2.jpg")), (Path("img_1.png"), Path("img_2.png"))
+        >>> group = Group("Aero", images, masks, class_name="airplane")
+        >>> group.name, group.class_name, len(group)
+        ('Aero', 'airplane', 2)
+        >>> Group("my_cats", images, masks=None).class_name  # unlabelled; the class name defaults to the name
+        'my_cats'
     """
 
     name: str
