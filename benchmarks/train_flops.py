@@ -85,8 +85,10 @@ def main() -> None:
     print(f"{encoder} + CLIP {clip}, {s} px, sets of N = {n}")
     print(f"  one training set (forward with masks, loss, backward): {per_set_train / 1e9:.1f} GFLOP")
     print(f"  one evaluation set (forward):                          {per_set_eval / 1e9:.1f} GFLOP")
-    print(f"  one step of {args.batch_size} sets: {per_step / 1e12:.2f} TFLOP; "
-          f"{args.steps} steps: {total / 1e15:.1f} PFLOP")
+    print(
+        f"  one step of {args.batch_size} sets: {per_step / 1e12:.2f} TFLOP; "
+        f"{args.steps} steps: {total / 1e15:.1f} PFLOP"
+    )
     eval_flops = 1000 / n * per_set_eval
     print(f"  evaluating 1,000 test images in sets of {n}: {eval_flops / 1e12:.1f} TFLOP")
     print()
