@@ -36,6 +36,20 @@ def partner_index(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         ``index`` ``(b, n, m)`` long tensor of partner positions and ``live`` ``(b, n, m)``
         boolean mask, with ``m = max(n - 1, 1)``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.layers import partner_index
+        >>> valid = torch.tensor([[True, True, True], [True, False, False]])  # set 1: one image, two pads
+        >>> index, live = partner_index(valid)
+        >>> index.shape, live.shape
+        (torch.Size([2, 3, 2]), torch.Size([2, 3, 2]))
+        >>> index[0].tolist()  # image i of a full set of 3: partners j != i
+        [[1, 2], [0, 2], [0, 1]]
+        >>> index[1, 0].tolist(), live[1, 0].tolist()  # the lone valid image gets a self-loop
+        ([0, 2], [True, False])
+        >>> partner_index(torch.tensor([[True]]))[0].shape  # N = 1: m = 1
+        torch.Size([1, 1, 1])
     """
     b, n = valid.shape
     device = valid.device

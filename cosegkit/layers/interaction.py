@@ -40,6 +40,24 @@ class ClipInteractionOutput(NamedTuple):
         semantic_embeddings: fused text-image semantics :math:`z^{img}_i`, ``(B, N, D)`` (eq. 4).
         similarity: cosine similarity :math:`S` of image and text embeddings, ``(B, N, P)``.
         topk_indices: the distilled prompts, ``(B, K)`` long, by decreasing :math:`\\sigma`.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.layers import ClipInteraction, ClipInteractionOutput
+        >>> inter = ClipInteraction(32, clip_dim=16, top_k=3, heads=4)  # C = 32, D = 16, K = 3
+        >>> out = inter(torch.randn(2, 4, 32, 8, 8), torch.randn(2, 4, 16), torch.randn(10, 16))  # B = 2, N = 4, P = 10
+        >>> isinstance(out, ClipInteractionOutput)
+        True
+        >>> for name, value in out._asdict().items():
+        ...     print(name, tuple(value.shape), value.dtype)
+        features (2, 4, 32, 8, 8) torch.float32
+        set_embeddings (2, 4, 16) torch.float32
+        semantic_embeddings (2, 4, 16) torch.float32
+        similarity (2, 4, 10) torch.float32
+        topk_indices (2, 3) torch.int64
+        >>> features, *_ = out  # a NamedTuple unpacks like a tuple
+        >>> features.shape
+        torch.Size([2, 4, 32, 8, 8])
     """
 
     features: torch.Tensor
@@ -81,6 +99,19 @@ def distill_text(similarity: torch.Tensor, top_k: int, valid: torch.Tensor | Non
 
     Returns:
         ``(B, K)`` prompt indices, by decreasing :math:`\\sigma`.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.layers import distill_text
+        >>> similarity = torch.tensor([[[0.1, 0.9, 0.3],
+        ...                             [0.2, 0.8, 0.5],
+        ...                             [0.9, 0.0, 0.0]]])  # (B, N, P) = (1, 3, 3)
+        >>> distill_text(similarity, top_k=2)  # sigma = [1.2, 1.7, 0.8]
+        tensor([[1, 0]])
+        >>> distill_text(similarity, top_k=2, valid=torch.tensor([[True, True, False]]))  # image 2 is padding
+        tensor([[1, 2]])
+        >>> distill_text(similarity, top_k=2).shape
+        torch.Size([1, 2])
     """
     b, n, p = similarity.shape
     check_top_k(top_k, p)

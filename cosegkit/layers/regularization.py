@@ -27,6 +27,23 @@ class ClipRegularizationOutput(NamedTuple):
         features: regularised features :math:`\\hat F^3_i`, ``(B, N, C, h, w)`` (eq. 8).
         class_probs: :math:`v`, probabilities over the ``P`` prompts, ``(B, P)`` (eq. 7).
         common_class: :math:`i^*`, the set's most likely prompt, ``(B,)`` long (eq. 6).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.layers import ClipRegularization, ClipRegularizationOutput
+        >>> reg = ClipRegularization(32, clip_dim=16, num_prompts=10)  # C = 32, D = 16, P = 10
+        >>> out = reg(torch.randn(2, 4, 32, 8, 8), torch.randn(2, 4, 10), torch.randn(10, 16))  # B = 2, N = 4
+        >>> isinstance(out, ClipRegularizationOutput)
+        True
+        >>> for name, value in out._asdict().items():
+        ...     print(name, tuple(value.shape), value.dtype)
+        features (2, 4, 32, 8, 8) torch.float32
+        class_probs (2, 10) torch.float32
+        common_class (2,) torch.int64
+        >>> torch.allclose(out.class_probs.sum(dim=-1), torch.ones(2))  # a distribution over the prompts
+        True
+        >>> bool((out.common_class == out.class_probs.argmax(dim=-1)).all())
+        True
     """
 
     features: torch.Tensor

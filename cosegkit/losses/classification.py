@@ -80,6 +80,20 @@ def masked_images(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Images with everything but the object blacked out, ``(B, N, 3, H, W)``.
 
     Masks may be at a different resolution than the images; they are resized (nearest) first.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import masked_images
+        >>> images = torch.ones(1, 2, 3, 4, 4)  # (B, N, 3, H, W)
+        >>> masks = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(1, 2, 1, 2, 2)  # (B, N, 1, 2, 2): top-left object
+        >>> out = masked_images(images, masks)
+        >>> out.shape
+        torch.Size([1, 2, 3, 4, 4])
+        >>> out[0, 0, 0]  # the 2 x 2 mask, resized to 4 x 4, keeps the top-left quarter
+        tensor([[1., 1., 0., 0.],
+                [1., 1., 0., 0.],
+                [0., 0., 0., 0.],
+                [0., 0., 0., 0.]])
     """
     if not is_compiling() and (masks.ndim != 5 or masks.shape[:2] != images.shape[:2] or masks.shape[2] != 1):
         raise CosegShapeError(
@@ -99,6 +113,17 @@ def targets_from_embeddings(
 
     :math:`S^{gt} = \\cos(\\mathcal H^{img}_{gt}, \\mathcal H^{txt})`, summed over the (valid)
     images of the set; the class is the arg-max. Returns ``(B,)`` long.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import targets_from_embeddings
+        >>> text = torch.eye(3, 4)  # (P, D): three prompts
+        >>> masked = torch.tensor([[[0.1, 0.2, 1.0, 0.0],
+        ...                         [1.0, 0.3, 0.9, 0.0]]])  # (B, N, D) = (1, 2, 4)
+        >>> targets_from_embeddings(masked, text)  # image 0 is clearly class 2, image 1 leans to class 0
+        tensor([2])
+        >>> targets_from_embeddings(masked, text, valid=torch.tensor([[False, True]]))  # image 0 is padding
+        tensor([0])
     """
     b, n = masked_embeddings.shape[:2]
     valid = resolve_valid(valid, b, n, masked_embeddings.device)
@@ -128,6 +153,24 @@ def set_class_targets(
 
     Returns:
         ``(B,)`` long class indices into the CLIP's vocabulary.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips, TINY_CLIP
+        >>> _ = register_tiny_clips()  # a tiny random CLIP, "coseg-test-tiny", for offline examples
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.losses import masked_images, set_class_targets, targets_from_embeddings
+        >>> clip = FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat", "dog", "car"])
+        >>> images = torch.rand(2, 3, 3, 32, 32)  # (B, N, 3, H, W)
+        >>> masks = (torch.rand(2, 3, 1, 32, 32) > 0.5).float()  # (B, N, 1, H, W)
+        >>> classes = set_class_targets(clip, images, masks)
+        >>> classes.shape, classes.dtype, bool(((classes >= 0) & (classes < 3)).all())
+        (torch.Size([2]), torch.int64, True)
+        >>> emb = clip.encode_images(masked_images(images, masks))  # the same, step by step
+        >>> emb.shape
+        torch.Size([2, 3, 32])
+        >>> torch.equal(classes, targets_from_embeddings(emb, clip.text_bank))
+        True
     """
     check_image_set(images)
     emb = clip.encode_images(masked_images(images, masks))

@@ -41,6 +41,18 @@ def soft_iou_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1
     The min/max form is the soft Jaccard index of the IoU loss used by Su et al. 2023 (the
     loss LCCo cites for :math:`\eta`); for binary maps it is exactly the IoU. ``eps`` in
     numerator and denominator makes an empty prediction of an empty mask score 1.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import soft_iou_per_image
+        >>> target = torch.zeros(2, 3, 1, 4, 4)  # (B, N, 1, H, W)
+        >>> target[..., :2, :] = 1  # the top half is the object
+        >>> soft_iou_per_image(target, target)  # (B, N): a perfect prediction scores 1
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+        >>> soft_iou_per_image(torch.full_like(target, 0.5), target).round(decimals=4)  # 4 / 12
+        tensor([[0.3333, 0.3333, 0.3333],
+                [0.3333, 0.3333, 0.3333]])
     """
     inter = reduce(torch.minimum(probs, target), "b n 1 h w -> b n", "sum")
     union = reduce(torch.maximum(probs, target), "b n 1 h w -> b n", "sum")
@@ -90,6 +102,18 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Area-downsample masks ``(B, N, 1, H, W)`` to ``size``: the soft :math:`M^{gt}_{i\\downarrow}`.
 
     Each coarse cell holds the fraction of its pixels that belong to the object.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import downsample_mask
+        >>> mask = torch.zeros(1, 1, 1, 4, 4)  # (B, N, 1, H, W)
+        >>> mask[..., :2, :3] = 1
+        >>> small = downsample_mask(mask, (2, 2))
+        >>> small.shape
+        torch.Size([1, 1, 1, 2, 2])
+        >>> small[0, 0, 0]  # the top-right cell is half object
+        tensor([[1.0000, 0.5000],
+                [0.0000, 0.0000]])
     """
     b = mask.shape[0]
     flat = mask.flatten(0, 1).float()
@@ -115,6 +139,20 @@ def coarse_segmentation_loss(
 
     Returns:
         A scalar tensor.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import coarse_segmentation_loss
+        >>> target = torch.zeros(1, 2, 1, 16, 16)  # full resolution (B, N, 1, H, W)
+        >>> target[..., :8, :] = 1  # the top half is the object
+        >>> coarse = torch.full((1, 2, 1, 4, 4), -20.0)  # coarse logits (B, N, 1, h, w)
+        >>> coarse[..., :2, :] = 20.0  # confident and right on the 4 x 4 grid
+        >>> coarse_segmentation_loss(coarse, target).shape
+        torch.Size([])
+        >>> round(coarse_segmentation_loss(coarse, target).item(), 4)
+        0.0
+        >>> round(coarse_segmentation_loss(torch.zeros(1, 2, 1, 4, 4), target).item(), 4)  # p = 0.5 everywhere
+        0.6667
     """
     if not is_compiling() and (target.ndim != 5 or target.shape[:3] != coarse_logits.shape[:3]):
         raise CosegShapeError(

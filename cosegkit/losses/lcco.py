@@ -16,7 +16,32 @@ __all__ = ["LCCoLoss", "LCCoLossOutput"]
 
 
 class LCCoLossOutput(NamedTuple):
-    """The total loss and its terms (terms of switched-off modules are ``None``)."""
+    """The total loss and its terms (terms of switched-off modules are ``None``).
+
+    Attributes:
+        total: :math:`\\mathcal L_{total}` of eq. (9), a scalar tensor; call ``.backward()`` on it.
+        iou: :math:`\\mathcal L_{iou}` of eq. (10), a scalar tensor.
+        coarse: :math:`\\mathcal L_{cs}` of eq. (11), a scalar tensor, or ``None`` without coarse masks.
+        classification: :math:`\\mathcal L_c` of eq. (12), a scalar tensor, or ``None`` without
+            class probabilities.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import LCCoLoss, LCCoLossOutput
+        >>> from cosegkit.models.output import LCCoOutput
+        >>> output = LCCoOutput(  # a model without the regularization module: no class_probs
+        ...     masks=torch.zeros(1, 2, 1, 8, 8),  # mask logits (B, N, 1, H, W)
+        ...     valid=torch.ones(1, 2, dtype=torch.bool),
+        ...     coarse_masks=torch.zeros(1, 2, 1, 2, 2),  # coarse logits (B, N, 1, h, w)
+        ... )
+        >>> losses = LCCoLoss()(output, torch.ones(1, 2, 1, 8, 8))
+        >>> isinstance(losses, LCCoLossOutput), losses._fields
+        (True, ('total', 'iou', 'coarse', 'classification'))
+        >>> losses.total.shape, round(losses.iou.item(), 4), round(losses.coarse.item(), 4), losses.classification
+        (torch.Size([]), 0.5, 0.5, None)
+        >>> round(losses.total.item(), 4)  # iou + lambda1 * coarse
+        1.0
+    """
 
     total: torch.Tensor
     iou: torch.Tensor

@@ -71,6 +71,26 @@ class ThresholdPreset:
     Attributes:
         threshold: a fixed threshold in [0, 1].
         cap: the upper bound of the adaptive threshold (``math.inf``: no bound).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.metrics import ThresholdPreset, get_preset, precision_jaccard
+        >>> rule = ThresholdPreset(cap=0.5)
+        >>> rule == get_preset("ufo"), rule.threshold, rule.cap
+        (True, None, 0.5)
+        >>> ThresholdPreset(threshold=0.3, cap=0.5)  # doctest: +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        ...
+        cosegkit.errors.CosegValueError: a threshold preset needs exactly one of threshold (fixed) and cap (adaptive),
+        got threshold=0.3, cap=0.5
+        >>> gt = torch.zeros(1, 1, 1, 4, 4)  # (B, N, 1, H, W)
+        >>> gt[..., :1, :] = 1  # the top row is the object
+        >>> pred = 0.1 + 0.3 * gt  # right, but never above 0.5
+        >>> for rule in (ThresholdPreset(threshold=0.5), ThresholdPreset(cap=0.8)):
+        ...     p, j = precision_jaccard(pred, gt, threshold=rule.threshold, cap=rule.cap, size=None)
+        ...     print(rule, tuple(j.shape), p.tolist(), j.tolist())
+        ThresholdPreset(threshold=0.5, cap=None) (1, 1) [[0.75]] [[0.0]]
+        ThresholdPreset(threshold=None, cap=0.8) (1, 1) [[1.0]] [[1.0]]
     """
 
     threshold: float | None = None
