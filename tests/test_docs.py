@@ -1,0 +1,184 @@
+"""The documentation covers the public API, and its offline link inventories are sound.
+
+The docs build itself (``sphinx-build -W`` with ``nitpicky``) runs in CI after the tests; these
+checks need no Sphinx and fail fast when a public name is added without documentation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import zlib
+from pathlib import Path
+
+import pytest
+
+import cosegkit
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+# Every package whose ``__all__`` is public API, as the API reference presents it.
+PUBLIC_PACKAGES = [
+    "cosegkit",
+    "cosegkit.layers",
+    "cosegkit.losses",
+    "cosegkit.clip",
+    "cosegkit.data",
+    "cosegkit.metrics",
+    "cosegkit.engine",
+]
+
+_DIRECTIVE = re.compile(
+    r"^\.\. (?:py:)?(?P<kind>module|currentmodule|automodule|autoclass|autofunction|autodata|"
+    r"class|function|data|exception|type)::\s*(?P<name>\S+)\s*$"
+)
+_OPTION = re.compile(r"^\s+:(?P<key>[\w-]+):\s*(?P<value>.*)$")
+
+
+def _resolve(name: str) -> object:
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(name)
+
+
+def documented_objects(rst: Path) -> tuple[list[object], set[str]]:
+    """The objects an API page documents (by identity) and their qualified names.
+
+    Reads ``.. module::``/``.. currentmodule::`` context, the autodoc directives, plain
+    ``.. data::``/``.. py:type::`` entries, and ``automodule``'s ``:members:`` list (all of
+    the module's ``__all__`` when the list is empty, none under ``:no-members:``).
+    """
+    objects: list[object] = []
+    names: set[str] = set()
+    module = ""
+    lines = rst.read_text().splitlines()
+    for i, line in enumerate(lines):
+        match = _DIRECTIVE.match(line)
+        if not match:
+            continue
+        kind, name = match["kind"], match["name"]
+        options: dict[str, str] = {}
+        for follow in lines[i + 1 :]:
+            opt = _OPTION.match(follow)
+            if not opt:
+                break
+            options[opt["key"]] = opt["value"]
+        if kind in ("module", "currentmodule"):
+            module = name
+            continue
+        qualified = name if "." in name and name.split(".")[0] == "cosegkit" else f"{module}.{name}"
+        if kind == "automodule":
+            module_obj = importlib.import_module(name)
+            if "no-members" in options:
+                members: list[str] = []
+            elif options.get("members"):
+                members = [m.strip() for m in options["members"].split(",")]
+            else:
+                members = list(getattr(module_obj, "__all__", []))
+            for member in members:
+                objects.append(getattr(module_obj, member))
+                names.add(f"{name}.{member}")
+            continue
+        names.add(qualified)
+        try:
+            objects.append(_resolve(qualified))
+        except (ImportError, AttributeError):
+            pass  # e.g. a ``py:type`` alias that is not importable under its documented name
+    return objects, names
+
+
+def public_names() -> list[tuple[str, str, object]]:
+    out = []
+    for package in PUBLIC_PACKAGES:
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            if name != "__version__":
+                out.append((package, name, getattr(module, name)))
+    return out
+
+
+def test_public_names_are_found() -> None:
+    names = [(package, name) for package, name, _ in public_names()]
+    assert ("cosegkit", "LCCo") in names and ("cosegkit.engine", "train") in names
+    assert len(names) > 100
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    objects, names = documented_objects(DOCS / "api.rst")
+    ids = {id(obj) for obj in objects}
+    missing = [
+        f"{package}.{name}"
+        for package, name, obj in public_names()
+        if id(obj) not in ids and f"{package}.{name}" not in names
+    ]
+    assert not missing, f"public names missing from docs/api.rst: {missing}"
+
+
+def test_the_api_check_notices_a_missing_name(tmp_path) -> None:
+    page = tmp_path / "api.rst"
+    page.write_text(".. module:: cosegkit.losses\n\n.. autofunction:: iou_loss\n")
+    objects, names = documented_objects(page)
+    assert cosegkit.iou_loss in objects and "cosegkit.losses.iou_loss" in names
+    assert cosegkit.IoULoss not in objects
+
+
+def test_every_public_class_and_function_has_a_runnable_example() -> None:
+    without = sorted(
+        {
+            f"{package}.{name}"
+            for package, name, obj in public_names()
+            if (inspect.isclass(obj) or inspect.isfunction(obj)) and ">>>" not in (inspect.getdoc(obj) or "")
+        }
+    )
+    assert not without, f"public classes and functions without a >>> example: {without}"
+
+
+def test_every_page_is_in_the_table_of_contents() -> None:
+    index = (DOCS / "index.rst").read_text()
+    toc = index.split(".. toctree::", 1)[1]
+    entries = {line.strip() for line in toc.splitlines()[1:] if line.strip() and not line.strip().startswith(":")}
+    pages = {p.stem for p in DOCS.glob("*.rst")} - {"index"}
+    assert pages == entries
+
+
+def _load_inventories_module():
+    spec = importlib.util.spec_from_file_location("external_inventories", DOCS / "_ext" / "external_inventories.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("entry", _load_inventories_module().EXTERNAL, ids=lambda e: e[2])
+def test_external_link_targets_exist(entry) -> None:
+    inv = _load_inventories_module()
+    project, role, name, page = entry
+    assert project in inv.PROJECTS
+    inv.resolve(name)  # raises if the name is misspelt
+    assert not page.startswith(("http", "/"))
+
+
+def test_inventories_are_readable(tmp_path) -> None:
+    inv = _load_inventories_module()
+    mapping = inv.write_inventories(tmp_path)
+    assert set(mapping) == set(inv.PROJECTS)
+    for key, (base, path) in mapping.items():
+        raw = Path(path).read_bytes()
+        header, _, _ = raw.partition(b"compressed using zlib.\n")
+        assert header.startswith(b"# Sphinx inventory version 2\n")
+        body = zlib.decompress(raw[len(header) + len(b"compressed using zlib.\n") :]).decode()
+        rows = [line.split(" ") for line in body.splitlines()]
+        assert rows and all(len(r) == 5 and r[1].startswith("py:") for r in rows)
+        assert base.startswith("https://") and base.endswith("/")
+    torch_rows = zlib.decompress(Path(mapping["torch"][1]).read_bytes().split(b"zlib.\n", 1)[1]).decode()
+    # autodoc spells torch.nn.Module by its defining module; both spellings link to one page
+    assert "torch.nn.Module py:class 1 generated/torch.nn.Module.html#torch.nn.Module -" in torch_rows
+    assert "torch.nn.modules.module.Module py:class 1 generated/torch.nn.Module.html#torch.nn.Module -" in torch_rows
