@@ -31,7 +31,38 @@ _NAME = re.compile(r"^step_(\d{8})\.pt$")
 
 
 class CheckpointError(CosegValueError):
-    """A checkpoint file is missing, truncated, foreign or unsafe to load; the message names it."""
+    """A checkpoint file is missing, truncated, foreign or unsafe to load; the message names it.
+
+    It is a :class:`ValueError` (through :class:`~cosegkit.errors.CosegValueError`).
+
+    Example:
+        A checkpoint cut short (a copy that did not finish, a full disk) is refused by name:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from cosegkit.engine import CheckpointError, load_checkpoint, save_checkpoint
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> good = save_checkpoint({"model": {"w": torch.zeros(4, 8)}}, folder, step=1)
+        >>> cut = folder / "cut.pt"
+        >>> cut.write_bytes(good.read_bytes()[:100])
+        100
+        >>> load_checkpoint(cut)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.engine.checkpoint.CheckpointError: could not read checkpoint '.../cut.pt': it is truncated, ...
+
+        Files of other programs are refused too; every case can be caught as a ``ValueError``:
+
+        >>> torch.save({"state_dict": {"w": torch.zeros(4, 8)}}, folder / "foreign.pt")
+        >>> for name in ("foreign.pt", "missing.pt"):
+        ...     try:
+        ...         load_checkpoint(folder / name)
+        ...     except ValueError as err:
+        ...         print(type(err).__name__, name in str(err))
+        CheckpointError True
+        CheckpointError True
+    """
 
 
 def checkpoint_name(step: int) -> str:
@@ -54,6 +85,18 @@ def save_checkpoint(
 
     Returns:
         The checkpoint's path.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from cosegkit.engine import find_checkpoints, save_checkpoint
+        >>> folder = tempfile.mkdtemp()
+        >>> for step in (10, 20, 30):
+        ...     path = save_checkpoint({"model": {"w": torch.full((2, 3), float(step))}}, folder, step, keep=2)
+        >>> path.name
+        'step_00000030.pt'
+        >>> [p.name for p in find_checkpoints(folder)]  # only the newest two are kept
+        ['step_00000020.pt', 'step_00000030.pt']
     """
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,7 +127,25 @@ def save_checkpoint(
 
 
 def find_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
-    """The checkpoint files in ``directory``, oldest step first (temporary files excluded)."""
+    """The checkpoint files in ``directory``, oldest step first (temporary files excluded).
+
+    A folder that does not exist holds no checkpoints.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from cosegkit.engine import find_checkpoints, save_checkpoint
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for step in (100, 5):
+        ...     _ = save_checkpoint({"model": {"w": torch.zeros(3)}}, folder, step, keep=None)
+        >>> _ = (folder / ".step_00000200.pt.x1y2.tmp").write_bytes(b"")  # a write still in progress
+        >>> _ = (folder / "notes.txt").write_text("not a checkpoint")
+        >>> [p.name for p in find_checkpoints(folder)]
+        ['step_00000005.pt', 'step_00000100.pt']
+        >>> find_checkpoints(folder / "missing")
+        []
+    """
     folder = Path(directory)
     if not folder.is_dir():
         return []
@@ -94,9 +155,29 @@ def find_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
+    Args:
+        path: the checkpoint file.
+        map_location: where to put its tensors.
+
+    Returns:
+        The saved state, with ``format`` and ``step`` added by :func:`save_checkpoint`.
+
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, needs code to unpickle
             (``weights_only`` refuses it), or is not a cosegkit training checkpoint.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from cosegkit.engine import load_checkpoint, save_checkpoint
+        >>> state = {"model": {"weight": torch.ones(4, 3), "bias": torch.zeros(4)}, "note": "warm-up done"}
+        >>> path = save_checkpoint(state, tempfile.mkdtemp(), step=7)
+        >>> loaded = load_checkpoint(path)
+        >>> sorted(loaded), loaded["step"], loaded["format"]
+        (['format', 'model', 'note', 'step'], 7, 'cosegkit-train-checkpoint-v1')
+        >>> w = loaded["model"]["weight"]
+        >>> w.shape, w.dtype, w.device.type, torch.equal(w, state["model"]["weight"])
+        (torch.Size([4, 3]), torch.float32, 'cpu', True)
     """
     path = Path(path)
     if not path.is_file():

@@ -54,6 +54,30 @@ class TrainConfig:
     ``top_k``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
     with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.engine import TrainConfig
+        >>> config = TrainConfig(steps=200, world_classes=4, image_size=64, set_size=3)
+        >>> config.dataset, config.encoder, config.clip_model, config.batch_size, config.world_objects
+        ('synthetic', 'resnet50', 'ViT-B-16', 2, (2, 3))
+        >>> TrainConfig.from_dict(config.to_dict()) == config
+        True
+        >>> path = Path(tempfile.mkdtemp()) / "config.json"
+        >>> config.save(path)
+        >>> TrainConfig.load(path).steps
+        200
+        >>> synthetic = config.world().sample_set(config.set_size, seed=0)
+        >>> synthetic.images.shape, synthetic.masks.shape
+        (torch.Size([3, 3, 64, 64]), torch.Size([3, 1, 64, 64]))
+
+        Settings are checked when the config is made:
+
+        >>> TrainConfig(steps=0)
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: steps must be a positive integer, got 0
     """
 
     # data
@@ -224,7 +248,28 @@ def _read_groups(config: TrainConfig) -> list[Group]:
 
 
 def build_train_sets(config: TrainConfig, length: int) -> Dataset:
-    """The training dataset of ``length`` items: synthetic sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups."""
+    """The training dataset of ``length`` items: synthetic sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.engine import TrainConfig, build_train_sets
+        >>> config = TrainConfig(world_classes=4, image_size=32, set_size=3)
+        >>> sets = build_train_sets(config, length=8)
+        >>> len(sets)
+        8
+        >>> item = sets[0]
+        >>> sorted(item)
+        ['group', 'images', 'indices', 'masks', 'score', 'valid']
+        >>> item["images"].shape, item["masks"].shape, item["valid"].shape, item["group"].shape
+        (torch.Size([3, 3, 32, 32]), torch.Size([3, 1, 32, 32]), torch.Size([3]), torch.Size([]))
+        >>> item["images"].dtype, item["valid"].dtype, item["valid"].all().item()
+        (torch.float32, torch.bool, True)
+
+        An item depends on its index and the seed only, so a resumed run sees the same data:
+
+        >>> torch.equal(build_train_sets(config, length=8)[5]["images"], sets[5]["images"])
+        True
+    """
     if config.dataset == "synthetic":
         return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
     groups = _select(_read_groups(config), config.classes, "training classes")
@@ -240,7 +285,20 @@ def build_train_sets(config: TrainConfig, length: int) -> Dataset:
 
 def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int | None = None) -> Dataset:
     """Held-out evaluation sets: synthetic sets drawn with seed ``config.seed + 1`` (``sets`` of
-    them, default ``config.extra["eval_sets"]`` or 40), or :class:`~cosegkit.data.EvalSets` of the named groups."""
+    them, default ``config.extra["eval_sets"]`` or 40), or :class:`~cosegkit.data.EvalSets` of the named groups.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.engine import TrainConfig, build_eval_sets, build_train_sets
+        >>> config = TrainConfig(world_classes=4, image_size=32, set_size=3, eval_set_size=4)
+        >>> len(build_eval_sets(config)), len(build_eval_sets(config, sets=6))
+        (40, 6)
+        >>> item = build_eval_sets(config, sets=6)[0]
+        >>> item["images"].shape, item["masks"].shape, item["valid"].shape
+        (torch.Size([4, 3, 32, 32]), torch.Size([4, 1, 32, 32]), torch.Size([4]))
+        >>> torch.equal(item["images"][:3], build_train_sets(config, length=6)[0]["images"])  # held out: other sets
+        False
+    """
     if config.dataset == "synthetic":
         sets = sets or int(config.extra.get("eval_sets", 40))
         return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=config.seed + 1)
@@ -249,7 +307,33 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:
-    """The LCCo of ``config``, initialised from ``config.seed`` (so a resumed run rebuilds it)."""
+    """The LCCo of ``config``, initialised from ``config.seed`` (so a resumed run rebuilds it).
+
+    Example:
+        A tiny random model (no weights are downloaded), fine for smoke tests:
+
+        >>> import torch
+        >>> from cosegkit.engine import TrainConfig, build_model
+        >>> config = TrainConfig(
+        ...     world_classes=4, image_size=32, set_size=2, batch_size=1, heads=2, top_k=1,
+        ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
+        ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ... )
+        >>> model = build_model(config).eval()
+        >>> type(model).__name__
+        'LCCo'
+        >>> images = torch.rand(1, config.set_size, 3, config.image_size, config.image_size)
+        >>> with torch.no_grad():
+        ...     out = model(images)
+        >>> images.shape, out.masks.shape, out.class_probs.shape
+        (torch.Size([1, 2, 3, 32, 32]), torch.Size([1, 2, 1, 32, 32]), torch.Size([1, 4]))
+
+        The same config builds the same weights:
+
+        >>> a, b = build_model(config).state_dict(), model.state_dict()
+        >>> all(torch.equal(a[name], b[name]) for name in b)
+        True
+    """
     from cosegkit.clip.pretrain import SYNTHETIC_CLIP, register_synthetic_clip
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips

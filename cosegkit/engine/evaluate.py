@@ -33,6 +33,19 @@ class EvalResult:
         images: how many images were scored.
         per_group: ``{group name: {"P": ..., "J": ..., "images": ...}}``.
         preset: the binarisation preset used.
+
+    Example:
+        >>> import json
+        >>> from cosegkit.engine import EvalResult
+        >>> circles = {"P": 0.9, "J": 0.75, "images": 4}
+        >>> result = EvalResult(P=0.9, J=0.75, images=4, per_group={"red plain circle": circles})
+        >>> result.J, result.images, result.preset
+        (0.75, 4, 'ssnm')
+        >>> result.to_dict()  # doctest: +NORMALIZE_WHITESPACE
+        {'P': 0.9, 'J': 0.75, 'images': 4, 'preset': 'ssnm',
+         'per_group': {'red plain circle': {'P': 0.9, 'J': 0.75, 'images': 4}}}
+        >>> EvalResult(**json.loads(json.dumps(result.to_dict()))) == result  # what eval.json holds
+        True
     """
 
     P: float
@@ -81,6 +94,29 @@ def evaluate(
 
     Returns:
         An :class:`EvalResult`.
+
+    Example:
+        A tiny random model (no weights are downloaded) scored on three synthetic sets of two
+        images; its numbers mean nothing, but they are well-formed:
+
+        >>> from cosegkit.engine import TrainConfig, build_eval_sets, build_model, evaluate
+        >>> config = TrainConfig(
+        ...     world_classes=4, image_size=32, set_size=2, eval_set_size=2, batch_size=1, heads=2, top_k=1,
+        ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
+        ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ... )
+        >>> model = build_model(config)
+        >>> sets = build_eval_sets(config, sets=3)
+        >>> sets[0]["images"].shape, sets[0]["masks"].shape
+        (torch.Size([2, 3, 32, 32]), torch.Size([2, 1, 32, 32]))
+        >>> names = config.world().class_names
+        >>> result = evaluate(model, sets, preset="ssnm", batch_size=2, group_names=names)
+        >>> result.images, result.preset, 0 <= result.P <= 1, 0 <= result.J <= 1
+        (6, 'ssnm', True, True)
+        >>> set(result.per_group) <= set(names), sum(g["images"] for g in result.per_group.values())
+        (True, 6)
+        >>> model.training  # evaluate leaves the model in eval mode
+        False
     """
     net = _unwrap(model)
     net.eval()

@@ -42,16 +42,98 @@ __all__ = ["StepBatches", "TrainResult", "TrainingDiverged", "TrainingInterrupte
 
 
 class TrainingDiverged(CosegError, RuntimeError):
-    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint.
+
+    Example:
+        A learning rate far too high for a tiny random model sends the loss to NaN at the
+        second step; the checkpoint of the first step is kept:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.engine import TrainConfig, find_checkpoints, load_checkpoint, train
+        >>> config = TrainConfig(
+        ...     world_classes=4, image_size=32, set_size=2, batch_size=1, heads=2, top_k=1,
+        ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
+        ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ...     steps=2, checkpoint_every=1, lr=1e4,
+        ... )
+        >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+        >>> train(config, run_dir, progress=False)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+            ...
+        cosegkit.engine.trainer.TrainingDiverged: the loss became nan at step 2; the run stopped and the last good
+        checkpoint is '.../run/checkpoints/step_00000001.pt'. Lower the learning rate (--lr) or check the data, then
+        resume or restart
+
+        It is a :class:`RuntimeError` and a :class:`~cosegkit.errors.CosegError`. The run folder
+        keeps the checkpoints written before the loss went bad, and no final model:
+
+        >>> [p.name for p in find_checkpoints(run_dir / "checkpoints")], (run_dir / "model").exists()
+        (['step_00000001.pt'], False)
+        >>> load_checkpoint(run_dir / "checkpoints" / "step_00000001.pt")["step"]
+        1
+    """
 
 
 class TrainingInterrupted(CosegError, RuntimeError):
-    """The run was stopped by a signal (SIGINT or SIGTERM) after saving a checkpoint."""
+    """The run was stopped by a signal (SIGINT or SIGTERM) after saving a checkpoint.
+
+    :func:`train` raises it once the step under way when the signal arrived is finished and
+    checkpointed; the message names that step and the checkpoint folder, and
+    ``train(None, run_dir, resume=True)`` continues the run from there. ``cosegkit train``
+    exits with status 130 on it.
+
+    Example:
+        It is both a :class:`RuntimeError` and a :class:`~cosegkit.errors.CosegError` (a
+        :class:`ValueError`), so catch it before either:
+
+        >>> from cosegkit.engine import TrainingDiverged, TrainingInterrupted
+        >>> from cosegkit.errors import CosegError
+        >>> issubclass(TrainingInterrupted, RuntimeError), issubclass(TrainingInterrupted, CosegError)
+        (True, True)
+        >>> def exit_status(run):  # the exit statuses of ``cosegkit train``
+        ...     try:
+        ...         run()
+        ...     except TrainingInterrupted as err:  # stopped cleanly: resume later
+        ...         print(err)
+        ...         return 130
+        ...     except TrainingDiverged as err:
+        ...         print("error:", err)
+        ...         return 1
+        ...     except CosegError as err:  # bad settings or data
+        ...         print("error:", err)
+        ...         return 2
+        ...     return 0
+        >>> def stopped_at_step_3():
+        ...     raise TrainingInterrupted(
+        ...         "stopped by a signal after step 3; checkpoint written to 'run/checkpoints'. Continue with --resume"
+        ...     )
+        >>> exit_status(stopped_at_step_3)
+        stopped by a signal after step 3; checkpoint written to 'run/checkpoints'. Continue with --resume
+        130
+    """
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the run folder, the steps done and the final evaluation."""
+    """What :func:`train` returns: the run folder, the steps done and the final evaluation.
+
+    Attributes:
+        run_dir: the run folder.
+        steps: the optimizer steps of the run (``config.steps``).
+        last_loss: the total loss of the last step run (NaN when a resumed run had no step left).
+        evaluation: the held-out evaluation, or ``None`` when the run has no evaluation sets.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from cosegkit.engine import EvalResult, TrainResult
+        >>> evaluation = EvalResult(P=0.9, J=0.75, images=40)
+        >>> result = TrainResult(Path("runs") / "demo", steps=1000, last_loss=0.25, evaluation=evaluation)
+        >>> (result.run_dir / "model").as_posix(), result.steps, result.last_loss
+        ('runs/demo/model', 1000, 0.25)
+        >>> result.evaluation.to_dict()
+        {'P': 0.9, 'J': 0.75, 'images': 40, 'preset': 'ssnm', 'per_group': {}}
+    """
 
     run_dir: Path
     steps: int
@@ -63,6 +145,27 @@ class StepBatches(Sampler[list[int]]):
     """Batches of dataset indices by step: step ``s`` of rank ``r`` gets ``B`` fixed indices.
 
     Starting at ``start`` resumes the exact sequence of a run that stopped there.
+
+    Example:
+        >>> from cosegkit.engine import StepBatches
+        >>> list(StepBatches(start=0, steps=3, batch_size=2))
+        [[0, 1], [2, 3], [4, 5]]
+        >>> list(StepBatches(start=2, steps=3, batch_size=2))  # resumed after step 2: the same last batch
+        [[4, 5]]
+        >>> [list(StepBatches(0, 2, 2, rank=r, world=2)) for r in (0, 1)]  # two processes share out the items
+        [[[0, 1], [4, 5]], [[2, 3], [6, 7]]]
+
+        As the batch sampler of a data loader over the training sets:
+
+        >>> from torch.utils.data import DataLoader
+        >>> from cosegkit.data import collate_sets
+        >>> from cosegkit.engine import TrainConfig, build_train_sets
+        >>> sets = build_train_sets(TrainConfig(world_classes=4, image_size=32, set_size=3), length=6)
+        >>> loader = DataLoader(sets, batch_sampler=StepBatches(0, 3, 2), collate_fn=collate_sets)
+        >>> len(loader), [b["indices"].shape for b in loader]
+        (3, [torch.Size([2, 3]), torch.Size([2, 3]), torch.Size([2, 3])])
+        >>> next(iter(loader))["images"].shape
+        torch.Size([2, 3, 3, 32, 32])
     """
 
     def __init__(self, start: int, steps: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
@@ -177,6 +280,53 @@ def train(
         TrainingDiverged: the loss became NaN or Inf.
         TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint of the last finished
             step was written first, and ``resume=True`` continues from it.
+
+    Example:
+        Two steps of a tiny random model on the synthetic world (no weights are downloaded; a
+        smoke test of the whole pipeline, not a useful model):
+
+        >>> import json, math, tempfile
+        >>> from pathlib import Path
+        >>> import torch
+        >>> from cosegkit import LCCo
+        >>> from cosegkit.engine import TrainConfig, find_checkpoints, train
+        >>> config = TrainConfig(
+        ...     world_classes=4, image_size=32, set_size=2, batch_size=1, heads=2, top_k=1,
+        ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
+        ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ...     steps=2, checkpoint_every=1, log_every=1, eval_set_size=2, extra={"eval_sets": 2},
+        ... )
+        >>> run_dir = Path(tempfile.mkdtemp()) / "run"
+        >>> result = train(config, run_dir, progress=False)
+        >>> result.run_dir == run_dir, result.steps, math.isfinite(result.last_loss)
+        (True, 2, True)
+        >>> sorted(p.name for p in run_dir.iterdir())
+        ['checkpoints', 'config.json', 'eval.json', 'metrics.jsonl', 'model']
+        >>> [p.name for p in find_checkpoints(run_dir / "checkpoints")]
+        ['step_00000001.pt', 'step_00000002.pt']
+        >>> [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        [1, 2]
+        >>> result.evaluation.images, 0 <= result.evaluation.J <= 1  # two sets of two images
+        (4, True)
+
+        The final model reloads from ``model/``:
+
+        >>> model = LCCo.from_pretrained(run_dir / "model").eval()
+        >>> images = torch.rand(1, 2, 3, 32, 32)
+        >>> with torch.no_grad():
+        ...     masks = model(images).masks
+        >>> images.shape, masks.shape
+        (torch.Size([1, 2, 3, 32, 32]), torch.Size([1, 2, 1, 32, 32]))
+
+        A run folder is never overwritten; ``resume=True`` continues it from its newest
+        checkpoint with its own ``config.json`` (here there is no step left to do):
+
+        >>> train(config, run_dir, progress=False)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: '...run' already holds checkpoints; pass --resume to continue it, or a new ...
+        >>> train(None, run_dir, resume=True, progress=False).steps
+        2
     """
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints"
