@@ -27,7 +27,8 @@ def classification_loss(probs: torch.Tensor, target: torch.Tensor, *, eps: float
         probs: predicted class probabilities :math:`\hat v`, ``(B, P)`` (a softmax output).
         target: the ground-truth class of each set, ``(B,)`` long, or one-hot / soft
             :math:`v^{gt}` of shape ``(B, P)``.
-        eps: probabilities are clamped to ``[eps, 1 - eps]`` so the loss stays finite.
+        eps: probabilities are clamped to ``[eps, 1 - eps]`` so the loss stays finite (NaN
+            probabilities, from a diverged model, give a NaN loss rather than an error).
 
     Returns:
         A scalar tensor; at most ``-log(eps)``.
@@ -54,7 +55,10 @@ def classification_loss(probs: torch.Tensor, target: torch.Tensor, *, eps: float
     if target.ndim == 1:
         target = F.one_hot(target, probs.shape[1])
     p = probs.float().clamp(eps, 1.0 - eps)
-    return F.binary_cross_entropy(p, target.float(), reduction="mean")
+    t = target.float()
+    # written out rather than F.binary_cross_entropy: that raises on NaN input, where a NaN loss
+    # lets the trainer report the divergence (TrainingDiverged), and it refuses autocast
+    return -(t * p.log() + (1.0 - t) * (1.0 - p).log()).mean()
 
 
 class ClassificationLoss(nn.Module):

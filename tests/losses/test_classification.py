@@ -299,3 +299,13 @@ def test_masked_images_shape_errors():
         masked_images(torch.rand(1, 2, 3, 8, 8), torch.ones(1, 2, 8, 8))
     with pytest.raises(CosegShapeError):
         masked_images(torch.rand(1, 2, 3, 8, 8), torch.ones(1, 2, 3, 8, 8))
+
+
+def test_matches_torch_binary_cross_entropy_and_passes_nan_through() -> None:
+    torch.manual_seed(0)
+    probs = torch.rand(3, 7).softmax(-1)
+    target = torch.tensor([1, 0, 6])
+    expected = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), F.one_hot(target, 7).float())
+    assert torch.allclose(classification_loss(probs, target), expected, atol=1e-6)
+    # a diverged model's NaN probabilities give a NaN loss (the trainer reports it), not an error
+    assert torch.isnan(classification_loss(torch.full((1, 7), float("nan")), torch.tensor([2])))
