@@ -14,6 +14,7 @@ from cosegkit.data.io import (
 from cosegkit.data.readers import (
     MSRC_COLOURS,
     READERS,
+    VOC_CLASSES,
     get_reader,
     read_coco,
     read_folder,
@@ -22,6 +23,8 @@ from cosegkit.data.readers import (
     read_msrc,
     read_pascal_voc,
     read_processed,
+    read_voc_segmentation,
+    voc_colour,
 )
 from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets, collate_sets, eval_chunks, interleave
 from cosegkit.data.synthetic import (
@@ -38,6 +41,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MSRC_COLOURS",
     "READERS",
+    "VOC_CLASSES",
     "Augmentation",
     "DataError",
     "EvalSets",
@@ -67,5 +71,7 @@ __all__ = [
     "read_msrc",
     "read_pascal_voc",
     "read_processed",
+    "read_voc_segmentation",
+    "voc_colour",
     "write_folder_dataset",
 ]
