@@ -45,8 +45,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train LCCo on a dataset and write a run folder: config.json, metrics.jsonl, "
         "checkpoints/, model/ and eval.json.",
         epilog="""examples:
-  # the paper's set-up on PASCAL-VOC co-segmentation (downloads ImageNet and CLIP weights)
-  cosegkit train --dataset pascal_voc --root data/pascal_voc_coseg --out runs/pascal
+  # the paper's set-up on PASCAL VOC 2012's training split (downloads ImageNet and CLIP weights)
+  cosegkit train --dataset voc_segmentation --root data/VOCdevkit/VOC2012 --out runs/pascal
 
   # offline, random weights, train on some classes and evaluate on others
   cosegkit train --dataset pascal_voc --root ../shared/data/pascal_voc_coseg \\
