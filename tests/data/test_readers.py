@@ -503,7 +503,16 @@ def test_coco_errors(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_readers_factory() -> None:
-    assert set(READERS) == {"pascal_voc", "icoseg", "msrc", "internet", "processed", "coco", "folder"}
+    assert set(READERS) == {
+        "pascal_voc",
+        "icoseg",
+        "msrc",
+        "internet",
+        "processed",
+        "coco",
+        "voc_segmentation",
+        "folder",
+    }
     assert get_reader("msrc") is read_msrc and get_reader("folder") is read_folder
     with pytest.raises(KeyError, match=r"'voc'.*coco.*pascal_voc"):
         get_reader("voc")
