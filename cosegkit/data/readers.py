@@ -2,8 +2,9 @@
 
 Every reader returns a ``list[Group]`` sorted by group name, each group's files sorted by file
 name, images matched to masks by file stem (``img_1001.jpg`` <-> ``img_1001.png``). Nothing is
-decoded while reading (except MSRC's colour maps, which decide the groups), so reading is fast;
-:func:`~cosegkit.data.load_group_item` loads one image and its mask, whatever layout it came from.
+decoded while reading (except the colour-coded masks of MSRC and VOC, which decide the groups),
+so reading is fast; :func:`~cosegkit.data.load_group_item` loads one image and its mask,
+whatever layout it came from.
 
 Problems are never skipped silently:
 
@@ -151,6 +152,61 @@ def _finish(
     if not groups:
         raise DataError(f"{reader}: no group with images found under {where}")
     return sorted(groups, key=lambda g: g.name)
+
+
+def _colour_counts(mask: Path) -> dict[int, int]:
+    """Pixel count of every colour of a mask, colours as ``r << 16 | g << 8 | b``."""
+    image = _open(mask, "mask", exif_transpose=False)
+    if image.mode == "P":  # count palette indices, then name them by the file's own palette
+        counts = np.bincount(np.asarray(image).ravel(), minlength=256)
+        palette = (image.getpalette() or []) + [0] * 768
+        out: dict[int, int] = {}
+        for i in np.flatnonzero(counts).tolist():
+            r, g, b = palette[3 * i : 3 * i + 3]
+            code = (r << 16) | (g << 8) | b
+            out[code] = out.get(code, 0) + int(counts[i])
+        return out
+    rgb = _to_rgb(image, mask, "mask")
+    if rgb.dtype != np.uint8:
+        rgb = np.rint(rgb * 255.0)
+    codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    present, counts = np.unique(codes, return_counts=True)
+    return dict(zip(present.tolist(), counts.tolist(), strict=True))
+
+
+def _groups_by_colour(
+    images: list[Path],
+    masks: list[Path],
+    colours: dict[str, tuple[int, int, int]],
+    *,
+    min_fraction: float,
+    reader: str,
+    on_empty: str,
+    where: Path | str,
+) -> list[Group]:
+    """One group per named colour: the images whose colour-coded mask gives it more than ``min_fraction``."""
+    members: dict[str, list[tuple[Path, Path]]] = {name: [] for name in colours}
+    for image, mask in zip(images, masks, strict=True):
+        count_of = _colour_counts(mask)
+        total = sum(count_of.values())
+        for name, (r, g, b) in colours.items():
+            if count_of.get((r << 16) | (g << 8) | b, 0) / total > min_fraction:
+                members[name].append((image, mask))
+    groups, empty = [], []
+    for name, pairs in members.items():
+        if not pairs:
+            empty.append(name)
+            continue
+        groups.append(
+            Group(
+                name=name,
+                images=tuple(p[0] for p in pairs),
+                masks=tuple(p[1] for p in pairs),
+                class_name=_class_name(name),
+                meta={"mask_colour": colours[name]},
+            )
+        )
+    return _finish(groups, empty, reader=reader, on_empty=on_empty, where=where, stacklevel=4)
 
 
 def _read_group_folders(
@@ -460,34 +516,9 @@ def read_msrc(
         mask_stem=lambda stem: f"{stem}_GT",
         stacklevel=3,
     )
-    members: dict[str, list[tuple[Path, Path]]] = {name: [] for name in colours}
-    palette = np.asarray(list(colours.values()), dtype=np.int32)  # (k, 3)
-    for image, mask in zip(images, masks, strict=True):
-        rgb = _to_rgb(_open(mask, "mask", exif_transpose=True), mask, "mask")
-        if rgb.dtype != np.uint8:
-            rgb = np.rint(rgb * 255.0)
-        # a pixel's colour as one integer, to count all requested colours in one pass
-        codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-        present, counts = np.unique(codes, return_counts=True)
-        count_of = dict(zip(present.tolist(), counts.tolist(), strict=True))
-        for name, (r, g, b) in zip(colours, palette.tolist(), strict=True):
-            if count_of.get((r << 16) | (g << 8) | b, 0) / codes.size > min_fraction:
-                members[name].append((image, mask))
-    groups, empty = [], []
-    for name, pairs in members.items():
-        if not pairs:
-            empty.append(name)
-            continue
-        groups.append(
-            Group(
-                name=name,
-                images=tuple(p[0] for p in pairs),
-                masks=tuple(p[1] for p in pairs),
-                class_name=_class_name(name),
-                meta={"mask_colour": colours[name]},
-            )
-        )
-    return _finish(groups, empty, reader=reader, on_empty=on_empty, where=root)
+    return _groups_by_colour(
+        images, masks, colours, min_fraction=min_fraction, reader=reader, on_empty=on_empty, where=root
+    )
 
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -521,26 +552,6 @@ _VOC_TREE = """\
         JPEGImages/<id>.jpg                  images
         SegmentationClass/<id>.png           class masks in VOC's palette (label k, void 255)
         ImageSets/Segmentation/<split>.txt   the image ids of each split, one per line"""
-
-
-def _colour_counts(mask: Path) -> dict[int, int]:
-    """Pixel count of every colour of a mask, colours as ``r << 16 | g << 8 | b``."""
-    image = _open(mask, "mask", exif_transpose=False)
-    if image.mode == "P":  # count palette indices, then name them by the file's own palette
-        counts = np.bincount(np.asarray(image).ravel(), minlength=256)
-        palette = (image.getpalette() or []) + [0] * 768
-        out: dict[int, int] = {}
-        for i in np.flatnonzero(counts).tolist():
-            r, g, b = palette[3 * i : 3 * i + 3]
-            code = (r << 16) | (g << 8) | b
-            out[code] = out.get(code, 0) + int(counts[i])
-        return out
-    rgb = _to_rgb(image, mask, "mask")
-    if rgb.dtype != np.uint8:
-        rgb = np.rint(rgb * 255.0)
-    codes = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    present, counts = np.unique(codes, return_counts=True)
-    return dict(zip(present.tolist(), counts.tolist(), strict=True))
 
 
 def read_voc_segmentation(
@@ -647,28 +658,9 @@ def read_voc_segmentation(
         images, root / "SegmentationClass", group=None, reader=reader, missing_masks=missing_masks, stacklevel=3
     )
     colours = {name: voc_colour(VOC_CLASSES.index(name) + 1) for name in classes}
-    members: dict[str, list[tuple[Path, Path]]] = {name: [] for name in colours}
-    for image, mask in zip(images, masks, strict=True):
-        count_of = _colour_counts(mask)
-        total = sum(count_of.values())
-        for name, (r, g, b) in colours.items():
-            if count_of.get((r << 16) | (g << 8) | b, 0) / total > min_fraction:
-                members[name].append((image, mask))
-    groups, empty = [], []
-    for name, pairs in members.items():
-        if not pairs:
-            empty.append(name)
-            continue
-        groups.append(
-            Group(
-                name=name,
-                images=tuple(p[0] for p in pairs),
-                masks=tuple(p[1] for p in pairs),
-                class_name=_class_name(name),
-                meta={"mask_colour": colours[name]},
-            )
-        )
-    return _finish(groups, empty, reader=reader, on_empty=on_empty, where=f"{root} ({split})")
+    return _groups_by_colour(
+        images, masks, colours, min_fraction=min_fraction, reader=reader, on_empty=on_empty, where=f"{root} ({split})"
+    )
 
 
 _INTERNET_TREE = """\
