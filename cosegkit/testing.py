@@ -48,6 +48,28 @@ def register_tiny_clips(folder: str | Path | None = None) -> list[str]:
 
     Returns:
         The registered architecture names.
+
+    Example:
+        >>> import open_clip
+        >>> import torch
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.testing import TINY_CLIP, TINY_CLIP_RN, register_tiny_clips
+        >>> names = register_tiny_clips()
+        >>> names, all(name in open_clip.list_models() for name in names)
+        (['coseg-test-tiny', 'coseg-test-tiny-rn'], True)
+        >>> register_tiny_clips() == names  # registering again changes nothing
+        True
+
+        Random weights (``pretrained=None``): the shapes are real, the embeddings meaningless.
+
+        >>> clip = FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat", "dog", "car"])
+        >>> clip.image_size, clip.embed_dim, clip.text_bank.shape
+        ((32, 32), 32, torch.Size([3, 32]))
+        >>> embeddings, patches = clip.encode_images(torch.rand(2, 4, 3, 48, 64), dense=True)
+        >>> embeddings.shape, patches.shape  # (B, N, D) and (B, N, D, h, w): a 4 x 4 grid of 8 px patches
+        (torch.Size([2, 4, 32]), torch.Size([2, 4, 32, 4, 4]))
+        >>> FrozenClip.from_name(TINY_CLIP_RN, pretrained=None, classnames=["cat", "dog"]).image_size
+        (64, 64)
     """
     import open_clip
 

@@ -51,7 +51,25 @@ SYNTHETIC_TEMPLATES: tuple[str, ...] = ("a {}",)
 
 def cache_folder() -> Path:
     """Where cosegkit caches what it builds: ``$COSEGKIT_CACHE``, else ``$XDG_CACHE_HOME/cosegkit``
-    (``~/.cache/cosegkit``)."""
+    (``~/.cache/cosegkit``).
+
+    Example:
+        The folder follows the environment (changed here for a block only, then restored):
+
+        >>> import os
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from unittest import mock
+        >>> from cosegkit.clip.pretrain import cache_folder
+        >>> folder = tempfile.mkdtemp()
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": folder}):
+        ...     print(cache_folder() == Path(folder))
+        True
+        >>> with mock.patch.dict(os.environ, {"XDG_CACHE_HOME": folder}):
+        ...     _ = os.environ.pop("COSEGKIT_CACHE", None)  # unset inside the block only
+        ...     print(cache_folder() == Path(folder) / "cosegkit")
+        True
+    """
     if os.environ.get("COSEGKIT_CACHE"):
         return Path(os.environ["COSEGKIT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -59,7 +77,36 @@ def cache_folder() -> Path:
 
 
 def register_synthetic_clip() -> str:
-    """Register the ``"coseg-synthetic-clip"`` architecture with open_clip (idempotent)."""
+    """Register the ``"coseg-synthetic-clip"`` architecture with open_clip (idempotent).
+
+    The config file open_clip reads is written to ``<cache>/open_clip_configs`` (see
+    :func:`cache_folder`).
+
+    Returns:
+        The architecture name, :data:`SYNTHETIC_CLIP`.
+
+    Example:
+        >>> import os
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> import open_clip
+        >>> import torch
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.clip.pretrain import SYNTHETIC_TEMPLATES, register_synthetic_clip
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):  # a throw-away cache
+        ...     name = register_synthetic_clip()
+        >>> name, name in open_clip.list_models()
+        ('coseg-synthetic-clip', True)
+
+        Built with random weights (``pretrained=None``); :func:`pretrain_synthetic_clip` trains them:
+
+        >>> clip = FrozenClip.from_name(name, pretrained=None, classnames=["red dotted ring", "blue striped square"],
+        ...                             templates=SYNTHETIC_TEMPLATES)
+        >>> clip.image_size, clip.text_bank.shape
+        ((64, 64), torch.Size([2, 64]))
+        >>> clip.encode_images(torch.rand(1, 3, 3, 64, 64)).shape
+        torch.Size([1, 3, 64])
+    """
     import open_clip
 
     if SYNTHETIC_CLIP not in open_clip.list_models():
@@ -90,6 +137,26 @@ class ClipPretrainConfig:
         batch_size: image-caption pairs per step.
         lr: peak learning rate (cosine schedule after a short warm-up).
         seed: seed of the model's initialisation and of the data.
+
+    Example:
+        About the smallest settings allowed: a 3-class world of 32 px images with one object
+        each, one step of two image-caption pairs:
+
+        >>> from dataclasses import replace
+        >>> from cosegkit.clip.pretrain import ClipPretrainConfig
+        >>> config = ClipPretrainConfig(num_classes=3, objects_per_image=(1, 1), image_size=32, steps=1, batch_size=2)
+        >>> world = config.world()
+        >>> world.num_classes, world.image_size, world.objects_per_image
+        (3, 32, (1, 1))
+        >>> pairs = world.sample_set(2, seed=0)
+        >>> pairs.images.shape, len(pairs.captions)
+        (torch.Size([2, 3, 32, 32]), 2)
+
+        Equal settings share a cache key; any change gives another:
+
+        >>> key = config.key()
+        >>> len(key), key == replace(config).key(), key == replace(config, steps=2).key()
+        (16, True, False)
     """
 
     num_classes: int = 16
@@ -148,6 +215,38 @@ def pretrain_synthetic_clip(
 
     Returns:
         The path of the ``.safetensors`` weights.
+
+    Example:
+        Two steps on tiny settings, cached in a throw-away folder; the second call finds the
+        cached file and does not train:
+
+        >>> import math
+        >>> import os
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> import torch
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.clip.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig
+        >>> from cosegkit.clip.pretrain import pretrain_synthetic_clip, register_synthetic_clip
+        >>> config = ClipPretrainConfig(num_classes=3, objects_per_image=(1, 1), image_size=32, steps=2, batch_size=4)
+        >>> calls = []  # (step, steps, loss) from the progress callback
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):
+        ...     path = pretrain_synthetic_clip(config, progress=lambda *args: calls.append(args))
+        ...     again = pretrain_synthetic_clip(config, progress=lambda *args: calls.append(args))
+        ...     _ = register_synthetic_clip()
+        >>> path.name  # doctest: +ELLIPSIS
+        'coseg-synthetic-clip-....safetensors'
+        >>> path.parent.name, path.with_suffix(".json").is_file(), again == path
+        ('clip', True, True)
+        >>> [(step, steps) for step, steps, _ in calls], all(math.isfinite(loss) for _, _, loss in calls)
+        ([(1, 2), (2, 2)], True)
+
+        The weights load into a :class:`~cosegkit.clip.FrozenClip` over the world's class names:
+
+        >>> clip = FrozenClip.from_name(SYNTHETIC_CLIP, pretrained=str(path), classnames=config.world().class_names,
+        ...                             templates=SYNTHETIC_TEMPLATES)
+        >>> clip.text_bank.shape, clip.encode_images(torch.rand(1, 2, 3, 32, 32)).shape
+        (torch.Size([3, 64]), torch.Size([1, 2, 64]))
     """
     import open_clip
     from safetensors.torch import save_file
@@ -224,6 +323,29 @@ def zero_shot_accuracy(clip, world: SyntheticWorld, sets: int = 50, set_size: in
 
     Returns:
         ``{"set_top1": ..., "set_top5": ..., "chance": ...}``.
+
+    Example:
+        A CLIP with random weights over a 3-class world (see :func:`pretrain_synthetic_clip`
+        for a trained one):
+
+        >>> import os
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.clip.pretrain import SYNTHETIC_TEMPLATES, register_synthetic_clip, zero_shot_accuracy
+        >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=1)
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):
+        ...     name = register_synthetic_clip()
+        >>> clip = FrozenClip.from_name(name, pretrained=None, classnames=world.class_names,
+        ...                             templates=SYNTHETIC_TEMPLATES)
+        >>> clip.text_bank.shape
+        torch.Size([3, 64])
+        >>> scores = zero_shot_accuracy(clip, world, sets=4, set_size=2)
+        >>> sorted(scores), round(scores["chance"], 3), 0 <= scores["set_top1"] <= 1
+        (['chance', 'set_top1', 'set_top5'], 0.333, True)
+        >>> scores["set_top5"]  # with 3 classes the top 5 always hold the target
+        1.0
     """
     if list(clip.classnames) != world.class_names:
         raise CosegValueError("the CLIP's vocabulary must be the world's class names, in order")

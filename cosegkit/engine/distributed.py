@@ -19,7 +19,17 @@ __all__ = ["DistInfo", "all_gather_cat", "cleanup", "setup"]
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the run: ``rank`` of ``world`` processes, on ``device``."""
+    """This process's place in the run: ``rank`` of ``world`` processes, on ``device``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.engine.distributed import DistInfo
+        >>> DistInfo()  # a plain, single-process run
+        DistInfo(rank=0, world=1, local_rank=0, device=device(type='cpu'))
+        >>> second = DistInfo(rank=1, world=2, local_rank=1, device=torch.device("cpu"))
+        >>> DistInfo().is_main, second.is_main  # only rank 0 writes files and prints
+        (True, False)
+    """
 
     rank: int = 0
     world: int = 1
@@ -44,7 +54,27 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
 
 
 def setup(device: str = "auto") -> DistInfo:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Args:
+        device: ``"auto"`` (CUDA at ``LOCAL_RANK`` when available, else the CPU), or a device
+            such as ``"cpu"``, ``"cuda"`` (at ``LOCAL_RANK``) or ``"cuda:1"``.
+
+    Returns:
+        This process's :class:`DistInfo`.
+
+    Example:
+        Started without ``torchrun`` (no ``WORLD_SIZE`` in the environment), the process is a
+        world of one and joins no process group:
+
+        >>> import torch.distributed
+        >>> from cosegkit.engine.distributed import setup
+        >>> info = setup("cpu")
+        >>> info
+        DistInfo(rank=0, world=1, local_rank=0, device=device(type='cpu'))
+        >>> info.is_main, torch.distributed.is_initialized()
+        (True, False)
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -57,13 +87,51 @@ def setup(device: str = "auto") -> DistInfo:
 
 
 def cleanup() -> None:
-    """Leave the process group, if one was joined."""
+    """Leave the process group, if one was joined.
+
+    Example:
+        A one-process ``gloo`` group, left again; without a group it does nothing:
+
+        >>> import tempfile
+        >>> import torch.distributed as dist
+        >>> from cosegkit.engine.distributed import cleanup
+        >>> store = f"file://{tempfile.mkdtemp()}/store"
+        >>> dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+        >>> dist.is_initialized()
+        True
+        >>> cleanup()
+        >>> dist.is_initialized()
+        False
+        >>> cleanup()  # no group: nothing to leave
+    """
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
 
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a 1-d tensor of any length from every process, in rank order."""
+    """Concatenate a 1-d tensor of any length from every process, in rank order.
+
+    Needs an initialised process group (see :func:`setup`). With K processes holding
+    ``n_0, ..., n_{K-1}`` elements, every process gets the same ``(n_0 + ... + n_{K-1},)``
+    tensor; the lengths may differ between processes.
+
+    Example:
+        In a one-process ``gloo`` group the result is the input itself:
+
+        >>> import tempfile
+        >>> import torch
+        >>> import torch.distributed as dist
+        >>> from cosegkit.engine.distributed import all_gather_cat, cleanup
+        >>> store = f"file://{tempfile.mkdtemp()}/store"
+        >>> dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+        >>> scores = torch.tensor([0.25, 0.5, 0.75])
+        >>> gathered = all_gather_cat(scores)
+        >>> gathered.shape, gathered.dtype, gathered.tolist()
+        (torch.Size([3]), torch.float32, [0.25, 0.5, 0.75])
+        >>> cleanup()  # leave the group again
+        >>> dist.is_initialized()
+        False
+    """
     world = torch_dist.get_world_size()
     n = torch.tensor([x.numel()], device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(world)]

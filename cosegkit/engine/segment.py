@@ -25,6 +25,24 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files from paths, folders (their image files, sorted) and glob patterns, without duplicates.
 
     A path that does not exist and matches no file raises :class:`FileNotFoundError`.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.engine.segment import collect_images
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a.jpg", "c.PNG"):
+        ...     Image.new("RGB", (8, 6)).save(folder / name, format="PNG" if name.lower().endswith("png") else "JPEG")
+        >>> _ = (folder / "notes.txt").write_text("not an image")
+        >>> [p.name for p in collect_images([folder])]  # a folder: its image files, sorted
+        ['a.jpg', 'b.png', 'c.PNG']
+        >>> [p.name for p in collect_images([folder / "b.png", f"{folder}/*.jpg", folder])]  # no duplicates
+        ['b.png', 'a.jpg', 'c.PNG']
+        >>> collect_images([folder / "missing.png"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        FileNotFoundError: '.../missing.png' is neither a file, a folder nor a pattern matching files
     """
     found: list[Path] = []
     for item in inputs:
@@ -56,7 +74,23 @@ def binarize(probs: torch.Tensor, preset: str = "ssnm") -> torch.Tensor:
 def overlay(
     image: torch.Tensor, mask: torch.Tensor, colour: tuple[float, float, float] = (1.0, 0.15, 0.1)
 ) -> Image.Image:
-    """The image ``(3, H, W)`` in [0, 1] with the mask ``(H, W)`` tinted, as a PIL image."""
+    """The image ``(3, H, W)`` in [0, 1] with the mask ``(H, W)`` tinted, as a PIL image.
+
+    Masked pixels are blended half and half with ``colour`` (RGB in [0, 1]); the others are
+    darkened to 70 %.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.engine.segment import overlay
+        >>> image = torch.full((3, 4, 6), 0.2)  # a dark grey 6 x 4 image
+        >>> mask = torch.zeros(4, 6, dtype=torch.bool)
+        >>> mask[1:3, 2:5] = True
+        >>> picture = overlay(image, mask)
+        >>> picture.mode, picture.size  # PIL sizes are (width, height)
+        ('RGB', (6, 4))
+        >>> picture.getpixel((3, 2)), picture.getpixel((0, 0))  # inside the mask, outside
+        ((153, 45, 38), (36, 36, 36))
+    """
     tint = torch.tensor(colour).view(3, 1, 1)
     out = torch.where(mask[None].bool(), 0.5 * image + 0.5 * tint, 0.7 * image)
     return Image.fromarray((out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
@@ -97,6 +131,39 @@ def segment_files(
 
     Returns:
         ``(written mask paths, [(skipped file, reason), ...])``.
+
+    Example:
+        Three images of different sizes and one broken file, co-segmented as one set by a tiny
+        random LCCo (its masks mean nothing; a trained model's do):
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from cosegkit import LCCo
+        >>> from cosegkit.engine.segment import collect_images, segment_files
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()  # a tiny random CLIP, "coseg-test-tiny", for offline examples
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name, size in (("cat", (48, 40)), ("dog", (64, 64)), ("fox", (30, 50))):
+        ...     Image.new("RGB", size, (200, 120, 40)).save(folder / f"{name}.png")
+        >>> _ = (folder / "broken.png").write_bytes(b"not an image")
+        >>> files = collect_images([folder])
+        >>> [p.name for p in files]
+        ['broken.png', 'cat.png', 'dog.png', 'fox.png']
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
+        ...              clip_model="coseg-test-tiny", clip_pretrained=None, classnames=["cat", "dog", "fox"],
+        ...              decoder_channels=(16, 16, 8, 8), heads=2, clip_heads=2, top_k=2)
+        >>> written, skipped = segment_files(model, files, folder / "masks", image_size=64, skip_bad=True)
+        >>> [p.name for p in written], [p.name for p, reason in skipped]
+        (['cat.png', 'dog.png', 'fox.png'], ['broken.png'])
+        >>> for path in written:  # one 0/255 mask per image, at the image's own size
+        ...     mask, image = np.asarray(Image.open(path)), np.asarray(Image.open(folder / path.name))
+        ...     print(path.name, mask.shape, mask.dtype, mask.shape == image.shape[:2],
+        ...           set(np.unique(mask).tolist()) <= {0, 255})
+        cat.png (40, 48) uint8 True True
+        dog.png (64, 64) uint8 True True
+        fox.png (50, 30) uint8 True True
     """
     get_preset(preset)
     if not files:
