@@ -6,6 +6,7 @@ checks need no Sphinx and fail fast when a public name is added without document
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -37,17 +38,11 @@ _DIRECTIVE = re.compile(
 _OPTION = re.compile(r"^\s+:(?P<key>[\w-]+):\s*(?P<value>.*)$")
 
 
-def _resolve(name: str) -> object:
-    parts = name.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return obj
-    raise ImportError(name)
+def _load_inventories_module():
+    spec = importlib.util.spec_from_file_location("external_inventories", DOCS / "_ext" / "external_inventories.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def documented_objects(rst: Path) -> tuple[list[object], set[str]]:
@@ -89,10 +84,8 @@ def documented_objects(rst: Path) -> tuple[list[object], set[str]]:
                 names.add(f"{name}.{member}")
             continue
         names.add(qualified)
-        try:
-            objects.append(_resolve(qualified))
-        except (ImportError, AttributeError):
-            pass  # e.g. a ``py:type`` alias that is not importable under its documented name
+        with contextlib.suppress(ImportError, AttributeError):  # e.g. a ``py:type`` alias
+            objects.append(_load_inventories_module().resolve(qualified))
     return objects, names
 
 
@@ -132,10 +125,16 @@ def test_the_api_check_notices_a_missing_name(tmp_path) -> None:
 
 
 def test_every_public_class_and_function_has_a_runnable_example() -> None:
+    """The public names and everything else the API reference documents (module members)."""
+    documented, _ = documented_objects(DOCS / "api.rst")
+    candidates = [(f"{p}.{n}", obj) for p, n, obj in public_names()]
+    candidates += [
+        (f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}", obj) for obj in documented
+    ]
     without = sorted(
         {
-            f"{package}.{name}"
-            for package, name, obj in public_names()
+            name
+            for name, obj in candidates
             if (inspect.isclass(obj) or inspect.isfunction(obj)) and ">>>" not in (inspect.getdoc(obj) or "")
         }
     )
@@ -150,17 +149,10 @@ def test_every_page_is_in_the_table_of_contents() -> None:
     assert pages == entries
 
 
-def _load_inventories_module():
-    spec = importlib.util.spec_from_file_location("external_inventories", DOCS / "_ext" / "external_inventories.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("entry", _load_inventories_module().EXTERNAL, ids=lambda e: e[2])
 def test_external_link_targets_exist(entry) -> None:
     inv = _load_inventories_module()
-    project, role, name, page = entry
+    project, _role, name, page = entry
     assert project in inv.PROJECTS
     inv.resolve(name)  # raises if the name is misspelt
     assert not page.startswith(("http", "/"))
@@ -170,12 +162,10 @@ def test_inventories_are_readable(tmp_path) -> None:
     inv = _load_inventories_module()
     mapping = inv.write_inventories(tmp_path)
     assert set(mapping) == set(inv.PROJECTS)
-    for key, (base, path) in mapping.items():
-        raw = Path(path).read_bytes()
-        header, _, _ = raw.partition(b"compressed using zlib.\n")
+    for base, path in mapping.values():
+        header, _, compressed = Path(path).read_bytes().partition(b"compressed using zlib.\n")
         assert header.startswith(b"# Sphinx inventory version 2\n")
-        body = zlib.decompress(raw[len(header) + len(b"compressed using zlib.\n") :]).decode()
-        rows = [line.split(" ") for line in body.splitlines()]
+        rows = [line.split(" ") for line in zlib.decompress(compressed).decode().splitlines()]
         assert rows and all(len(r) == 5 and r[1].startswith("py:") for r in rows)
         assert base.startswith("https://") and base.endswith("/")
     torch_rows = zlib.decompress(Path(mapping["torch"][1]).read_bytes().split(b"zlib.\n", 1)[1]).decode()
