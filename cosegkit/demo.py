@@ -216,10 +216,10 @@ def run_demo(
         progress: show progress bars.
 
     Returns:
-        ``{"clip": {...}, "Baseline": {...}, "LCCo": {...}, "LCCo+res": {...}, "wall_seconds": ...,
-        "quick": ...}``: the CLIP's zero-shot scores, pre-training seconds and weights file, and each
-        model's held-out ``P``, ``J``, ``images`` and ``train_seconds``; also written to
-        ``<out>/results.json``.
+        The results as a dict, also written to ``<out>/results.json``. Under ``"clip"``, the
+        CLIP's zero-shot scores, pre-training seconds and weights file; under ``"Baseline"``,
+        ``"LCCo"`` and ``"LCCo+res"``, each model's held-out ``P``, ``J``, ``images`` and
+        ``train_seconds``; and ``"wall_seconds"`` and ``"quick"``.
 
     Example:
         The default budget and the three models, each trained in its own run folder under ``out``:

@@ -39,6 +39,7 @@ __all__ = [
     "zero_shot_accuracy",
 ]
 
+#: The open_clip architecture name under which :func:`register_synthetic_clip` registers the small CLIP.
 SYNTHETIC_CLIP = "coseg-synthetic-clip"
 SYNTHETIC_CLIP_CONFIG: dict = {
     "embed_dim": 64,
