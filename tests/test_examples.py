@@ -66,3 +66,45 @@ def test_benchmark_harness_runs_and_records_json(tmp_path) -> None:
     assert all(r["lcco"]["median_s"] > 0 and r["baseline"]["peak_mib"] > 0 for r in record["model"])
     assert all(r["same_output"] for r in record["isfc_loop"])
     assert record["text_bank_computations"] == 1
+
+
+SHARED_PASCAL = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pascal_voc_coseg").resolve()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not SHARED_PASCAL.is_dir(), reason=f"needs the PASCAL-VOC co-segmentation folder at {SHARED_PASCAL}"
+)
+def test_train_paper_smoke_on_a_voc_segmentation_split(tmp_path) -> None:
+    """The reproduction script's whole path: VOC 2012 training groups, PASCAL co-seg test."""
+    import numpy as np
+    from PIL import Image
+
+    from cosegkit.data import VOC_CLASSES, voc_colour
+
+    voc = tmp_path / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    ids = []
+    for i in range(2 * len(VOC_CLASSES)):  # two images of each class: the reader wants all 20
+        label = np.zeros((48, 64), np.uint8)
+        label[8:40, 8 + i : 40 + i] = i % len(VOC_CLASSES) + 1
+        mask = Image.fromarray(label)
+        mask.putpalette([c for k in range(256) for c in voc_colour(k)])
+        mask.save(voc / "SegmentationClass" / f"2008_{i:06d}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"2008_{i:06d}.jpg"
+        )
+        ids.append(f"2008_{i:06d}")
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
+
+    out = run(
+        "train_paper.py", "--smoke", "--train", f"voc_segmentation={voc}", "--test", f"pascal_voc={SHARED_PASCAL}",
+        "--out", "run", cwd=tmp_path,
+    )  # fmt: skip
+    assert "paper P / J (trained on voc_segmentation)" in out
+    assert "96.1 / 75.9" in out  # the paper's PASCAL cell, printed beside the measured one
+    scores = json.loads((tmp_path / "run" / "test.json").read_text())
+    assert scores["pascal_voc"]["images"] == 109  # Aero 66 + Bicycle 43: the smoke run's two groups
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "voc_segmentation"
