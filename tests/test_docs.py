@@ -7,6 +7,7 @@ checks need no Sphinx and fail fast when a public name is added without document
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -38,6 +39,7 @@ _DIRECTIVE = re.compile(
 _OPTION = re.compile(r"^\s+:(?P<key>[\w-]+):\s*(?P<value>.*)$")
 
 
+@functools.cache
 def _load_inventories_module():
     spec = importlib.util.spec_from_file_location("external_inventories", DOCS / "_ext" / "external_inventories.py")
     module = importlib.util.module_from_spec(spec)
