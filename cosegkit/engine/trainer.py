@@ -249,6 +249,19 @@ def _check_replicas(model: torch.nn.Module, dist: distributed.DistInfo, run: Pat
         raise CosegError(f"the {dist.world} processes ended with different weights (digests {digests}); see ddp.json")
 
 
+def _class_choices(out: Any) -> dict[str, float]:
+    """Agreement of the model's set-level class choices with eq. (12)'s target on this batch."""
+    target = out.class_targets
+    if target is None:
+        return {}
+    record = {}
+    if out.common_class is not None:
+        record["acc/istar"] = float((out.common_class == target).float().mean())
+    if out.topk_indices is not None:
+        record["acc/topk"] = float((out.topk_indices == target[:, None]).any(dim=1).float().mean())
+    return record
+
+
 def _progress(total: int, initial: int, enabled: bool, desc: str):
     if not enabled:
         return None
@@ -449,6 +462,7 @@ def _train(
                         "seconds": round(time.perf_counter() - tic, 3),
                     }
                     record.update({k: float(v.detach()) for k, v in losses._asdict().items() if v is not None})
+                    record.update(_class_choices(out))
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 if bar is not None:

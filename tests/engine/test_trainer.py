@@ -68,7 +68,8 @@ def test_a_run_writes_its_folder(tmp_path) -> None:
     assert json.loads((run / "config.json").read_text())["steps"] == 4
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
-    assert {"total", "iou", "coarse", "classification", "lr"} <= set(lines[0])
+    assert {"total", "iou", "coarse", "classification", "lr", "acc/istar", "acc/topk"} <= set(lines[0])
+    assert all(0.0 <= r["acc/istar"] <= 1.0 and 0.0 <= r["acc/topk"] <= 1.0 for r in lines)
     assert [p.name for p in find_checkpoints(run / "checkpoints")] == ["step_00000002.pt", "step_00000004.pt"]
     assert (run / "model" / "model.safetensors").is_file()
     ev = json.loads((run / "eval.json").read_text())

@@ -1,0 +1,385 @@
+"""Does a model use its set? Measurements of what each set-aware module of an LCCo contributes.
+
+Three questions, each a function that works on any :class:`~cosegkit.LCCo` and a few sets:
+
+- :func:`set_sensitivity`: how much an image's features change, at the input and the output of
+  each module, when the *other* images of its set are replaced by images of other sets. A
+  single-image model scores exactly 0 everywhere; a module that passes set information on
+  raises the number between its input and its output.
+- :func:`gradient_norms`: the gradient norm reaching each part of the model on one training
+  batch, so a module that receives no learning signal shows up.
+- :func:`class_accuracy`: how often the regularization module's :math:`i^*` (eq. 6), the
+  interaction module's top-K (eq. 3-5), CLIP's own text distillation (the argmax of
+  :math:`\\sigma`) and the ground-truth class of eq. (12) name the set's true class; and the
+  coarse mask's Jaccard index on CLIP's patch grid.
+
+:func:`diagnose_run` runs all three on a run folder's final model and its checkpoints;
+``python examples/diagnose.py RUN`` prints them as tables.
+
+Axis legend: ``b`` batch of sets, ``n`` images per set, ``c`` channels, ``h w`` spatial,
+``p`` prompts, ``k`` top-K.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosegkit.losses.lcco import LCCoLoss
+
+__all__ = ["MODULES", "class_accuracy", "diagnose_run", "format_report", "gradient_norms", "set_sensitivity"]
+
+MODULES: tuple[str, ...] = ("correspondence", "interaction", "regularization")
+"""The set-aware modules of :class:`~cosegkit.LCCo`, coarse to fine, by attribute name."""
+
+_PARTS: tuple[str, ...] = ("encoder", "center", "correspondence", "blocks", "interaction", "coarse", "regularization", "head")
+
+
+def _features(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.features
+
+
+def _capture(model: nn.Module, images: torch.Tensor, valid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Inputs and outputs of every active module, and the mask logits, of one forward pass."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = []
+    for name in MODULES:
+        module = getattr(model, name, None)
+        if module is None or isinstance(module, nn.Identity):
+            continue
+
+        def hook(mod: nn.Module, args: tuple, out: Any, name: str = name) -> None:
+            seen[f"{name}.in"] = args[0].detach()
+            seen[f"{name}.out"] = _features(out).detach()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        seen["masks"] = model(images, valid).masks.detach()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@torch.no_grad()
+def set_sensitivity(model: nn.Module, images: torch.Tensor, others: torch.Tensor) -> dict[str, float]:
+    """Relative change of image 0's features when the rest of its set is replaced.
+
+    For every set of ``images``, image 0 is kept and images ``1 .. N-1`` are swapped for the
+    same positions of ``others`` (images of other sets). The number reported for a tensor
+    ``t`` is :math:`\\lVert t_0(\\text{set}) - t_0(\\text{swapped})\\rVert / \\lVert t_0(\\text{set})\\rVert`
+    over image 0 of all sets, at the input (``"<module>.in"``) and output (``"<module>.out"``)
+    of each active module and for the mask logits (``"masks"``). A single-image model scores
+    0; a module that adds set information has ``out`` above ``in``.
+
+    The model runs in its current mode (call ``model.eval()`` first to measure inference).
+
+    Args:
+        model: an :class:`~cosegkit.LCCo`.
+        images: ``(B, N, 3, H, W)``, ``N >= 2``.
+        others: images of other sets, the same shape.
+
+    Returns:
+        ``{name: relative change}``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import LCCo
+        >>> from cosegkit.diagnostics import set_sensitivity
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()
+        >>> _ = torch.manual_seed(0)
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
+        ...              clip_model="coseg-test-tiny", clip_pretrained=None,
+        ...              decoder_channels=(32, 32, 16, 16), heads=4, clip_heads=4, top_k=3).eval()
+        >>> sens = set_sensitivity(model, torch.rand(2, 4, 3, 64, 64), torch.rand(2, 4, 3, 64, 64))
+        >>> sorted(sens)  # doctest: +NORMALIZE_WHITESPACE
+        ['correspondence.in', 'correspondence.out', 'interaction.in', 'interaction.out', 'masks',
+         'regularization.in', 'regularization.out']
+        >>> sens["correspondence.in"]  # the encoder sees one image at a time
+        0.0
+        >>> sens["correspondence.out"] > 1e-4  # ISFC mixes in the other images
+        True
+    """
+    if images.shape != others.shape or images.ndim != 5 or images.shape[1] < 2:
+        raise ValueError(
+            f"expected images and others of one shape (B, N, 3, H, W) with N >= 2, got "
+            f"{tuple(images.shape)} and {tuple(others.shape)}"
+        )
+    swapped = torch.cat([images[:, :1], others[:, 1:]], dim=1)
+    a = _capture(model, images, None)
+    b = _capture(model, swapped, None)
+    out = {}
+    for name in sorted(a):
+        x, y = a[name][:, 0].float(), b[name][:, 0].float()
+        out[name] = float((x - y).norm() / x.norm().clamp_min(1e-12))
+    return out
+
+
+def gradient_norms(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, criterion: nn.Module | None = None
+) -> dict[str, float]:
+    """Gradient norm reaching each part of the model on one batch, and each loss term.
+
+    Runs one forward pass in training mode with ``masks`` (so eq. 12's targets are computed),
+    backpropagates :class:`~cosegkit.losses.LCCoLoss` and returns the L2 norm of the gradients
+    of every part's parameters (``"grad/<part>"``) and the loss terms (``"loss/<term>"``). The
+    model's gradients are cleared before and after; its mode is restored. Batch norm's running
+    statistics move by one step, as in training.
+
+    Args:
+        model: an :class:`~cosegkit.LCCo`.
+        images: ``(B, N, 3, H, W)``.
+        masks: ``(B, N, 1, H, W)`` ground truth.
+        criterion: the loss (default ``LCCoLoss()``).
+
+    Returns:
+        ``{name: value}``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import LCCo
+        >>> from cosegkit.diagnostics import gradient_norms
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None, use_interaction=False,
+        ...              use_regularization=False, decoder_channels=(32, 32, 16, 16), heads=4)
+        >>> norms = gradient_norms(model, torch.rand(1, 3, 3, 32, 32), (torch.rand(1, 3, 1, 32, 32) > 0.5).float())
+        >>> sorted(norms)
+        ['grad/blocks', 'grad/center', 'grad/correspondence', 'grad/encoder', 'grad/head', 'loss/iou', 'loss/total']
+        >>> norms["grad/correspondence"] > 0
+        True
+    """
+    criterion = criterion or LCCoLoss()
+    mode = model.training
+    model.train()
+    model.zero_grad(set_to_none=True)
+    try:
+        losses = criterion(model(images, masks=masks), masks)
+        losses.total.backward()
+        out = {}
+        for part in _PARTS:
+            module = getattr(model, part, None)
+            if module is None or isinstance(module, nn.Identity):
+                continue
+            grads = [p.grad.float().pow(2).sum() for p in module.parameters() if p.grad is not None]
+            if grads:
+                out[f"grad/{part}"] = float(torch.stack(grads).sum().sqrt())
+        for term, value in losses._asdict().items():
+            if value is not None:
+                out[f"loss/{term}"] = float(value.detach())
+        return dict(sorted(out.items()))
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(mode)
+
+
+@torch.no_grad()
+def class_accuracy(
+    model: nn.Module, images: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor | None = None
+) -> dict[str, float]:
+    """How often the model's set-level class choices are right, and the coarse mask's quality.
+
+    With ``classes`` (the sets' true vocabulary indices, e.g. the synthetic world's targets)
+    every choice is scored against them; without, against eq. (12)'s ground-truth class from
+    the masked images. Keys present when the model has the part:
+
+    - ``istar``: :math:`i^*` of eq. (6) is the class;
+    - ``topk``: the class is among the interaction module's top-K prompts;
+    - ``sigma``: the argmax of :math:`\\sigma` (CLIP alone, no training) is the class;
+    - ``eq12``: eq. (12)'s target from the masked images is the class (with ``classes`` only);
+    - ``coarse_J``: Jaccard index of the coarse mask (eq. 11) at 0.5 against the
+      area-downsampled ground truth, over all images.
+
+    Args:
+        model: an :class:`~cosegkit.LCCo`, run in eval mode.
+        images: ``(B, N, 3, H, W)``.
+        masks: ``(B, N, 1, H, W)``.
+        classes: optional ``(B,)`` long.
+
+    Returns:
+        ``{name: fraction in [0, 1]}``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import LCCo
+        >>> from cosegkit.diagnostics import class_accuracy
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None,
+        ...              clip_model="coseg-test-tiny", clip_pretrained=None,
+        ...              decoder_channels=(32, 32, 16, 16), heads=4, clip_heads=4, top_k=3)
+        >>> acc = class_accuracy(model, torch.rand(2, 3, 3, 64, 64), torch.ones(2, 3, 1, 64, 64), torch.tensor([0, 5]))
+        >>> sorted(acc)
+        ['coarse_J', 'eq12', 'istar', 'sigma', 'topk']
+        >>> all(0.0 <= v <= 1.0 for v in acc.values())
+        True
+    """
+    from cosegkit.layers.interaction import clip_similarity, distill_text
+
+    mode = model.training
+    model.eval()
+    try:
+        out = model(images, masks=masks)
+    finally:
+        model.train(mode)
+    reference = classes if classes is not None else out.class_targets
+    result: dict[str, float] = {}
+    if reference is None:
+        return result
+    reference = reference.to(images.device)
+    if out.common_class is not None:
+        result["istar"] = float((out.common_class == reference).float().mean())
+    if out.topk_indices is not None:
+        result["topk"] = float((out.topk_indices == reference[:, None]).any(dim=1).float().mean())
+    clip = getattr(model, "clip", None)
+    if clip is not None:
+        emb = clip.encode_checked(images).to(clip.text_bank.dtype)
+        sigma_top = distill_text(clip_similarity(emb, clip.text_bank), 1)[:, 0]
+        result["sigma"] = float((sigma_top == reference).float().mean())
+    if classes is not None and out.class_targets is not None:
+        result["eq12"] = float((out.class_targets == reference).float().mean())
+    if out.coarse_masks is not None:
+        size = out.coarse_masks.shape[-2:]
+        gt = F.adaptive_avg_pool2d(masks.flatten(0, 1), size).view_as(out.coarse_masks) >= 0.5
+        pred = out.coarse_masks.sigmoid() >= 0.5
+        inter = (gt & pred).flatten(2).sum(-1).float()
+        union = (gt | pred).flatten(2).sum(-1).float()
+        result["coarse_J"] = float(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean())
+    return dict(sorted(result.items()))
+
+
+def _stack_sets(dataset: Any, start: int, count: int) -> dict[str, torch.Tensor]:
+    items = [dataset[i] for i in range(start, start + count)]
+    return {key: torch.stack([item[key] for item in items]) for key in ("images", "masks", "group")}
+
+
+def diagnose_run(run: str | Path, *, sets: int = 32, checkpoints: bool = True) -> dict[str, Any]:
+    """All three diagnostics for a ``cosegkit train`` run folder.
+
+    Loads the run's ``config.json``; measures its final ``model/`` (when there is one) and,
+    with ``checkpoints``, every checkpoint kept in ``checkpoints/``, on ``sets`` held-out sets
+    (the run's evaluation sets; for a synthetic run, the sets' true classes are known), plus
+    a model freshly initialised from the run's config (``"init"``). Also returns the
+    class-choice accuracies logged during training from ``metrics.jsonl``.
+
+    Returns:
+        ``{"stages": {stage: {"sensitivity": ..., "gradients": ..., "classes": ...}},
+        "logged": [metrics.jsonl records with class accuracies]}``, stages ordered by step.
+
+    Example:
+        A two-step run of a tiny random model, then its diagnosis:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.diagnostics import diagnose_run, format_report
+        >>> from cosegkit.engine import TrainConfig, train
+        >>> config = TrainConfig(
+        ...     world_classes=4, image_size=32, set_size=3, batch_size=1, heads=2, top_k=2,
+        ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
+        ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ...     steps=2, checkpoint_every=1, log_every=1, extra={"eval_sets": 4},
+        ... )
+        >>> run_dir = train(config, Path(tempfile.mkdtemp()) / "run", progress=False).run_dir
+        >>> report = diagnose_run(run_dir, sets=2)
+        >>> list(report["stages"])
+        ['init', 'step_00000001', 'step_00000002', 'final']
+        >>> sorted(report["stages"]["final"])
+        ['classes', 'gradients', 'sensitivity']
+        >>> report["stages"]["init"]["sensitivity"]["correspondence.in"]  # the encoder sees one image
+        0.0
+        >>> [record["step"] for record in report["logged"]]  # i* and top-K logged while training
+        [1, 2]
+        >>> print(format_report(report).splitlines()[0])
+        sensitivity
+    """
+    from cosegkit.engine.checkpoint import find_checkpoints, load_checkpoint
+    from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model
+
+    run = Path(run)
+    config = TrainConfig.load(run / "config.json")
+    eval_sets = build_eval_sets(config, config.eval_classes)
+    if len(eval_sets) < 2 * sets:
+        sets = max(1, len(eval_sets) // 2)
+    data = _stack_sets(eval_sets, 0, sets)
+    others = _stack_sets(eval_sets, sets, sets)["images"]
+    classes = data["group"] if config.dataset == "synthetic" else None
+
+    stages: list[tuple[str, dict[str, torch.Tensor] | None]] = [("init", None)]
+    if checkpoints:
+        for path in find_checkpoints(run / "checkpoints"):
+            stages.append((path.stem, load_checkpoint(path)["model"]))
+    report: dict[str, Any] = {"stages": {}}
+    for stage, state in stages:
+        model = build_model(config)
+        if state is not None:
+            model.load_state_dict(state)
+        report["stages"][stage] = _measure(model, data, others, classes)
+    if (run / "model").is_dir():
+        from cosegkit.models.lcco import LCCo
+
+        report["stages"]["final"] = _measure(LCCo.from_pretrained(run / "model"), data, others, classes)
+    logged = []
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            record = json.loads(line)
+            if any(k.startswith("acc/") for k in record):
+                logged.append({k: v for k, v in record.items() if k == "step" or k.startswith("acc/")})
+    report["logged"] = logged
+    return report
+
+
+def _measure(
+    model: nn.Module, data: dict[str, torch.Tensor], others: torch.Tensor, classes: torch.Tensor | None
+) -> dict[str, dict[str, float]]:
+    images, masks = data["images"], data["masks"]
+    grads = gradient_norms(model, images[: max(1, len(images) // 4)], masks[: max(1, len(images) // 4)])
+    model.eval()
+    return {
+        "sensitivity": set_sensitivity(model, images, others),
+        "gradients": grads,
+        "classes": class_accuracy(model, images, masks, classes),
+    }
+
+
+def format_report(report: dict[str, Any], columns: Sequence[str] = ("sensitivity", "gradients", "classes")) -> str:
+    """:func:`diagnose_run`'s report as Markdown tables, one per measurement, a row per stage.
+
+    Example:
+        >>> from cosegkit.diagnostics import format_report
+        >>> report = {"stages": {"init": {"classes": {"istar": 0.25}}, "final": {"classes": {"istar": 0.75}}},
+        ...           "logged": []}
+        >>> print(format_report(report, columns=["classes"]))
+        classes
+        | stage | istar |
+        | --- | --: |
+        | init | 0.250 |
+        | final | 0.750 |
+    """
+    blocks = []
+    stages = report["stages"]
+    for column in columns:
+        keys: list[str] = []
+        for values in stages.values():
+            keys += [k for k in values.get(column, {}) if k not in keys]
+        if not keys:
+            continue
+        lines = [column, "| stage | " + " | ".join(keys) + " |", "| --- | " + " | ".join("--:" for _ in keys) + " |"]
+        for stage, values in stages.items():
+            row = values.get(column, {})
+            cells = [f"{row[k]:.3g}" if k in row and abs(row[k]) < 1e-2 and row[k] != 0 else f"{row.get(k, float('nan')):.3f}" for k in keys]
+            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    if report.get("logged"):
+        keys = [k for k in report["logged"][0] if k != "step"]
+        lines = ["logged during training (training batches)", "| step | " + " | ".join(keys) + " |",
+                 "| --: | " + " | ".join("--:" for _ in keys) + " |"]
+        for record in report["logged"]:
+            lines.append(f"| {record['step']} | " + " | ".join(f"{record.get(k, float('nan')):.3f}" for k in keys) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

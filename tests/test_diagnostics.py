@@ -1,0 +1,66 @@
+"""cosegkit.diagnostics and examples/diagnose.py: set sensitivity, gradient norms, class choices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cosegkit.diagnostics import class_accuracy, diagnose_run, format_report, gradient_norms, set_sensitivity
+from cosegkit.engine import TrainConfig, train
+from tests._support import tiny_lcco
+from tests.engine.test_trainer import TINY
+from tests.test_examples import run
+
+
+def test_sensitivity_is_zero_without_the_set_and_rises_through_the_modules() -> None:
+    images, others = torch.rand(2, 3, 3, 40, 48), torch.rand(2, 3, 3, 40, 48)
+    baseline = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False).eval()
+    assert set_sensitivity(baseline, images, others) == {"masks": 0.0}
+    isfc = tiny_lcco(use_interaction=False, use_regularization=False).eval()
+    sens = set_sensitivity(isfc, images, others)
+    assert set(sens) == {"correspondence.in", "correspondence.out", "masks"}
+    assert sens["correspondence.in"] == 0.0 and sens["correspondence.out"] > 1e-4 and sens["masks"] > 0
+    # swapping nothing changes nothing
+    assert all(v == 0.0 for v in set_sensitivity(isfc, images, images).values())
+    with pytest.raises(ValueError, match="N >= 2"):
+        set_sensitivity(isfc, images[:, :1], others[:, :1])
+
+
+def test_gradient_norms_name_every_part_and_leave_no_gradient_behind() -> None:
+    model = tiny_lcco().eval()
+    masks = (torch.rand(1, 3, 1, 40, 48) > 0.5).float()
+    norms = gradient_norms(model, torch.rand(1, 3, 3, 40, 48), masks)
+    parts = {"encoder", "center", "correspondence", "blocks", "interaction", "coarse", "regularization", "head"}
+    assert {k.split("/")[1] for k in norms if k.startswith("grad/")} == parts
+    assert {"loss/total", "loss/iou", "loss/coarse", "loss/classification"} <= set(norms)
+    assert all(v >= 0 for v in norms.values()) and norms["grad/head"] > 0
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_class_accuracy_scores_against_given_classes_or_eq12() -> None:
+    model = tiny_lcco().eval()
+    images, masks = torch.rand(2, 3, 3, 40, 48), torch.ones(2, 3, 1, 40, 48)
+    out = model(images, masks=masks)
+    acc = class_accuracy(model, images, masks, out.common_class)  # "true" classes = the model's own i*
+    assert acc["istar"] == 1.0 and acc["topk"] >= 0.0 and 0.0 <= acc["coarse_J"] <= 1.0
+    against_eq12 = class_accuracy(model, images, masks)
+    assert "eq12" not in against_eq12
+    assert against_eq12["istar"] == float((out.common_class == out.class_targets).float().mean())
+
+
+@pytest.mark.slow
+def test_diagnose_a_run_folder(tmp_path) -> None:
+    train(TrainConfig(**TINY, steps=2, checkpoint_every=1, keep_checkpoints=2), tmp_path / "run", progress=False)
+    report = diagnose_run(tmp_path / "run", sets=2)
+    assert list(report["stages"]) == ["init", "step_00000001", "step_00000002", "final"]
+    final = report["stages"]["final"]
+    assert {"sensitivity", "gradients", "classes"} == set(final)
+    assert {"istar", "topk", "sigma", "eq12", "coarse_J"} == set(final["classes"])
+    assert [r["step"] for r in report["logged"]] == [1, 2]
+    text = format_report(report)
+    assert "sensitivity" in text and "| final |" in text and "acc/istar" in text
+    out = run("diagnose.py", str(tmp_path / "run"), "--sets", "2", "--json", "d.json", cwd=tmp_path)
+    assert "| init |" in out and "| final |" in out
+    assert json.loads((tmp_path / "d.json").read_text())["stages"]["final"]["classes"]["istar"] >= 0
