@@ -58,3 +58,8 @@ def masked_max(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Max of ``x`` ``(b, n, ...)`` over the valid images of each set: ``(b, ...)``."""
     keep = valid.reshape(valid.shape + (1,) * (x.ndim - 2))
     return x.masked_fill(~keep, torch.finfo(x.dtype).min).amax(dim=1)
+
+
+def unit_rms(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``x`` scaled along its last axis to a root mean square of 1 (an L2 norm of ``sqrt(d)``)."""
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)

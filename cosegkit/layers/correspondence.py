@@ -112,7 +112,16 @@ class ImageSetCorrespondence(nn.Module):
         torch.Size([2, 5, 32, 7, 7])
     """
 
-    def __init__(self, channels: int, heads: int = 8, *, ffn_ratio: float = 2.0, kernel_size: int = 3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 8,
+        *,
+        ffn_ratio: float = 2.0,
+        kernel_size: int = 3,
+        residual: bool = False,
+        temperature: float = 1.0,
+    ) -> None:
         super().__init__()
         if channels % heads != 0:
             raise CosegValueError(
@@ -121,8 +130,12 @@ class ImageSetCorrespondence(nn.Module):
             )
         if kernel_size % 2 != 1:
             raise CosegValueError(f"kernel_size must be odd to keep the spatial size, got {kernel_size}")
+        if temperature <= 0:
+            raise CosegValueError(f"temperature must be positive, got {temperature}")
         self.channels = channels
         self.heads = heads
+        self.residual = residual
+        self.temperature = temperature
         self.to_q = nn.Linear(channels, channels)
         self.to_kv = nn.Linear(channels, 2 * channels)
         self.to_out = nn.Linear(channels, channels)
@@ -208,10 +221,12 @@ class ImageSetCorrespondence(nn.Module):
 
         # eq. (2): alpha = softmax over the partners j, element-wise; dead slots get no weight
         dead = ~live[:, :, :, None, None, None]
-        alpha = updated.masked_fill(dead, float("-inf")).softmax(dim=2)
+        alpha = (updated / self.temperature).masked_fill(dead, float("-inf")).softmax(dim=2)
         fused = (alpha * updated.masked_fill(dead, 0.0)).sum(dim=2)
         out = rearrange(self.conv(rearrange(fused, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=b)
+        if self.residual:
+            out = out + features
         return torch.where(valid[:, :, None, None, None], out, features)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, heads={self.heads}"
+        return f"channels={self.channels}, heads={self.heads}, residual={self.residual}, temperature={self.temperature}"

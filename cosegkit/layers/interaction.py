@@ -25,7 +25,7 @@ from cosegkit._validation import (
     resolve_valid,
 )
 from cosegkit.errors import CosegValueError
-from cosegkit.layers._blocks import MLP, ConvFFN, masked_mean, masked_sum
+from cosegkit.layers._blocks import MLP, ConvFFN, masked_mean, masked_sum, unit_rms
 
 __all__ = ["ClipInteraction", "ClipInteractionOutput", "clip_similarity", "distill_text"]
 
@@ -169,6 +169,7 @@ class ClipInteraction(nn.Module):
         heads: int = 8,
         *,
         residual: bool = False,
+        unit_scale: bool = False,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -180,6 +181,7 @@ class ClipInteraction(nn.Module):
         self.top_k = top_k
         self.heads = heads
         self.residual = residual
+        self.unit_scale = unit_scale
         self.mlp1 = MLP(2 * clip_dim, clip_dim)
         self.to_q = nn.Linear(clip_dim, clip_dim)
         self.to_kv = nn.Linear(clip_dim, 2 * clip_dim)
@@ -249,7 +251,8 @@ class ClipInteraction(nn.Module):
         fused, z = self.fuse(image_embeddings, text_embeddings, topk, valid)
 
         x = rearrange(features, "b n c h w -> (b n) c h w")
-        z_map = rearrange(z, "b n d -> (b n) d 1 1")  # PAD: broadcast over h, w
+        gate = unit_rms(z) if self.unit_scale else z
+        z_map = rearrange(gate, "b n d -> (b n) d 1 1")  # PAD: broadcast over h, w
         out = self.ffn3(self.ffn2(x) * z_map.to(x.dtype))  # eq. (5)
         out = rearrange(out, "(b n) c h w -> b n c h w", b=b)
         if self.residual:
@@ -257,4 +260,7 @@ class ClipInteraction(nn.Module):
         return ClipInteractionOutput(out, fused, z, similarity, topk)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, clip_dim={self.clip_dim}, top_k={self.top_k}, heads={self.heads}"
+        return (
+            f"channels={self.channels}, clip_dim={self.clip_dim}, top_k={self.top_k}, heads={self.heads}, "
+            f"residual={self.residual}, unit_scale={self.unit_scale}"
+        )

@@ -10,14 +10,19 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from cosegkit._validation import check_feature_set, check_set_vectors, check_text_bank, resolve_valid
-from cosegkit.errors import CosegShapeError
-from cosegkit.layers._blocks import MLP, ConvFFN, masked_max
+from cosegkit.errors import CosegShapeError, CosegValueError
+from cosegkit.layers._blocks import MLP, ConvFFN, masked_max, masked_mean, unit_rms
 
-__all__ = ["ClipRegularization", "ClipRegularizationOutput"]
+__all__ = ["POOLS", "ClipRegularization", "ClipRegularizationOutput"]
+
+POOLS = {"max": masked_max, "mean": masked_mean}
+"""How eq. (7) pools the per-image class scores over a set: ``"max"`` (the paper's global max
+pooling) or ``"mean"``."""
 
 
 class ClipRegularizationOutput(NamedTuple):
@@ -99,19 +104,32 @@ class ClipRegularization(nn.Module):
         *,
         hidden: int | None = None,
         residual: bool = False,
+        unit_scale: bool = False,
+        pool: str = "max",
+        prior: float = 0.0,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.clip_dim = clip_dim
         self.num_prompts = num_prompts
+        if pool not in POOLS:
+            raise CosegValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
+        if prior < 0:
+            raise CosegValueError(f"prior must be non-negative, got {prior}")
         self.residual = residual
+        self.unit_scale = unit_scale
+        self.pool = pool
+        self.prior = prior
         self.mlp3 = nn.Sequential(nn.LayerNorm(num_prompts), MLP(num_prompts, num_prompts, hidden or num_prompts))
         self.ffn4 = ConvFFN(channels, clip_dim)
         self.ffn5 = ConvFFN(clip_dim, channels)
 
     def classify(self, similarity: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (6)-(7): class logits (before the softmax) and :math:`i^*`, ``(b, p)`` and ``(b,)``."""
-        logits = masked_max(self.mlp3(similarity), valid)
+        scores = self.mlp3(similarity)
+        if self.prior:
+            scores = scores + self.prior * F.layer_norm(similarity, similarity.shape[-1:])  # CLIP's own ranking
+        logits = POOLS[self.pool](scores, valid)
         return logits, logits.argmax(dim=-1)
 
     def forward(
@@ -149,6 +167,8 @@ class ClipRegularization(nn.Module):
 
         x = rearrange(features, "b n c h w -> (b n) c h w")
         chosen = text_embeddings[common].to(x.dtype)  # h^{txt}_{i*}, (b, d)
+        if self.unit_scale:
+            chosen = unit_rms(chosen)
         t_map = rearrange(chosen, "b d -> b 1 d 1 1").expand(b, n, -1, 1, 1)
         out = self.ffn5(self.ffn4(x) * rearrange(t_map, "b n d 1 1 -> (b n) d 1 1"))  # eq. (8)
         out = rearrange(out, "(b n) c h w -> b n c h w", b=b)
@@ -157,4 +177,7 @@ class ClipRegularization(nn.Module):
         return ClipRegularizationOutput(out, probs, common)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, clip_dim={self.clip_dim}, num_prompts={self.num_prompts}"
+        return (
+            f"channels={self.channels}, clip_dim={self.clip_dim}, num_prompts={self.num_prompts}, "
+            f"pool={self.pool!r}, prior={self.prior}, residual={self.residual}, unit_scale={self.unit_scale}"
+        )

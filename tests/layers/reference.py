@@ -52,8 +52,9 @@ def isfc_reference(module, features: torch.Tensor, valid: list[bool] | None = No
             pair = torch.cat([features[i], msg], dim=0)[None]
             updated.append(features[i] + module.ffn(pair)[0])  # eq. (1)
         stacked = torch.stack(updated)
-        alpha = torch.softmax(stacked, dim=0)  # over the partners j
-        out.append(module.conv((alpha * stacked).sum(dim=0)[None])[0])  # eq. (2)
+        alpha = torch.softmax(stacked / module.temperature, dim=0)  # over the partners j
+        fused = module.conv((alpha * stacked).sum(dim=0)[None])[0]  # eq. (2)
+        out.append(features[i] + fused if module.residual else fused)
     return torch.stack(out)
 
 
@@ -76,7 +77,9 @@ def interaction_reference(module, features, image_emb, text, valid=None):
         msg = attention(module.to_q, module.to_kv, module.to_out, module.heads, fused[i][None], context)[0]
         z = fused[i] + module.mlp2(msg)  # eq. (4)
         zs.append(z)
-        feats.append(module.ffn3(module.ffn2(features[i][None]) * z[None, :, None, None])[0])  # eq. (5)
+        gate = z / z.square().mean().sqrt() if module.unit_scale else z
+        f = module.ffn3(module.ffn2(features[i][None]) * gate[None, :, None, None])[0]  # eq. (5)
+        feats.append(features[i] + f if module.residual else f)
     return torch.stack(feats), fused, torch.stack(zs), s, topk
 
 
@@ -84,9 +87,19 @@ def regularization_reference(module, features, similarity, text, valid=None):
     """Eq. (6)-(8) for one set: features (N, C, h, w), similarity (N, P), text (P, D)."""
     n = features.shape[0]
     valid = valid if valid is not None else [True] * n
-    rows = [module.mlp3(similarity[i]) for i in range(n) if valid[i]]
-    pooled = torch.stack(rows).max(dim=0).values  # MAX over the set
+    rows = []
+    for i in range(n):
+        if valid[i]:
+            s = similarity[i]
+            standardised = (s - s.mean()) / torch.sqrt(s.var(unbiased=False) + 1e-5)
+            rows.append(module.mlp3(s) + module.prior * standardised)
+    stacked = torch.stack(rows)
+    pooled = stacked.max(dim=0).values if module.pool == "max" else stacked.mean(dim=0)  # over the set
     v = torch.softmax(pooled, dim=0)  # eq. (7)
     best = int(torch.argmax(v))  # eq. (6)
-    feats = [module.ffn5(module.ffn4(features[i][None]) * text[best][None, :, None, None])[0] for i in range(n)]
-    return torch.stack(feats), v, best  # eq. (8)
+    t = text[best] / text[best].square().mean().sqrt() if module.unit_scale else text[best]
+    feats = []
+    for i in range(n):
+        f = module.ffn5(module.ffn4(features[i][None]) * t[None, :, None, None])[0]  # eq. (8)
+        feats.append(features[i] + f if module.residual else f)
+    return torch.stack(feats), v, best

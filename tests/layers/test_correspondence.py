@@ -12,22 +12,28 @@ from cosegkit.layers import partner_index
 from tests.layers.reference import isfc_reference
 
 
-def make(channels: int = 8, heads: int = 2, seed: int = 0) -> ImageSetCorrespondence:
+def make(channels: int = 8, heads: int = 2, seed: int = 0, **kwargs) -> ImageSetCorrespondence:
     torch.manual_seed(seed)
-    return ImageSetCorrespondence(channels, heads=heads).eval()
+    return ImageSetCorrespondence(channels, heads=heads, **kwargs).eval()
 
 
+#: the paper's eq. (2), cosegkit's default reading, and a softmax temperature
+OPTIONS = [{}, {"residual": True}, {"residual": True, "temperature": 0.5}]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
-def test_matches_per_pair_reference(n: int) -> None:
-    module = make(8, heads=2)
+def test_matches_per_pair_reference(n: int, options: dict) -> None:
+    module = make(8, heads=2, **options)
     x = torch.randn(2, n, 8, 3, 4)
     out = module(x)
     for b in range(2):
         torch.testing.assert_close(out[b], isfc_reference(module, x[b]), atol=1e-5, rtol=1e-5)
 
 
-def test_matches_reference_with_padding() -> None:
-    module = make(8, heads=4)
+@pytest.mark.parametrize("options", OPTIONS)
+def test_matches_reference_with_padding(options: dict) -> None:
+    module = make(8, heads=4, **options)
     x = torch.randn(3, 4, 8, 2, 3)
     valid = torch.tensor([[True, True, False, True], [True, False, False, False], [False, True, True, True]])
     out = module(x, valid)

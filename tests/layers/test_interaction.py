@@ -24,9 +24,14 @@ def inputs(b: int, n: int, h: int = 3, w: int = 4, seed: int = 0):
     return torch.randn(b, n, C, h, w, generator=g), torch.randn(b, n, D, generator=g), torch.randn(P, D, generator=g)
 
 
+#: the paper's eq. (5), cosegkit's default reading, and each change alone
+OPTIONS = [{}, {"residual": True, "unit_scale": True}, {"unit_scale": True}, {"residual": True}]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("n", [1, 2, 5])
-def test_matches_per_image_reference(n: int) -> None:
-    module = make()
+def test_matches_per_image_reference(n: int, options: dict) -> None:
+    module = make(**options)
     feats, emb, text = inputs(2, n)
     out = module(feats, emb, text)
     for b in range(2):
@@ -38,8 +43,9 @@ def test_matches_per_image_reference(n: int) -> None:
         assert out.topk_indices[b].tolist() == topk.tolist()
 
 
-def test_matches_reference_with_padding() -> None:
-    module = make()
+@pytest.mark.parametrize("options", OPTIONS)
+def test_matches_reference_with_padding(options: dict) -> None:
+    module = make(**options)
     feats, emb, text = inputs(2, 4)
     valid = torch.tensor([[True, False, True, False], [False, False, False, True]])
     out = module(feats, emb, text, valid)

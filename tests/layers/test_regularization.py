@@ -23,9 +23,21 @@ def inputs(b: int, n: int, h: int = 3, w: int = 2, seed: int = 0):
     return torch.randn(b, n, C, h, w, generator=g), torch.randn(b, n, P, generator=g), torch.randn(P, D, generator=g)
 
 
+#: the paper's eq. (7)-(8), cosegkit's default reading, and each change alone
+OPTIONS = [
+    {},
+    {"residual": True, "unit_scale": True, "pool": "mean", "prior": 3.0},
+    {"pool": "mean"},
+    {"prior": 3.0},
+    {"unit_scale": True},
+    {"residual": True},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
 @pytest.mark.parametrize("n", [1, 2, 4])
-def test_matches_per_image_reference(n: int) -> None:
-    module = make()
+def test_matches_per_image_reference(n: int, options: dict) -> None:
+    module = make(**options)
     feats, sim, text = inputs(3, n)
     out = module(feats, sim, text)
     for b in range(3):
@@ -35,8 +47,9 @@ def test_matches_per_image_reference(n: int) -> None:
         assert int(out.common_class[b]) == best
 
 
-def test_matches_reference_with_padding() -> None:
-    module = make()
+@pytest.mark.parametrize("options", OPTIONS)
+def test_matches_reference_with_padding(options: dict) -> None:
+    module = make(**options)
     feats, sim, text = inputs(2, 3)
     valid = torch.tensor([[True, False, True], [False, True, False]])
     out = module(feats, sim, text, valid)
