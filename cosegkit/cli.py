@@ -83,7 +83,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-correspondence", action="store_true", help="switch off ISFC (eq. 1-2)")
     m.add_argument("--no-interaction", action="store_true", help="switch off CLIP interaction (eq. 3-5)")
     m.add_argument("--no-regularization", action="store_true", help="switch off CLIP regularization (eq. 6-8)")
-    m.add_argument("--residual", action="store_true", help="F + F_hat in the CLIP modules (not in the paper)")
+    m.add_argument(
+        "--variant",
+        choices=("default", "paper"),
+        default="default",
+        help="module readings: default (what trains best) or paper (eq. 2, 5, 7, 8 as printed)",
+    )
+    flag = argparse.BooleanOptionalAction
+    m.add_argument("--residual", action=flag, help="F + F_hat in the CLIP modules (default: the variant's)")
+    m.add_argument("--correspondence-residual", action=flag, help="F + F_hat in ISFC (default: the variant's)")
+    m.add_argument("--unit-scale", action=flag, help="z and h_txt at unit RMS in eq. 5/8 (default: the variant's)")
+    m.add_argument("--class-pool", choices=("max", "mean"), help="eq. 7's pooling over the set (default: the variant's)")
+    m.add_argument("--class-prior", type=float, help="weight of CLIP's own ranking in eq. 7 (default: the variant's)")
     m.add_argument("--top-k", type=_positive, default=5, help="distilled text embeddings K (default 5)")
     m.add_argument("--heads", type=_positive, default=8, help="attention heads (default 8)")
     o = p.add_argument_group("optimisation")
@@ -138,7 +149,12 @@ def _config_from_args(args: argparse.Namespace):
         use_regularization=not args.no_regularization,
         top_k=args.top_k,
         heads=args.heads,
+        variant=args.variant,
         residual=args.residual,
+        correspondence_residual=args.correspondence_residual,
+        unit_scale=args.unit_scale,
+        class_pool=args.class_pool,
+        class_prior=args.class_prior,
         steps=args.steps,
         lr=args.lr,
         encoder_lr=args.encoder_lr,

@@ -3,15 +3,16 @@ r"""``cosegkit demo``: what the set-aware modules buy, measured on the synthetic
 1. Build the synthetic co-segmentation world (every image holds the set's target among
    distractors, so one image alone cannot tell which object to segment).
 2. Pre-train a small CLIP contrastively on the world's images and captions (cached).
-3. Train, with the same budget each: LCCo as the paper writes it, LCCo with residual CLIP
-   modulation (``residual=True``: eq. 5 and 8 become :math:`F + \hat F`, see the equations
-   page), and the single-image Baseline (all three modules off).
+3. Train, with the same budget each: the single-image Baseline (all three modules off), LCCo
+   as cosegkit builds it by default (``variant="default"``), and LCCo as the paper prints
+   eq. (2), (5), (7) and (8) (``variant="paper"``; the equations page lists the differences).
 4. Score them on the same held-out sets with P and J, print the table, write ``results.json``.
 5. Write ``figure.png``: images, ground truth and each model's masks for a few held-out sets.
 
-Each model's run folder (``<out>/baseline``, ``<out>/lcco``, ``<out>/lcco-residual``) is a
+Each model's run folder (``<out>/baseline``, ``<out>/lcco``, ``<out>/lcco-paper``) is a
 normal ``cosegkit train`` run: interrupted, the demo continues from the last checkpoint when
-started again.
+started again. A run folder left by a demo with other settings is moved aside
+(``<folder>.old-<n>``) and trained afresh.
 """
 
 from __future__ import annotations
@@ -65,14 +66,14 @@ def demo_train_config(
     eval_sets: int = 60,
     *,
     modules: bool = True,
-    residual: bool = False,
+    variant: str = "default",
 ) -> TrainConfig:
     """The training config of the demo's models (and of ``examples/ablation.py``).
 
     A 16-class world at 64 px, sets of 4, batches of 4 sets; a ResNet-18 (random weights) at
     encoder depth 3, so the three modules act at strides 8, 4 and 2; the synthetic CLIP at
     ``clip_path``; AdamW at 1e-3 with a short warm-up. ``modules=False`` is the Baseline;
-    ``residual`` adds the input features to the CLIP modules' outputs.
+    ``variant`` picks the modules' readings (:data:`~cosegkit.models.VARIANTS`).
 
     Example:
         Building the config reads nothing from ``clip_path``; training from it does:
@@ -122,7 +123,7 @@ def demo_train_config(
         use_regularization=modules,
         top_k=3,
         heads=4,
-        residual=residual,
+        variant=variant,
         steps=steps,
         lr=1e-3,
         warmup=max(1, steps // 20),
@@ -137,6 +138,15 @@ def demo_train_config(
 
 def _train_or_resume(config: TrainConfig, run: Path, progress: bool) -> dict:
     resume = bool(find_checkpoints(run / "checkpoints"))
+    if run.exists() and (not resume or TrainConfig.load(run / "config.json") != config):
+        if (run / "config.json").is_file() or resume:
+            n = 1
+            while run.with_name(f"{run.name}.old-{n}").exists():
+                n += 1
+            aside = run.with_name(f"{run.name}.old-{n}")
+            _say(f"  {run} holds a run with other settings; moved it to {aside}")
+            run.rename(aside)
+        resume = False
     if resume:
         _say(f"  continuing the run in {run} from its last checkpoint")
     start = time.perf_counter()
@@ -218,8 +228,8 @@ def run_demo(
     Returns:
         The results as a dict, also written to ``<out>/results.json``. Under ``"clip"``, the
         CLIP's zero-shot scores, pre-training seconds and weights file; under ``"Baseline"``,
-        ``"LCCo"`` and ``"LCCo+res"``, each model's held-out ``P``, ``J``, ``images`` and
-        ``train_seconds``; and ``"wall_seconds"`` and ``"quick"``.
+        ``"LCCo"`` (the default variant) and ``"LCCo-paper"``, each model's held-out ``P``,
+        ``J``, ``images`` and ``train_seconds``; and ``"wall_seconds"`` and ``"quick"``.
 
     Example:
         The default budget and the three models, each trained in its own run folder under ``out``:
@@ -228,13 +238,13 @@ def run_demo(
         >>> DemoBudget()
         DemoBudget(clip_steps=300, steps=600, eval_sets=60)
         >>> variants = {"baseline": {"modules": False}, "lcco": {"modules": True},
-        ...             "lcco-residual": {"modules": True, "residual": True}}
+        ...             "lcco-paper": {"modules": True, "variant": "paper"}}
         >>> for folder, switches in variants.items():
         ...     c = demo_train_config("clip.safetensors", steps=600, **switches)
-        ...     print(folder, c.use_correspondence, c.use_interaction, c.use_regularization, c.residual, c.steps)
-        baseline False False False False 600
-        lcco True True True False 600
-        lcco-residual True True True True 600
+        ...     print(folder, c.use_correspondence, c.use_interaction, c.use_regularization, c.variant, c.steps)
+        baseline False False False default 600
+        lcco True True True default 600
+        lcco-paper True True True paper 600
     """
     budget = QUICK if quick else DemoBudget()
     steps = steps or budget.steps
@@ -279,15 +289,15 @@ def run_demo(
 
     results: dict = {"clip": {**zero_shot, "seconds": round(clip_seconds, 1), "weights": str(clip_path)}}
     variants = (
-        ("Baseline", "baseline", False, False, "single image: all three modules off"),
-        ("LCCo", "lcco", True, False, "all three modules, eq. 5 and 8 as printed"),
-        ("LCCo+res", "lcco-residual", True, True, "all three modules, residual CLIP modulation"),
+        ("Baseline", "baseline", False, "default", "single image: all three modules off"),
+        ("LCCo", "lcco", True, "default", "all three modules, cosegkit's default readings"),
+        ("LCCo-paper", "lcco-paper", True, "paper", "all three modules, eq. 2, 5, 7 and 8 as printed"),
     )
     runs = {}
     _say(f"[3/5] three models, the same budget each: {steps} steps of 4 sets x 4 images")
-    for name, folder, modules, residual, what in variants:
+    for name, folder, modules, variant, what in variants:
         _say(f"  {name}: {what}")
-        cfg = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=modules, residual=residual)
+        cfg = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=modules, variant=variant)
         results[name] = _train_or_resume(cfg, out / folder, progress)
         runs[name] = out / folder
 
@@ -303,14 +313,14 @@ def run_demo(
     held_out = results["LCCo"]["images"]
     _say("")
     _say(f"held-out synthetic sets: {held_out} images, P/J protocol 'ssnm' (adaptive threshold, cap 0.8)")
-    _say(f"{'model':<10} {'P (%)':>7} {'J (%)':>7} {'train s':>8}")
+    _say(f"{'model':<11} {'P (%)':>7} {'J (%)':>7} {'train s':>8}")
     for name in runs:
         r = results[name]
-        _say(f"{name:<10} {100 * r['P']:7.2f} {100 * r['J']:7.2f} {r['train_seconds']:8.1f}")
-    for name in ("LCCo", "LCCo+res"):
+        _say(f"{name:<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f} {r['train_seconds']:8.1f}")
+    for name in ("LCCo", "LCCo-paper"):
         dp = 100 * (results[name]["P"] - results["Baseline"]["P"])
         dj = 100 * (results[name]["J"] - results["Baseline"]["J"])
-        _say(f"{name} - Baseline: P {dp:+.2f}, J {dj:+.2f} points")
+        _say(f"{name:<11} - Baseline: P {dp:+.2f}, J {dj:+.2f} points")
     if quick:
         _say("(--quick: a pipeline check; these numbers measure nothing)")
     _say(f"figure: {out / 'figure.png'}   results: {out / 'results.json'}   wall time {results['wall_seconds']:.0f} s")

@@ -1,12 +1,22 @@
-"""The paper's Table 2 in miniature: every combination of the three modules, on the synthetic world.
+"""The paper's Table 2 in miniature, and what each of cosegkit's readings of the modules buys.
 
-Eight rows (Baseline, each module alone, each pair, all three), each trained with the demo's
-settings for ``--seeds`` seeds; P and J on held-out sets as mean and standard deviation over
-the seeds. Runs go two at a time (one per core) by default; every run is a normal run folder,
-so an interrupted ablation continues where it stopped.
+Two tables, each row trained with the demo's settings (the synthetic world, 600 steps of 4
+sets of 4 images) for ``--seeds`` seeds, P and J on held-out sets as mean and standard
+deviation over the seeds:
 
-    python examples/ablation.py                              # 8 rows x 3 seeds x 300 steps
-    python examples/ablation.py --steps 600 --jobs 2 --out runs/ablation
+- ``--table modules`` (default): Table 2's eight rows (Baseline, each module alone, each pair,
+  all three) with the modules of ``--variant`` (``default``, or ``paper`` for the printed
+  equations);
+- ``--table readings``: the paper's modules, each of the default variant's readings added to
+  them alone, the default variant, and the default variant with each reading taken back
+  (see the equations page).
+
+Runs go two at a time (one per core) by default; every run is a normal run folder, so an
+interrupted ablation continues where it stopped.
+
+    python examples/ablation.py                                  # Table 2, default modules, 3 seeds
+    python examples/ablation.py --variant paper                  # Table 2 with the printed equations
+    python examples/ablation.py --table readings --seeds 1
     python examples/ablation.py --steps 5 --seeds 1 --eval-sets 4 --clip-steps 5   # smoke test
 
 Prints the table and writes it as Markdown (``<out>/table.md``) and JSON (``<out>/table.json``).
@@ -15,7 +25,6 @@ Prints the table and writes it as Markdown (``<out>/table.md``) and JSON (``<out
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import os
@@ -24,21 +33,45 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-ROWS = [(c, i, r) for c, i, r in itertools.product([False, True], repeat=3)]
-ROWS.sort(key=lambda row: (sum(row), [not x for x in row]))  # Baseline, singles, pairs, all: Table 2's order
+MODULE_ROWS = [(c, i, r) for c, i, r in itertools.product([False, True], repeat=3)]
+MODULE_ROWS.sort(key=lambda row: (sum(row), [not x for x in row]))  # Baseline, singles, pairs, all: Table 2's order
+
+READINGS = ("correspondence_residual", "residual", "unit_scale", "class_pool", "class_prior")
 
 
-def run_one(clip_path: str, steps: int, seed: int, eval_sets: int, switches: tuple[bool, bool, bool], out: str) -> dict:
+def reading_rows() -> list[tuple[str, dict]]:
+    """(label, settings) for the readings table: paper, paper + each, default, default - each."""
+    from cosegkit.models import VARIANTS
+
+    paper, default = VARIANTS["paper"], VARIANTS["default"]
+    changed = [key for key in READINGS if paper[key] != default[key]]
+    rows = [("paper", dict(paper))]
+    rows += [(f"paper + {key}", {**paper, key: default[key]}) for key in changed]
+    rows.append(("default", dict(default)))
+    rows += [(f"default - {key}", {**default, key: paper[key]}) for key in changed]
+    return rows
+
+
+def module_rows(variant: str) -> list[tuple[str, dict]]:
+    rows = []
+    for c, i, r in MODULE_ROWS:
+        parts = [label for on, label in zip((c, i, r), ("ISFC", "CLIP Inter.", "CLIP Reg."), strict=True) if on]
+        label = " + ".join(parts) if parts else "Baseline"
+        rows.append((label, {"use_correspondence": c, "use_interaction": i, "use_regularization": r, "variant": variant}))
+    return rows
+
+
+def run_one(clip_path: str, steps: int, seed: int, eval_sets: int, settings: dict, out: str) -> dict:
     """Train one row for one seed (resuming if the run folder has checkpoints); its held-out scores."""
+    import dataclasses
+
     import torch
 
     torch.set_num_threads(1)
     from cosegkit.demo import demo_train_config
     from cosegkit.engine import find_checkpoints, train
 
-    c, i, r = switches
-    config = demo_train_config(clip_path, steps, seed, eval_sets)
-    config = dataclasses.replace(config, use_correspondence=c, use_interaction=i, use_regularization=r)
+    config = dataclasses.replace(demo_train_config(clip_path, steps, seed, eval_sets), **settings)
     resume = bool(find_checkpoints(Path(out) / "checkpoints"))
     start = time.perf_counter()
     result = train(None if resume else config, out, resume=resume, progress=False)
@@ -46,57 +79,71 @@ def run_one(clip_path: str, steps: int, seed: int, eval_sets: int, switches: tup
     return {"P": ev.P, "J": ev.J, "seconds": time.perf_counter() - start}
 
 
-def name(switches: tuple[bool, bool, bool]) -> str:
-    parts = [label for on, label in zip(switches, ("ISFC", "CLIP Inter.", "CLIP Reg."), strict=True) if on]
-    return " + ".join(parts) if parts else "Baseline"
+def folder_name(label: str) -> str:
+    return label.replace(" + ", "+").replace(" - ", "-").replace(" ", "_").replace(".", "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run (default 300)")
+    parser.add_argument("--table", choices=("modules", "readings"), default="modules", help="which table")
+    parser.add_argument("--variant", choices=("default", "paper"), default="default", help="modules table: readings")
+    parser.add_argument("--steps", type=int, default=600, help="training steps per run (default 600, the demo's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
     parser.add_argument("--eval-sets", type=int, default=60, help="held-out sets per run (default 60)")
     parser.add_argument("--clip-steps", type=int, default=300, help="CLIP pre-training steps (cached)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
-    parser.add_argument("--out", default="runs/ablation", help="run folders and the table go here")
+    parser.add_argument("--out", default=None, help="run folders and the table (default runs/ablation-<table>)")
     args = parser.parse_args()
 
     from cosegkit.clip.pretrain import ClipPretrainConfig, pretrain_synthetic_clip
 
     clip_path = str(pretrain_synthetic_clip(ClipPretrainConfig(num_classes=16, steps=args.clip_steps)))
-    out = Path(args.out)
+    rows = module_rows(args.variant) if args.table == "modules" else reading_rows()
+    default_out = f"runs/ablation-{args.table}" + (f"-{args.variant}" if args.table == "modules" else "")
+    out = Path(args.out or default_out)
     jobs = {}
     start = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for row in ROWS:
+        for label, settings in rows:
             for seed in range(args.seeds):
-                folder = out / name(row).replace(" + ", "+").replace(" ", "_").replace(".", "") / f"seed{seed}"
-                jobs[(row, seed)] = pool.submit(run_one, clip_path, args.steps, seed, args.eval_sets, row, str(folder))
+                folder = out / folder_name(label) / f"seed{seed}"
+                jobs[(label, seed)] = pool.submit(
+                    run_one, clip_path, args.steps, seed, args.eval_sets, settings, str(folder)
+                )
         results = {key: job.result() for key, job in jobs.items()}
     wall = time.perf_counter() - start
 
-    def stat(row, key):
-        values = [100 * results[(row, s)][key] for s in range(args.seeds)]
+    def stat(label: str, key: str) -> tuple[float, float]:
+        values = [100 * results[(label, s)][key] for s in range(args.seeds)]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.mean(values), spread
 
-    header = "| ISFC | CLIP Inter. | CLIP Reg. | P (%) | J (%) |\n| :-: | :-: | :-: | --: | --: |"
+    if args.table == "modules":
+        header = "| ISFC | CLIP Inter. | CLIP Reg. | P (%) | J (%) |\n| :-: | :-: | :-: | --: | --: |"
+    else:
+        header = "| model | P (%) | J (%) |\n| --- | --: | --: |"
     lines = [header]
     table = []
-    for row in ROWS:
-        (p, dp), (j, dj) = stat(row, "P"), stat(row, "J")
-        marks = " | ".join("x" if on else " " for on in row)
-        lines.append(f"| {marks} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} |")
-        table.append({"row": name(row), "switches": row, "P": p, "P_std": dp, "J": j, "J_std": dj})
+    for label, settings in rows:
+        (p, dp), (j, dj) = stat(label, "P"), stat(label, "J")
+        if args.table == "modules":
+            flags = (settings["use_correspondence"], settings["use_interaction"], settings["use_regularization"])
+            lines.append(f"| {' | '.join('x' if on else ' ' for on in flags)} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} |")
+        else:
+            lines.append(f"| {label} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} |")
+        per_seed = [{k: results[(label, s)][k] for k in ("P", "J")} for s in range(args.seeds)]
+        table.append({"row": label, "settings": settings, "P": p, "P_std": dp, "J": j, "J_std": dj, "seeds": per_seed})
+    what = f"modules of the {args.variant!r} variant" if args.table == "modules" else "readings of the modules"
     note = (
-        f"\nSynthetic world (16 classes, 64 px, sets of 4), {args.steps} steps per run, {args.seeds} seeds, "
-        f"{args.eval_sets} held-out sets of 4 per run, P/J preset 'ssnm'; mean ± standard deviation over "
-        f"seeds. Wall time {wall / 60:.1f} min with {args.jobs} runs at once."
+        f"\nSynthetic world (16 classes, 64 px, sets of 4), {what}, {args.steps} steps per run, "
+        f"{args.seeds} seeds, {args.eval_sets} held-out sets of 4 per run, P/J preset 'ssnm'; mean ± standard "
+        f"deviation over seeds. Wall time {wall / 60:.1f} min with {args.jobs} runs at once."
     )
     text = "\n".join(lines) + "\n" + note + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
-    (out / "table.json").write_text(json.dumps({"rows": table, "steps": args.steps, "seeds": args.seeds}, indent=2))
+    payload = {"table": args.table, "rows": table, "steps": args.steps, "seeds": args.seeds}
+    (out / "table.json").write_text(json.dumps(payload, indent=2))
     print(text)
 
 

@@ -43,6 +43,25 @@ def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_variant_flags_reach_the_config() -> None:
+    from cosegkit.cli import _config_from_args, build_parser
+
+    def config(*flags: str):
+        return _config_from_args(build_parser().parse_args(["train", *flags]))
+
+    default = config()
+    assert default.variant == "default" and default.residual is None and default.class_pool is None
+    paper = config("--variant", "paper", "--residual", "--no-unit-scale", "--class-pool", "mean", "--class-prior", "2")
+    assert (paper.variant, paper.residual, paper.unit_scale, paper.class_pool, paper.class_prior) == (
+        "paper",
+        True,
+        False,
+        "mean",
+        2.0,
+    )
+    assert config("--no-correspondence-residual").correspondence_residual is False
+
+
 def test_python_dash_m_runs_the_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "cosegkit", "--version"], capture_output=True, text=True, env=cli_env()
@@ -99,7 +118,11 @@ def test_quick_demo_runs_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert "Baseline" in out and "LCCo" in out and "measure nothing" in out
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert {"clip", "LCCo", "LCCo+res", "Baseline"} <= set(results)
+    assert {"clip", "LCCo", "LCCo-paper", "Baseline"} <= set(results)
+    assert all({"P", "J"} <= set(results[name]) for name in ("Baseline", "LCCo", "LCCo-paper"))
+    assert json.loads((tmp_path / "demo" / "lcco" / "config.json").read_text())["variant"] == "default"
+    assert json.loads((tmp_path / "demo" / "lcco-paper" / "config.json").read_text())["variant"] == "paper"
+    assert (tmp_path / "demo" / "baseline" / "model").is_dir() and (tmp_path / "demo" / "lcco" / "model").is_dir()
     assert Image.open(tmp_path / "demo" / "figure.png").size[0] > 100
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0  # finished runs reused
     assert "continuing the run" in capsys.readouterr().out

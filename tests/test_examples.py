@@ -49,7 +49,27 @@ def test_ablation_writes_eight_rows(tmp_path) -> None:
     assert len(table_rows) == 8 and all(line.count("±") == 2 for line in table_rows)
     rows = json.loads((tmp_path / "abl" / "table.json").read_text())["rows"]
     assert rows[0]["row"] == "Baseline" and rows[-1]["row"] == "ISFC + CLIP Inter. + CLIP Reg."
-    assert len(rows) == 8
+    assert len(rows) == 8 and all(row["settings"]["variant"] == "default" and len(row["seeds"]) == 2 for row in rows)
+    config = json.loads((tmp_path / "abl" / "ISFC+CLIP_Inter+CLIP_Reg" / "seed1" / "config.json").read_text())
+    assert config["variant"] == "default" and config["seed"] == 1 and config["steps"] == 1
+
+
+def test_readings_table_takes_each_reading_in_and_out() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation", EXAMPLES / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    from cosegkit.models import VARIANTS
+
+    rows = dict(ablation.reading_rows())
+    changed = [k for k in ablation.READINGS if VARIANTS["paper"][k] != VARIANTS["default"][k]]
+    assert rows["paper"] == VARIANTS["paper"] and rows["default"] == VARIANTS["default"]
+    assert len(rows) == 2 + 2 * len(changed) and changed
+    for key in changed:
+        plus, minus = rows[f"paper + {key}"], rows[f"default - {key}"]
+        assert [k for k in plus if plus[k] != VARIANTS["paper"][k]] == [key]
+        assert [k for k in minus if minus[k] != VARIANTS["default"][k]] == [key]
 
 
 @pytest.mark.slow

@@ -106,7 +106,12 @@ class TrainConfig:
     use_regularization: bool = True
     top_k: int = 5
     heads: int = 8
-    residual: bool = False
+    variant: str = "default"
+    residual: bool | None = None
+    correspondence_residual: bool | None = None
+    unit_scale: bool | None = None
+    class_pool: str | None = None
+    class_prior: float | None = None
     # optimisation
     steps: int = 1000
     lr: float = 1e-4
@@ -139,6 +144,9 @@ class TrainConfig:
         if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr < 0):
             raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+        from cosegkit.models.lcco import get_variant
+
+        get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON data."""
@@ -153,6 +161,8 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise CosegValueError(f"unknown config keys {unknown}; valid keys are {sorted(names)}")
+        if "variant" not in data:  # written before variants existed: the paper's modules
+            data = {**data, "variant": "paper"}
         return cls(**data)
 
     @classmethod
@@ -359,5 +369,10 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         use_correspondence=config.use_correspondence,
         use_interaction=config.use_interaction,
         use_regularization=config.use_regularization,
+        variant=config.variant,
         residual=config.residual,
+        correspondence_residual=config.correspondence_residual,
+        unit_scale=config.unit_scale,
+        class_pool=config.class_pool,
+        class_prior=config.class_prior,
     )

@@ -31,7 +31,7 @@ from cosegkit.losses.classification import masked_images, targets_from_embedding
 from cosegkit.models.decoder import ConvBNReLU, DecoderBlock, feature_levels
 from cosegkit.models.output import LCCoOutput
 
-__all__ = ["LCCo"]
+__all__ = ["VARIANTS", "LCCo", "get_variant"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,6 +40,48 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CLIP_WEIGHTS_NAME = "clip.safetensors"
 CLIP_CONFIG_DIR = "open_clip_config"
+
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {
+        "residual": True,
+        "correspondence_residual": True,
+        "unit_scale": True,
+        "class_pool": "mean",
+        "class_prior": 3.0,
+    },
+    "paper": {
+        "residual": False,
+        "correspondence_residual": False,
+        "unit_scale": False,
+        "class_pool": "max",
+        "class_prior": 0.0,
+    },
+}
+"""The readings of the three modules that :class:`LCCo` can be built with, by name.
+
+``"paper"`` is eq. (2), (5), (7) and (8) as printed; ``"default"`` is what trains best (see
+the equations page for each difference and the measurement behind it)."""
+
+
+def get_variant(name: str) -> dict[str, Any]:
+    """The module settings of a variant of :data:`VARIANTS` (a copy).
+
+    Raises:
+        KeyError: an unknown name; the message lists the valid ones.
+
+    Example:
+        >>> from cosegkit.models import get_variant
+        >>> get_variant("paper")["class_pool"], get_variant("default")["class_pool"]
+        ('max', 'mean')
+        >>> get_variant("best")
+        Traceback (most recent call last):
+            ...
+        KeyError: "unknown LCCo variant 'best'; choose one of ['default', 'paper']"
+    """
+    if name not in VARIANTS:
+        raise KeyError(f"unknown LCCo variant {name!r}; choose one of {sorted(VARIANTS)}")
+    return dict(VARIANTS[name])
 
 
 def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
@@ -169,8 +211,19 @@ class LCCo(nn.Module):
             the set-aware modules still see whole sets. ``None`` runs everything at once.
             Training mode always runs the encoder on the whole batch, so batch norm keeps
             its batch statistics.
+        variant: ``"default"`` (what trains best) or ``"paper"`` (eq. 2, 5, 7 and 8 as
+            printed); see :data:`~cosegkit.models.VARIANTS`. The five settings below default
+            to the variant's and override it one by one.
         residual: add each CLIP module's input features to its output (eq. 5 and 8 become
-            :math:`F + \hat F`). Off in the paper; see the equations page.
+            :math:`F + \hat F`).
+        correspondence_residual: add ISFC's input features to its output (eq. 2 becomes
+            :math:`F_i + \hat F_i`).
+        unit_scale: scale :math:`z_i` (eq. 5) and :math:`h^{txt}_{i^*}` (eq. 8) to a root
+            mean square of 1 before they modulate the features.
+        class_pool: how eq. (7) pools the per-image class scores over the set, ``"max"``
+            (the paper) or ``"mean"``.
+        class_prior: weight :math:`\tau` of CLIP's own ranking in eq. (7),
+            :math:`\mathrm{MLP}_3(s_i) + \tau\,\mathrm{LN}(s_i)`; 0 in the paper.
 
     Example:
         >>> import torch
@@ -204,10 +257,28 @@ class LCCo(nn.Module):
         use_interaction: bool = True,
         use_regularization: bool = True,
         coarse_decoder: bool = True,
-        residual: bool = False,
+        variant: str = "default",
+        residual: bool | None = None,
+        correspondence_residual: bool | None = None,
+        unit_scale: bool | None = None,
+        class_pool: str | None = None,
+        class_prior: float | None = None,
         micro_batch: int | None = 8,
     ) -> None:
         super().__init__()
+        settings = get_variant(variant)
+        given = {
+            "variant": variant,
+            "residual": residual,
+            "correspondence_residual": correspondence_residual,
+            "unit_scale": unit_scale,
+            "class_pool": class_pool,
+            "class_prior": class_prior,
+        }
+        settings.update({k: v for k, v in given.items() if v is not None})
+        residual, correspondence_residual = bool(settings["residual"]), bool(settings["correspondence_residual"])
+        unit_scale, class_pool = bool(settings["unit_scale"]), str(settings["class_pool"])
+        class_prior = float(settings["class_prior"])
         self.encoder = build_encoder(encoder_name, encoder_weights, encoder_depth)
         enc_channels = list(self.encoder.out_channels)
         self.levels = feature_levels(enc_channels)
@@ -259,16 +330,30 @@ class LCCo(nn.Module):
             )
 
         self.correspondence: nn.Module = (
-            ImageSetCorrespondence(decoder_channels[0], heads=heads) if use_correspondence else nn.Identity()
+            ImageSetCorrespondence(decoder_channels[0], heads=heads, residual=correspondence_residual)
+            if use_correspondence
+            else nn.Identity()
         )
         self.interaction: nn.Module = (
-            ClipInteraction(decoder_channels[1], d, top_k=top_k, heads=clip_heads, residual=residual)
+            ClipInteraction(
+                decoder_channels[1], d, top_k=top_k, heads=clip_heads, residual=residual, unit_scale=unit_scale
+            )
             if use_interaction
             else nn.Identity()
         )
         self.coarse: nn.Module = CoarseMaskDecoder(d) if use_interaction and coarse_decoder else nn.Identity()
         self.regularization: nn.Module = (
-            ClipRegularization(decoder_channels[2], d, p, residual=residual) if use_regularization else nn.Identity()
+            ClipRegularization(
+                decoder_channels[2],
+                d,
+                p,
+                residual=residual,
+                unit_scale=unit_scale,
+                pool=class_pool,
+                prior=class_prior,
+            )
+            if use_regularization
+            else nn.Identity()
         )
         self.has_coarse = use_interaction and coarse_decoder
         if micro_batch is not None and micro_batch < 1:
@@ -290,7 +375,12 @@ class LCCo(nn.Module):
             "use_interaction": use_interaction,
             "use_regularization": use_regularization,
             "coarse_decoder": coarse_decoder,
+            "variant": variant,
             "residual": residual,
+            "correspondence_residual": correspondence_residual,
+            "unit_scale": unit_scale,
+            "class_pool": class_pool,
+            "class_prior": class_prior,
             "micro_batch": micro_batch,
         }
 
@@ -466,6 +556,8 @@ class LCCo(nn.Module):
             kwargs = dict(json.loads(config_file.read_text())["model"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise WeightsUnavailableError(f"{str(config_file)!r} is not a valid LCCo config: {err}") from err
+        # checkpoints written before variants existed hold the paper's modules (and maybe ``residual``)
+        kwargs.setdefault("variant", "paper")
         clip = None
         if kwargs["use_interaction"] or kwargs["use_regularization"]:
             import open_clip

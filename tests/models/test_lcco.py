@@ -375,3 +375,78 @@ def test_a_half_precision_clip_beside_a_float_decoder() -> None:
     assert out.masks.dtype == torch.float32 and torch.isfinite(out.masks).all()
     double = tiny_lcco().double().eval()
     assert double(rand_images(1, 2).double()).masks.dtype == torch.float64
+
+
+# ------------------------------------------------------------------ variants
+def module_settings(m: LCCo) -> dict:
+    return {
+        "residual": (m.interaction.residual, m.regularization.residual),
+        "correspondence_residual": m.correspondence.residual,
+        "unit_scale": (m.interaction.unit_scale, m.regularization.unit_scale),
+        "class_pool": m.regularization.pool,
+        "class_prior": m.regularization.prior,
+    }
+
+
+def test_variants_set_the_modules() -> None:
+    from cosegkit.models import VARIANTS
+
+    paper, default = module_settings(tiny_lcco(variant="paper")), module_settings(tiny_lcco())
+    assert paper == {
+        "residual": (False, False),
+        "correspondence_residual": False,
+        "unit_scale": (False, False),
+        "class_pool": "max",
+        "class_prior": 0.0,
+    }
+    assert default == {
+        "residual": (True, True),
+        "correspondence_residual": True,
+        "unit_scale": (True, True),
+        "class_pool": "mean",
+        "class_prior": VARIANTS["default"]["class_prior"],
+    }
+    # one setting overrides its variant and leaves the others alone
+    one = module_settings(tiny_lcco(variant="paper", class_pool="mean"))
+    assert one == {**paper, "class_pool": "mean"}
+    with pytest.raises(KeyError, match=r"unknown LCCo variant 'best'; choose one of \['default', 'paper'\]"):
+        tiny_lcco(variant="best")
+    with pytest.raises(CosegValueError, match="pool must be one of"):
+        tiny_lcco(class_pool="median")
+
+
+@pytest.mark.parametrize("variant", ["default", "paper"])
+def test_variants_round_trip(tmp_path, variant: str) -> None:
+    m = tiny_lcco(variant=variant, class_prior=1.5).eval()
+    loaded = LCCo.from_pretrained(m.save_pretrained(tmp_path / variant)).eval()
+    assert module_settings(loaded) == module_settings(m) and loaded.config == m.config
+    x = rand_images(1, 3)
+    assert torch.equal(m(x).masks, loaded(x).masks)
+
+
+def test_a_checkpoint_from_before_variants_loads_as_the_paper(tmp_path) -> None:
+    import json
+
+    m = tiny_lcco(variant="paper").eval()
+    path = m.save_pretrained(tmp_path / "old")
+    config = json.loads((path / "config.json").read_text())
+    for key in ("variant", "correspondence_residual", "unit_scale", "class_pool", "class_prior"):
+        del config["model"][key]  # what an older cosegkit wrote
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = LCCo.from_pretrained(path).eval()
+    assert module_settings(loaded) == module_settings(m)
+    x = rand_images(1, 2)
+    assert torch.equal(m(x).masks, loaded(x).masks)
+
+
+def test_default_i_star_starts_from_clips_ranking() -> None:
+    """With MLP_3 silenced, the default's i* is the argmax of the set's mean standardised S."""
+    m = tiny_lcco().eval()
+    with torch.no_grad():
+        for p in m.regularization.mlp3.parameters():
+            p.zero_()
+    x = rand_images(3, 4)
+    out = m(x)
+    s = out.similarity
+    standardised = (s - s.mean(-1, keepdim=True)) / (s.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    assert torch.equal(out.common_class, standardised.mean(1).argmax(-1))

@@ -1,0 +1,37 @@
+"""TrainConfig: the module variant and its settings, and configs written before variants existed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cosegkit.engine import TrainConfig, build_model
+from tests.engine.test_trainer import TINY
+
+
+def test_the_variant_and_its_overrides_reach_the_model() -> None:
+    paper = build_model(TrainConfig(**TINY, variant="paper"))
+    assert paper.regularization.pool == "max" and not paper.interaction.residual
+    assert not paper.correspondence.residual and paper.regularization.prior == 0.0
+    default = build_model(TrainConfig(**TINY))
+    assert default.regularization.pool == "mean" and default.interaction.residual
+    assert default.correspondence.residual and default.interaction.unit_scale
+    mixed = build_model(TrainConfig(**TINY, variant="paper", residual=True, class_prior=2.0))
+    assert mixed.interaction.residual and mixed.regularization.residual and mixed.regularization.prior == 2.0
+    assert mixed.regularization.pool == "max" and not mixed.correspondence.residual
+    with pytest.raises(KeyError, match="unknown LCCo variant"):
+        TrainConfig(**TINY, variant="literal")
+
+
+def test_a_config_from_before_variants_is_the_paper(tmp_path) -> None:
+    data = TrainConfig(**TINY).to_dict()
+    for key in ("variant", "correspondence_residual", "unit_scale", "class_pool", "class_prior"):
+        del data[key]
+    data["residual"] = True  # an old run with --residual
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    old = TrainConfig.load(tmp_path / "config.json")
+    assert old.variant == "paper" and old.residual is True
+    model = build_model(old)
+    assert model.interaction.residual and model.regularization.pool == "max"
+    assert TrainConfig.from_dict(TrainConfig(**TINY).to_dict()).variant == "default"
