@@ -52,6 +52,7 @@ def test_ablation_writes_eight_rows(tmp_path) -> None:
     assert len(rows) == 8 and all(row["settings"]["variant"] == "default" and len(row["seeds"]) == 2 for row in rows)
     config = json.loads((tmp_path / "abl" / "ISFC+CLIP_Inter+CLIP_Reg" / "seed1" / "config.json").read_text())
     assert config["variant"] == "default" and config["seed"] == 1 and config["steps"] == 1
+    assert config["extra"]["eval_seed"] == 1  # every seed on the demo's held-out sets
 
 
 def test_readings_table_takes_each_reading_in_and_out() -> None:

@@ -294,8 +294,12 @@ def build_train_sets(config: TrainConfig, length: int) -> Dataset:
 
 
 def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int | None = None) -> Dataset:
-    """Held-out evaluation sets: synthetic sets drawn with seed ``config.seed + 1`` (``sets`` of
-    them, default ``config.extra["eval_sets"]`` or 40), or :class:`~cosegkit.data.EvalSets` of the named groups.
+    """Held-out evaluation sets: synthetic sets drawn with seed ``config.extra["eval_seed"]``
+    (default ``config.seed + 1``; ``sets`` of them, default ``config.extra["eval_sets"]`` or 40),
+    or :class:`~cosegkit.data.EvalSets` of the named groups.
+
+    Runs that differ only in their seed score on different synthetic sets unless they share
+    an ``eval_seed``; ``examples/ablation.py`` gives every seed the demo's held-out sets.
 
     Example:
         >>> import torch
@@ -308,10 +312,17 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
         (torch.Size([4, 3, 32, 32]), torch.Size([4, 1, 32, 32]), torch.Size([4]))
         >>> torch.equal(item["images"][:3], build_train_sets(config, length=6)[0]["images"])  # held out: other sets
         False
+        >>> other_seed = TrainConfig(world_classes=4, image_size=32, set_size=3, eval_set_size=4, seed=5)
+        >>> torch.equal(build_eval_sets(other_seed, sets=6)[0]["images"], item["images"])
+        False
+        >>> other_seed.extra["eval_seed"] = config.seed + 1  # score on the same held-out sets
+        >>> torch.equal(build_eval_sets(other_seed, sets=6)[0]["images"], item["images"])
+        True
     """
     if config.dataset == "synthetic":
         sets = sets or int(config.extra.get("eval_sets", 40))
-        return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=config.seed + 1)
+        seed = int(config.extra.get("eval_seed", config.seed + 1))
+        return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=seed)
     groups = _select(_read_groups(config), classes, "evaluation classes")
     return EvalSets(groups, config.eval_set_size, config.image_size)
 
