@@ -361,9 +361,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="the CPU demo: what the set-aware modules buy, on the synthetic world",
         formatter_class=_FORMATTER,
         description="Builds the synthetic world, pre-trains a small CLIP on its captions (cached), "
-        "trains LCCo (literal, and with residual CLIP modulation) and the single-image Baseline with the "
-        "same budget, scores them on held-out sets "
-        "and writes a figure. About 10 minutes on a 2-core CPU; --quick is a smoke test of seconds.",
+        "trains the single-image Baseline, LCCo and LCCo with the equations as printed (--variant paper) "
+        "with the same budget, scores them on held-out sets "
+        "and writes a figure. Under 10 minutes on a 2-core CPU; --quick is a smoke test of seconds.",
         epilog="""examples:
   cosegkit demo
   cosegkit demo --out demo-out --steps 1200

@@ -23,6 +23,7 @@ Axis legend: ``b`` batch of sets, ``n`` images per set, ``c`` channels, ``h w`` 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -372,14 +373,25 @@ def format_report(report: dict[str, Any], columns: Sequence[str] = ("sensitivity
         lines = [column, "| stage | " + " | ".join(keys) + " |", "| --- | " + " | ".join("--:" for _ in keys) + " |"]
         for stage, values in stages.items():
             row = values.get(column, {})
-            cells = [f"{row[k]:.3g}" if k in row and abs(row[k]) < 1e-2 and row[k] != 0 else f"{row.get(k, float('nan')):.3f}" for k in keys]
-            lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+            lines.append(f"| {stage} | " + " | ".join(_cell(row.get(k, math.nan)) for k in keys) + " |")
         blocks.append("\n".join(lines))
     if report.get("logged"):
         keys = [k for k in report["logged"][0] if k != "step"]
-        lines = ["logged during training (training batches)", "| step | " + " | ".join(keys) + " |",
-                 "| --: | " + " | ".join("--:" for _ in keys) + " |"]
-        for record in report["logged"]:
-            lines.append(f"| {record['step']} | " + " | ".join(f"{record.get(k, float('nan')):.3f}" for k in keys) + " |")
+        lines = [
+            "logged during training (training batches, against eq. 12's target; means up to each step)",
+            "| step | " + " | ".join(keys) + " |",
+            "| --: | " + " | ".join("--:" for _ in keys) + " |",
+        ]
+        records = report["logged"]
+        size = math.ceil(len(records) / 10)  # at most ten rows: means over consecutive records
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            means = [sum(r.get(k, math.nan) for r in chunk) / len(chunk) for k in keys]
+            lines.append(f"| {chunk[-1]['step']} | " + " | ".join(_cell(m) for m in means) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+def _cell(value: float) -> str:
+    """Three decimals, or three significant digits for the small numbers a silenced module gives."""
+    return f"{value:.3g}" if value != 0 and abs(value) < 1e-2 else f"{value:.3f}"

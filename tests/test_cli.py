@@ -126,6 +126,16 @@ def test_quick_demo_runs_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     assert Image.open(tmp_path / "demo" / "figure.png").size[0] > 100
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0  # finished runs reused
     assert "continuing the run" in capsys.readouterr().out
+    # a run folder from a demo with other settings (here: an older demo whose lcco/ held the
+    # paper's modules) is moved aside and trained afresh, never resumed as the default model
+    config_file = tmp_path / "demo" / "lcco" / "config.json"
+    stale = json.loads(config_file.read_text())
+    del stale["variant"]
+    config_file.write_text(json.dumps(stale))
+    assert main(["demo", "--quick", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    assert "moved it to" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "lcco.old-1" / "config.json").is_file()
+    assert json.loads(config_file.read_text())["variant"] == "default"
 
 
 def test_a_corrupt_model_folder_is_refused_in_one_line(tmp_path, capsys) -> None:

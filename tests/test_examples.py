@@ -66,7 +66,9 @@ def test_readings_table_takes_each_reading_in_and_out() -> None:
     rows = dict(ablation.reading_rows())
     changed = [k for k in ablation.READINGS if VARIANTS["paper"][k] != VARIANTS["default"][k]]
     assert rows["paper"] == VARIANTS["paper"] and rows["default"] == VARIANTS["default"]
-    assert len(rows) == 2 + 2 * len(changed) and changed
+    assert len(rows) == 2 + 2 * (len(changed) + 1) and changed
+    pair = rows["paper + class_pool + class_prior"]
+    assert [k for k in pair if pair[k] != VARIANTS["paper"][k]] == ["class_pool", "class_prior"]
     for key in changed:
         plus, minus = rows[f"paper + {key}"], rows[f"default - {key}"]
         assert [k for k in plus if plus[k] != VARIANTS["paper"][k]] == [key]

@@ -268,7 +268,6 @@ class LCCo(nn.Module):
         super().__init__()
         settings = get_variant(variant)
         given = {
-            "variant": variant,
             "residual": residual,
             "correspondence_residual": correspondence_residual,
             "unit_scale": unit_scale,
@@ -279,6 +278,13 @@ class LCCo(nn.Module):
         residual, correspondence_residual = bool(settings["residual"]), bool(settings["correspondence_residual"])
         unit_scale, class_pool = bool(settings["unit_scale"]), str(settings["class_pool"])
         class_prior = float(settings["class_prior"])
+        resolved = {
+            "residual": residual,
+            "correspondence_residual": correspondence_residual,
+            "unit_scale": unit_scale,
+            "class_pool": class_pool,
+            "class_prior": class_prior,
+        }
         self.encoder = build_encoder(encoder_name, encoder_weights, encoder_depth)
         enc_channels = list(self.encoder.out_channels)
         self.levels = feature_levels(enc_channels)
@@ -376,11 +382,7 @@ class LCCo(nn.Module):
             "use_regularization": use_regularization,
             "coarse_decoder": coarse_decoder,
             "variant": variant,
-            "residual": residual,
-            "correspondence_residual": correspondence_residual,
-            "unit_scale": unit_scale,
-            "class_pool": class_pool,
-            "class_prior": class_prior,
+            **resolved,
             "micro_batch": micro_batch,
         }
 
