@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import json
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
+
+from cosegkit import LCCoLoss
 
 from cosegkit.diagnostics import class_accuracy, diagnose_run, format_report, gradient_norms, set_sensitivity
 from cosegkit.engine import TrainConfig, train
@@ -39,15 +44,46 @@ def test_gradient_norms_name_every_part_and_leave_no_gradient_behind() -> None:
     assert not model.training and all(p.grad is None for p in model.parameters())
 
 
-def test_class_accuracy_scores_against_given_classes_or_eq12() -> None:
+class StubModel(nn.Module):
+    """Fixed outputs, so that i*, the eq. (12) target and CLIP's own choice can differ."""
+
+    def __init__(self, emb: torch.Tensor, text: torch.Tensor, common: torch.Tensor, targets: torch.Tensor) -> None:
+        super().__init__()
+        self.clip = SimpleNamespace(encode_checked=lambda images: emb, text_bank=text)
+        self._out = SimpleNamespace(class_targets=targets, common_class=common, topk_indices=None, coarse_masks=None)
+
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> SimpleNamespace:
+        return self._out
+
+
+def test_class_accuracy_sigma_sums_the_set_and_falls_back_to_eq12() -> None:
+    emb = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0], [0, 1.0, 0]]])  # image 0 says class 0, the set says 1
+    model = StubModel(emb, torch.eye(3), common=torch.tensor([0]), targets=torch.tensor([1]))
+    images, masks = torch.rand(1, 3, 3, 8, 8), torch.ones(1, 3, 1, 8, 8)
+    assert class_accuracy(model, images, masks, torch.tensor([1])) == {"istar": 0.0, "sigma": 1.0, "eq12": 1.0}
+    assert class_accuracy(model, images, masks) == {"istar": 0.0, "sigma": 1.0}  # against eq. (12)'s target
+
+
+def test_class_accuracy_of_a_real_model_and_its_coarse_mask() -> None:
     model = tiny_lcco().eval()
     images, masks = torch.rand(2, 3, 3, 40, 48), torch.ones(2, 3, 1, 40, 48)
     out = model(images, masks=masks)
     acc = class_accuracy(model, images, masks, out.common_class)  # "true" classes = the model's own i*
-    assert acc["istar"] == 1.0 and acc["topk"] >= 0.0 and 0.0 <= acc["coarse_J"] <= 1.0
-    against_eq12 = class_accuracy(model, images, masks)
-    assert "eq12" not in against_eq12
-    assert against_eq12["istar"] == float((out.common_class == out.class_targets).float().mean())
+    assert acc["istar"] == 1.0 and set(acc) == {"istar", "topk", "sigma", "eq12", "coarse_J"}
+    assert 0.0 <= acc["coarse_J"] <= 1.0
+
+
+def test_gradient_norms_are_l2_norms() -> None:
+    model = tiny_lcco(use_interaction=False, use_regularization=False)
+    images, masks = torch.rand(1, 3, 3, 40, 48), (torch.rand(1, 3, 1, 40, 48) > 0.5).float()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    norms = gradient_norms(model, images, masks)
+    model.load_state_dict(state)  # undo the batch-norm statistics step
+    model.train()
+    LCCoLoss()(model(images, masks=masks), masks).total.backward()
+    for part in ("head", "correspondence"):
+        g = torch.cat([p.grad.flatten() for p in getattr(model, part).parameters()])
+        assert norms[f"grad/{part}"] == pytest.approx(float(g.norm()), rel=1e-4)
 
 
 @pytest.mark.slow

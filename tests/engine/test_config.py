@@ -35,3 +35,10 @@ def test_a_config_from_before_variants_is_the_paper(tmp_path) -> None:
     model = build_model(old)
     assert model.interaction.residual and model.regularization.pool == "max"
     assert TrainConfig.from_dict(TrainConfig(**TINY).to_dict()).variant == "default"
+
+
+def test_every_override_reaches_the_model_through_the_config() -> None:
+    m = build_model(TrainConfig(**TINY, class_pool="max", unit_scale=False, correspondence_residual=False))
+    assert m.regularization.pool == "max"
+    assert not m.interaction.unit_scale and not m.regularization.unit_scale
+    assert not m.correspondence.residual and m.interaction.residual

@@ -62,6 +62,24 @@ def test_step_batches_depend_on_the_step_only() -> None:
     assert list(StepBatches(3, 5, 2, rank=1, world=2)) == full[3:]
 
 
+def test_class_choices_score_against_the_eq12_target() -> None:
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from cosegkit.engine.trainer import _class_choices
+
+    common = torch.tensor([1, 0, 3])
+    out = SimpleNamespace(
+        class_targets=torch.tensor([1, 2, 3]),
+        common_class=common,
+        class_probs=F.one_hot(common, 6).float(),
+        topk_indices=torch.tensor([[0, 1], [2, 5], [4, 5]]),
+    )
+    assert _class_choices(out) == pytest.approx({"acc/istar": 2 / 3, "acc/topk": 2 / 3})
+    assert _class_choices(SimpleNamespace(class_targets=None)) == {}
+
+
 def test_a_run_writes_its_folder(tmp_path) -> None:
     result = train(TrainConfig(**TINY, steps=4, checkpoint_every=2), tmp_path / "run", progress=False)
     run = result.run_dir

@@ -450,3 +450,16 @@ def test_default_i_star_starts_from_clips_ranking() -> None:
     s = out.similarity
     standardised = (s - s.mean(-1, keepdim=True)) / (s.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
     assert torch.equal(out.common_class, standardised.mean(1).argmax(-1))
+
+
+def test_false_and_zero_overrides_beat_the_default_variant(tmp_path) -> None:
+    m = tiny_lcco(residual=False, correspondence_residual=False, unit_scale=False, class_prior=0.0)
+    assert module_settings(m) == {
+        "residual": (False, False),
+        "correspondence_residual": False,
+        "unit_scale": (False, False),
+        "class_pool": "mean",
+        "class_prior": 0.0,
+    }
+    loaded = LCCo.from_pretrained(m.save_pretrained(tmp_path / "m"))
+    assert module_settings(loaded) == module_settings(m)
