@@ -140,8 +140,9 @@ def naive_isfc(module: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
             msg = rearrange(msg, "(h w) c -> c h w", h=h, w=w)
             updated.append(x[i] + module.ffn(torch.cat([x[i], msg])[None])[0])  # eq. (1)
         stacked = torch.stack(updated)
-        alpha = stacked.softmax(dim=0)
-        out.append(module.conv((alpha * stacked).sum(0)[None])[0])  # eq. (2)
+        alpha = (stacked / module.temperature).softmax(dim=0)
+        fused = module.conv((alpha * stacked).sum(0)[None])[0]  # eq. (2)
+        out.append(x[i] + fused if module.residual else fused)
     return torch.stack(out)[None]
 
 

@@ -73,7 +73,7 @@ def demo_train_config(
     A 16-class world at 64 px, sets of 4, batches of 4 sets; a ResNet-18 (random weights) at
     encoder depth 3, so the three modules act at strides 8, 4 and 2; the synthetic CLIP at
     ``clip_path``; AdamW at 1e-3 with a short warm-up. ``modules=False`` is the Baseline;
-    ``variant`` picks the modules' readings (:data:`~cosegkit.models.VARIANTS`).
+    ``variant`` picks the modules' readings (:data:`~cosegkit.models.lcco.VARIANTS`).
 
     Example:
         Building the config reads nothing from ``clip_path``; training from it does:

@@ -269,8 +269,9 @@ def diagnose_run(run: str | Path, *, sets: int = 32, checkpoints: bool = True) -
     class-choice accuracies logged during training from ``metrics.jsonl``.
 
     Returns:
-        ``{"stages": {stage: {"sensitivity": ..., "gradients": ..., "classes": ...}},
-        "logged": [metrics.jsonl records with class accuracies]}``, stages ordered by step.
+        A dict with ``"stages"``, mapping each stage (``"init"``, each checkpoint's name,
+        ``"final"``) to its ``"sensitivity"``, ``"gradients"`` and ``"classes"`` dicts, and
+        ``"logged"``, the ``metrics.jsonl`` records that hold class accuracies.
 
     Example:
         A two-step run of a tiny random model, then its diagnosis:

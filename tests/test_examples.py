@@ -64,18 +64,19 @@ def test_readings_table_takes_each_reading_in_and_out() -> None:
     from cosegkit.models import VARIANTS
 
     rows = dict(ablation.reading_rows())
-    changed = [k for k in ablation.READINGS if VARIANTS["paper"][k] != VARIANTS["default"][k]]
-    assert rows["paper"] == VARIANTS["paper"] and rows["default"] == VARIANTS["default"]
-    assert len(rows) == 2 + 2 * (len(changed) + 1) and changed
-    pair = rows["paper + class_pool + class_prior"]
-    assert [k for k in pair if pair[k] != VARIANTS["paper"][k]] == ["class_pool", "class_prior"]
+    printed = {**VARIANTS["paper"], "unit_scale": False, "class_prior": 0.0}
+    changed = [k for k in ablation.READINGS if printed[k] != VARIANTS["default"][k]]
+    assert rows["literal"] == printed and rows["default"] == VARIANTS["default"]
+    assert rows["paper"] == VARIANTS["paper"] and len(changed) == 5
+    assert len(rows) == 3 + 2 * (len(changed) + 1)
+    pair = rows["literal + class_pool + class_prior"]
+    assert [k for k in pair if pair[k] != printed[k]] == ["class_pool", "class_prior"]
     for key in changed:
-        plus, minus = rows[f"paper + {key}"], rows[f"default - {key}"]
-        assert [k for k in plus if plus[k] != VARIANTS["paper"][k]] == [key]
+        plus, minus = rows[f"literal + {key}"], rows[f"default - {key}"]
+        assert [k for k in plus if plus[k] != printed[k]] == [key]
         assert [k for k in minus if minus[k] != VARIANTS["default"][k]] == [key]
 
 
-@pytest.mark.slow
 def test_benchmark_harness_runs_and_records_json(tmp_path) -> None:
     script = EXAMPLES.parent / "benchmarks" / "lcco_bench.py"
     done = subprocess.run(

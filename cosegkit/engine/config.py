@@ -161,8 +161,10 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise CosegValueError(f"unknown config keys {unknown}; valid keys are {sorted(names)}")
-        if "variant" not in data:  # written before variants existed: the paper's modules
-            data = {**data, "variant": "paper"}
+        if "variant" not in data:  # written before the variants existed
+            from cosegkit.models.lcco import LEGACY_SETTINGS
+
+            data = {**LEGACY_SETTINGS, **data}
         return cls(**data)
 
     @classmethod

@@ -55,7 +55,7 @@ class TrainingDiverged(CosegError, RuntimeError):
         ...     world_classes=4, image_size=32, set_size=2, batch_size=1, heads=2, top_k=1,
         ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
         ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
-        ...     steps=2, checkpoint_every=1, lr=1e4,
+        ...     steps=2, checkpoint_every=1, lr=1e8,
         ... )
         >>> run_dir = Path(tempfile.mkdtemp()) / "run"
         >>> train(config, run_dir, progress=False)  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE

@@ -53,15 +53,27 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "paper": {
         "residual": False,
         "correspondence_residual": False,
-        "unit_scale": False,
+        "unit_scale": True,
         "class_pool": "max",
-        "class_prior": 0.0,
+        "class_prior": 3.0,
     },
 }
 """The readings of the three modules that :class:`LCCo` can be built with, by name.
 
-``"paper"`` is eq. (2), (5), (7) and (8) as printed; ``"default"`` is what trains best (see
-the equations page for each difference and the measurement behind it)."""
+``"paper"`` is eq. (2), (5), (7) and (8) as printed, with the two things they leave open (the
+size of the CLIP vectors in eq. 5 and 8, the form of MLP_3) read as in the default;
+``"default"`` is what trains best. The equations page gives each difference and the
+measurement behind it."""
+
+LEGACY_SETTINGS: dict[str, Any] = {
+    "variant": "paper",
+    "correspondence_residual": False,
+    "unit_scale": False,
+    "class_pool": "max",
+    "class_prior": 0.0,
+}
+"""What a config or checkpoint written before the variants existed was built with (its
+``residual`` is stored): the printed equations with the open choices at their most literal."""
 
 
 def get_variant(name: str) -> dict[str, Any]:
@@ -212,7 +224,7 @@ class LCCo(nn.Module):
             Training mode always runs the encoder on the whole batch, so batch norm keeps
             its batch statistics.
         variant: ``"default"`` (what trains best) or ``"paper"`` (eq. 2, 5, 7 and 8 as
-            printed); see :data:`~cosegkit.models.VARIANTS`. The five settings below default
+            printed); see :data:`~cosegkit.models.lcco.VARIANTS`. The five settings below default
             to the variant's and override it one by one.
         residual: add each CLIP module's input features to its output (eq. 5 and 8 become
             :math:`F + \hat F`).
@@ -558,8 +570,8 @@ class LCCo(nn.Module):
             kwargs = dict(json.loads(config_file.read_text())["model"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise WeightsUnavailableError(f"{str(config_file)!r} is not a valid LCCo config: {err}") from err
-        # checkpoints written before variants existed hold the paper's modules (and maybe ``residual``)
-        kwargs.setdefault("variant", "paper")
+        if "variant" not in kwargs:  # written before the variants existed
+            kwargs = {**LEGACY_SETTINGS, **kwargs}
         clip = None
         if kwargs["use_interaction"] or kwargs["use_regularization"]:
             import open_clip

@@ -13,7 +13,7 @@ from tests.engine.test_trainer import TINY
 def test_the_variant_and_its_overrides_reach_the_model() -> None:
     paper = build_model(TrainConfig(**TINY, variant="paper"))
     assert paper.regularization.pool == "max" and not paper.interaction.residual
-    assert not paper.correspondence.residual and paper.regularization.prior == 0.0
+    assert not paper.correspondence.residual and paper.regularization.prior == 3.0
     default = build_model(TrainConfig(**TINY))
     assert default.regularization.pool == "mean" and default.interaction.residual
     assert default.correspondence.residual and default.interaction.unit_scale
@@ -32,8 +32,10 @@ def test_a_config_from_before_variants_is_the_paper(tmp_path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(data))
     old = TrainConfig.load(tmp_path / "config.json")
     assert old.variant == "paper" and old.residual is True
+    assert (old.unit_scale, old.class_pool, old.class_prior, old.correspondence_residual) == (False, "max", 0.0, False)
     model = build_model(old)
     assert model.interaction.residual and model.regularization.pool == "max"
+    assert model.regularization.prior == 0.0 and not model.interaction.unit_scale
     assert TrainConfig.from_dict(TrainConfig(**TINY).to_dict()).variant == "default"
 
 

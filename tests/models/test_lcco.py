@@ -395,10 +395,11 @@ def test_variants_set_the_modules() -> None:
     assert paper == {
         "residual": (False, False),
         "correspondence_residual": False,
-        "unit_scale": (False, False),
+        "unit_scale": (True, True),
         "class_pool": "max",
-        "class_prior": 0.0,
+        "class_prior": VARIANTS["paper"]["class_prior"],
     }
+    assert VARIANTS["paper"]["class_prior"] > 0
     assert default == {
         "residual": (True, True),
         "correspondence_residual": True,
@@ -424,10 +425,12 @@ def test_variants_round_trip(tmp_path, variant: str) -> None:
     assert torch.equal(m(x).masks, loaded(x).masks)
 
 
-def test_a_checkpoint_from_before_variants_loads_as_the_paper(tmp_path) -> None:
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_checkpoint_from_before_variants_loads_as_it_was_built(tmp_path, residual: bool) -> None:
+    """Before the variants, LCCo was the printed equations at their most literal, with ``residual``."""
     import json
 
-    m = tiny_lcco(variant="paper").eval()
+    m = tiny_lcco(variant="paper", unit_scale=False, class_prior=0.0, residual=residual).eval()
     path = m.save_pretrained(tmp_path / "old")
     config = json.loads((path / "config.json").read_text())
     for key in ("variant", "correspondence_residual", "unit_scale", "class_pool", "class_prior"):
@@ -435,6 +438,7 @@ def test_a_checkpoint_from_before_variants_loads_as_the_paper(tmp_path) -> None:
     (path / "config.json").write_text(json.dumps(config))
     loaded = LCCo.from_pretrained(path).eval()
     assert module_settings(loaded) == module_settings(m)
+    assert loaded.regularization.prior == 0.0 and not loaded.interaction.unit_scale
     x = rand_images(1, 2)
     assert torch.equal(m(x).masks, loaded(x).masks)
 
