@@ -138,14 +138,14 @@ def demo_train_config(
 
 def _train_or_resume(config: TrainConfig, run: Path, progress: bool) -> dict:
     resume = bool(find_checkpoints(run / "checkpoints"))
-    if run.exists() and (not resume or TrainConfig.load(run / "config.json") != config):
-        if (run / "config.json").is_file() or resume:
-            n = 1
-            while run.with_name(f"{run.name}.old-{n}").exists():
-                n += 1
-            aside = run.with_name(f"{run.name}.old-{n}")
-            _say(f"  {run} holds a run with other settings; moved it to {aside}")
-            run.rename(aside)
+    stale = TrainConfig.load(run / "config.json") != config if resume else (run / "config.json").is_file()
+    if stale:  # another demo's run, or one killed before its first checkpoint
+        n = 1
+        while run.with_name(f"{run.name}.old-{n}").exists():
+            n += 1
+        aside = run.with_name(f"{run.name}.old-{n}")
+        _say(f"  {run} holds a run with other settings; moved it to {aside}")
+        run.rename(aside)
         resume = False
     if resume:
         _say(f"  continuing the run in {run} from its last checkpoint")

@@ -29,12 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cosegkit.losses.lcco import LCCoLoss
 
-__all__ = ["MODULES", "class_accuracy", "diagnose_run", "format_report", "gradient_norms", "set_sensitivity"]
+__all__ = [
+    "MODULES",
+    "choice_agreement",
+    "class_accuracy",
+    "diagnose_run",
+    "format_report",
+    "gradient_norms",
+    "set_sensitivity",
+]
 
 MODULES: tuple[str, ...] = ("correspondence", "interaction", "regularization")
 """The set-aware modules of :class:`~cosegkit.LCCo`, coarse to fine, by attribute name."""
@@ -46,7 +53,7 @@ def _features(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.features
 
 
-def _capture(model: nn.Module, images: torch.Tensor, valid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _capture(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     """Inputs and outputs of every active module, and the mask logits, of one forward pass."""
     seen: dict[str, torch.Tensor] = {}
     handles = []
@@ -61,7 +68,7 @@ def _capture(model: nn.Module, images: torch.Tensor, valid: torch.Tensor | None)
 
         handles.append(module.register_forward_hook(hook))
     try:
-        seen["masks"] = model(images, valid).masks.detach()
+        seen["masks"] = model(images).masks.detach()
     finally:
         for h in handles:
             h.remove()
@@ -114,8 +121,8 @@ def set_sensitivity(model: nn.Module, images: torch.Tensor, others: torch.Tensor
             f"{tuple(images.shape)} and {tuple(others.shape)}"
         )
     swapped = torch.cat([images[:, :1], others[:, 1:]], dim=1)
-    a = _capture(model, images, None)
-    b = _capture(model, swapped, None)
+    a = _capture(model, images)
+    b = _capture(model, swapped)
     out = {}
     for name in sorted(a):
         x, y = a[name][:, 0].float(), b[name][:, 0].float()
@@ -220,7 +227,8 @@ def class_accuracy(
         >>> all(0.0 <= v <= 1.0 for v in acc.values())
         True
     """
-    from cosegkit.layers.interaction import clip_similarity, distill_text
+    from cosegkit.layers.interaction import distill_text
+    from cosegkit.losses.iou import downsample_mask
 
     mode = model.training
     model.eval()
@@ -233,25 +241,41 @@ def class_accuracy(
     if reference is None:
         return result
     reference = reference.to(images.device)
-    if out.common_class is not None:
-        result["istar"] = float((out.common_class == reference).float().mean())
-    if out.topk_indices is not None:
-        result["topk"] = float((out.topk_indices == reference[:, None]).any(dim=1).float().mean())
-    clip = getattr(model, "clip", None)
-    if clip is not None:
-        emb = clip.encode_checked(images).to(clip.text_bank.dtype)
-        sigma_top = distill_text(clip_similarity(emb, clip.text_bank), 1)[:, 0]
+    result.update(choice_agreement(out, reference))
+    if out.similarity is not None:  # the forward's own S: CLIP's choice without any training
+        sigma_top = distill_text(out.similarity, 1)[:, 0]
         result["sigma"] = float((sigma_top == reference).float().mean())
     if classes is not None and out.class_targets is not None:
         result["eq12"] = float((out.class_targets == reference).float().mean())
     if out.coarse_masks is not None:
-        size = out.coarse_masks.shape[-2:]
-        gt = F.adaptive_avg_pool2d(masks.flatten(0, 1), size).view_as(out.coarse_masks) >= 0.5
+        gt = downsample_mask(masks, tuple(out.coarse_masks.shape[-2:])) >= 0.5
         pred = out.coarse_masks.sigmoid() >= 0.5
         inter = (gt & pred).flatten(2).sum(-1).float()
         union = (gt | pred).flatten(2).sum(-1).float()
         result["coarse_J"] = float(torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union)).mean())
     return dict(sorted(result.items()))
+
+
+def choice_agreement(output: Any, reference: torch.Tensor) -> dict[str, float]:
+    """How often a forward's i* (``"istar"``) and top-K (``"topk"``) hold the ``(B,)`` reference class.
+
+    Keys are present when the output has the part. Training logs this against eq. (12)'s
+    target as ``acc/istar`` and ``acc/topk``.
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from cosegkit.diagnostics import choice_agreement
+        >>> out = SimpleNamespace(common_class=torch.tensor([1, 0]), topk_indices=torch.tensor([[1, 2], [3, 4]]))
+        >>> choice_agreement(out, torch.tensor([1, 1]))
+        {'istar': 0.5, 'topk': 0.5}
+    """
+    result = {}
+    if output.common_class is not None:
+        result["istar"] = float((output.common_class == reference).float().mean())
+    if output.topk_indices is not None:
+        result["topk"] = float((output.topk_indices == reference[:, None]).any(dim=1).float().mean())
+    return result
 
 
 def _stack_sets(dataset: Any, start: int, count: int) -> dict[str, torch.Tensor]:
@@ -316,10 +340,10 @@ def diagnose_run(run: str | Path, *, sets: int = 32, checkpoints: bool = True) -
         for path in find_checkpoints(run / "checkpoints"):
             stages.append((path.stem, load_checkpoint(path)["model"]))
     report: dict[str, Any] = {"stages": {}}
+    model = build_model(config)  # built once (its CLIP and text bank too); each stage loads its weights
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     for stage, state in stages:
-        model = build_model(config)
-        if state is not None:
-            model.load_state_dict(state)
+        model.load_state_dict(initial if state is None else state)
         report["stages"][stage] = _measure(model, data, others, classes)
     if (run / "model").is_dir():
         from cosegkit.models.lcco import LCCo

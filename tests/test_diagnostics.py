@@ -49,8 +49,9 @@ class StubModel(nn.Module):
 
     def __init__(self, emb: torch.Tensor, text: torch.Tensor, common: torch.Tensor, targets: torch.Tensor) -> None:
         super().__init__()
-        self.clip = SimpleNamespace(encode_checked=lambda images: emb, text_bank=text)
-        self._out = SimpleNamespace(class_targets=targets, common_class=common, topk_indices=None, coarse_masks=None)
+        self._out = SimpleNamespace(
+            class_targets=targets, common_class=common, topk_indices=None, coarse_masks=None, similarity=emb @ text.T
+        )
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None) -> SimpleNamespace:
         return self._out

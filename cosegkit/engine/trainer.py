@@ -251,15 +251,11 @@ def _check_replicas(model: torch.nn.Module, dist: distributed.DistInfo, run: Pat
 
 def _class_choices(out: Any) -> dict[str, float]:
     """Agreement of the model's set-level class choices with eq. (12)'s target on this batch."""
-    target = out.class_targets
-    if target is None:
+    if out.class_targets is None:
         return {}
-    record = {}
-    if out.common_class is not None:
-        record["acc/istar"] = float((out.common_class == target).float().mean())
-    if out.topk_indices is not None:
-        record["acc/topk"] = float((out.topk_indices == target[:, None]).any(dim=1).float().mean())
-    return record
+    from cosegkit.diagnostics import choice_agreement
+
+    return {f"acc/{k}": v for k, v in choice_agreement(out, out.class_targets).items()}
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):

@@ -76,6 +76,15 @@ LEGACY_SETTINGS: dict[str, Any] = {
 ``residual`` is stored): the printed equations with the open choices at their most literal."""
 
 
+_SETTING_TYPES = {
+    "residual": bool,
+    "correspondence_residual": bool,
+    "unit_scale": bool,
+    "class_pool": str,
+    "class_prior": float,
+}
+
+
 def get_variant(name: str) -> dict[str, Any]:
     """The module settings of a variant of :data:`VARIANTS` (a copy).
 
@@ -287,16 +296,7 @@ class LCCo(nn.Module):
             "class_prior": class_prior,
         }
         settings.update({k: v for k, v in given.items() if v is not None})
-        residual, correspondence_residual = bool(settings["residual"]), bool(settings["correspondence_residual"])
-        unit_scale, class_pool = bool(settings["unit_scale"]), str(settings["class_pool"])
-        class_prior = float(settings["class_prior"])
-        resolved = {
-            "residual": residual,
-            "correspondence_residual": correspondence_residual,
-            "unit_scale": unit_scale,
-            "class_pool": class_pool,
-            "class_prior": class_prior,
-        }
+        settings = {k: _SETTING_TYPES[k](v) for k, v in settings.items()}
         self.encoder = build_encoder(encoder_name, encoder_weights, encoder_depth)
         enc_channels = list(self.encoder.out_channels)
         self.levels = feature_levels(enc_channels)
@@ -348,13 +348,18 @@ class LCCo(nn.Module):
             )
 
         self.correspondence: nn.Module = (
-            ImageSetCorrespondence(decoder_channels[0], heads=heads, residual=correspondence_residual)
+            ImageSetCorrespondence(decoder_channels[0], heads=heads, residual=settings["correspondence_residual"])
             if use_correspondence
             else nn.Identity()
         )
         self.interaction: nn.Module = (
             ClipInteraction(
-                decoder_channels[1], d, top_k=top_k, heads=clip_heads, residual=residual, unit_scale=unit_scale
+                decoder_channels[1],
+                d,
+                top_k=top_k,
+                heads=clip_heads,
+                residual=settings["residual"],
+                unit_scale=settings["unit_scale"],
             )
             if use_interaction
             else nn.Identity()
@@ -365,10 +370,10 @@ class LCCo(nn.Module):
                 decoder_channels[2],
                 d,
                 p,
-                residual=residual,
-                unit_scale=unit_scale,
-                pool=class_pool,
-                prior=class_prior,
+                residual=settings["residual"],
+                unit_scale=settings["unit_scale"],
+                pool=settings["class_pool"],
+                prior=settings["class_prior"],
             )
             if use_regularization
             else nn.Identity()
@@ -394,7 +399,7 @@ class LCCo(nn.Module):
             "use_regularization": use_regularization,
             "coarse_decoder": coarse_decoder,
             "variant": variant,
-            **resolved,
+            **settings,
             "micro_batch": micro_batch,
         }
 
