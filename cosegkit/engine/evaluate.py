@@ -82,7 +82,8 @@ def evaluate(
     fill a set (``score`` False) and padding (``valid`` False) are run but not scored.
 
     Args:
-        model: an :class:`~cosegkit.LCCo` (or a DDP wrapper of one).
+        model: an :class:`~cosegkit.LCCo` (or a DDP wrapper of one), or a
+            :class:`~cosegkit.zeroshot.ZeroShotCoseg`.
         dataset: evaluation sets.
         preset: ``"ssnm"``, ``"ufo"`` or ``"fixed"``.
         batch_size: sets per forward pass.
@@ -135,7 +136,9 @@ def evaluate(
         images = batch["images"].to(device)
         valid = batch["valid"].to(device)
         score = batch.get("score", batch["valid"]).to(device) & valid
-        probs = net(images, valid).masks.float().sigmoid()
+        out = net(images, valid)
+        # LCCo returns mask logits; ZeroShotCoseg returns probabilities
+        probs = out.probs.float() if hasattr(out, "probs") else out.masks.float().sigmoid()
         masks = batch["masks"].to(device)
         p, j = precision_jaccard(probs, masks, preset=preset, size=tuple(masks.shape[-2:]), valid=score)
         keep = ~torch.isnan(p)

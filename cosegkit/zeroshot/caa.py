@@ -1,0 +1,130 @@
+"""CLIP-ES's class-aware attention affinity (CAA): refine a CAM with CLIP's own attention.
+
+Axis legend: ``m`` maps (images), ``l`` patch tokens (``h * w``), ``h w`` patch grid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+__all__ = ["affinity", "box_mask", "caa_refine", "connected_components", "minmax_scale"]
+
+
+def minmax_scale(cam: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """CLIP-ES's (pytorch-grad-cam's) scaling of each map ``(..., h, w)``: ``(x - min) / (max + eps)``.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.zeroshot.caa import minmax_scale
+        >>> minmax_scale(torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])).mul(100).round().tolist()
+        [[[0.0, 50.0], [25.0, 100.0]]]
+    """
+    flat = cam.flatten(-2)
+    flat = flat - flat.amin(dim=-1, keepdim=True)
+    flat = flat / (flat.amax(dim=-1, keepdim=True) + eps)
+    return flat.view_as(cam)
+
+
+def affinity(attn: torch.Tensor) -> torch.Tensor:
+    """CLIP-ES's transition matrix from averaged patch-to-patch attention ``(m, l, l)``.
+
+    Divide by the column sums, then by the row sums, three times in all; symmetrise
+    ``(A + A^T) / 2``; square once, ``A @ A``.
+    """
+    a = attn.float()
+    for _ in range(3):
+        a = a / a.sum(dim=-2, keepdim=True)
+        a = a / a.sum(dim=-1, keepdim=True)
+    a = (a + a.transpose(-1, -2)) / 2
+    return a @ a
+
+
+def connected_components(mask: torch.Tensor) -> torch.Tensor:
+    """Labels of the 8-connected regions of boolean maps ``(m, h, w)``: 0 outside, region ids > 0.
+
+    Each region is labelled by the largest flat index (+ 1) of its pixels, found by repeated
+    3 x 3 max-propagation inside the mask.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.zeroshot.caa import connected_components
+        >>> mask = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]]], dtype=torch.bool)
+        >>> connected_components(mask).tolist()  # two regions; the diagonal pair is one
+        [[[2, 2, 0, 0], [0, 0, 0, 11], [0, 0, 11, 0]]]
+    """
+    m, h, w = mask.shape
+    ids = torch.arange(1, h * w + 1, device=mask.device, dtype=torch.float32).view(1, h, w).expand(m, -1, -1)
+    keep = mask.float()
+    labels = ids * keep
+    for _ in range(h * w):
+        grown = F.max_pool2d(labels[:, None], kernel_size=3, stride=1, padding=1)[:, 0] * keep
+        if torch.equal(grown, labels):
+            break
+        labels = grown
+    return labels.long()
+
+
+def box_mask(cam: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
+    """CLIP-ES's class-aware mask: 1 inside the bounding box of any region of ``cam > threshold * max``.
+
+    Args:
+        cam: ``(m, h, w)`` maps (CLIP-ES passes min-max scaled CAMs, whose max is 1).
+        threshold: the fraction of each map's maximum that a region exceeds.
+
+    Returns:
+        ``(m, h, w)`` float mask in {0, 1}. A map that is 0 everywhere gives an empty mask.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.zeroshot.caa import box_mask
+        >>> cam = torch.zeros(1, 4, 5)
+        >>> cam[0, 1, 1] = cam[0, 2, 2] = 1.0  # one diagonal region
+        >>> cam[0, 0, 4] = 0.9  # and another
+        >>> box_mask(cam).long().tolist()
+        [[[0, 0, 0, 0, 1], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]]]
+    """
+    m, h, w = cam.shape
+    peak = cam.flatten(1).amax(dim=1).view(m, 1, 1)
+    labels = connected_components((cam > threshold * peak) & (peak > 0))
+    flat = labels.flatten(1)  # (m, l), region ids in 1..l
+    rows = torch.arange(h, device=cam.device).repeat_interleave(w).expand(m, -1)
+    cols = torch.arange(w, device=cam.device).repeat(h).expand(m, -1)
+    big = h * w + 1
+    shape = (m, h * w + 1)
+
+    def reduce(values: torch.Tensor, how: str, init: int) -> torch.Tensor:
+        out = torch.full(shape, init, device=cam.device, dtype=torch.long)
+        return out.scatter_reduce(1, flat, values, reduce=how, include_self=True)
+
+    y0, y1 = reduce(rows, "amin", big), reduce(rows, "amax", -1)
+    x0, x1 = reduce(cols, "amin", big), reduce(cols, "amax", -1)
+    y0, y1, x0, x1 = (t[:, 1:] for t in (y0, y1, x0, x1))  # drop label 0 (outside): (m, l)
+    r = torch.arange(h, device=cam.device).view(1, 1, h)
+    c = torch.arange(w, device=cam.device).view(1, 1, w)
+    in_rows = (r >= y0[..., None]) & (r <= y1[..., None])  # (m, l, h)
+    in_cols = (c >= x0[..., None]) & (c <= x1[..., None])  # (m, l, w)
+    inside = torch.einsum("mlh,mlw->mhw", in_rows.float(), in_cols.float()) > 0
+    return inside.float()
+
+
+def caa_refine(cam: torch.Tensor, attn: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
+    """Refine CAMs with CLIP-ES's class-aware attention affinity.
+
+    ``refined = (T * box) @ cam`` on the flattened patch grid, where ``T`` is
+    :func:`affinity` of the attention, ``box`` (:func:`box_mask`) multiplies ``T``
+    column-wise, and the result is min-max scaled (:func:`minmax_scale`).
+
+    Args:
+        cam: ``(m, h, w)`` min-max scaled CAMs.
+        attn: ``(m, h*w, h*w)`` patch-to-patch attention, averaged over heads and blocks.
+        threshold: :func:`box_mask`'s threshold.
+
+    Returns:
+        ``(m, h, w)`` refined maps in [0, 1].
+    """
+    m, h, w = cam.shape
+    trans = affinity(attn) * rearrange(box_mask(cam, threshold), "m h w -> m 1 (h w)")
+    refined = trans @ rearrange(cam.float(), "m h w -> m (h w) 1")
+    return minmax_scale(rearrange(refined, "m (h w) 1 -> m h w", h=h, w=w))

@@ -1,0 +1,258 @@
+r"""Zero-shot co-segmentation: a frozen CLIP, the set's own class, softmax-GradCAM and CAA.
+
+1. **The set's common class.** Every image is scored against the foreground prompts with
+   CLIP's own image embedding; the scores are summed over the set's valid images
+   (:math:`\sigma` of LCCo's text distillation) and the argmax is the common class, unless a
+   class name is given.
+2. **Softmax-GradCAM** (CLIP-ES). Each image's patch-averaged embedding is scored against the
+   bank ``[foreground classes; background words]`` and a softmax taken over the bank; the
+   gradient of the common class's probability at the last block's first LayerNorm gives
+   GradCAM's channel weights; CAM = ReLU(weighted sum of channels), min-max scaled. One
+   backward pass serves every image of every set in the batch (the images are independent in
+   the forward pass, so the gradient of the summed probabilities is each image's own).
+3. **CAA** (CLIP-ES): CLIP's own attention of the last blocks, normalised, restricted to the
+   boxes of the CAM's confident regions, applied to the CAM (:func:`~cosegkit.zeroshot.caa.caa_refine`).
+
+Axis legend: ``b`` sets, ``n`` images per set, ``p`` foreground prompts, ``q`` the softmax
+bank (foreground and background), ``c`` channels, ``h w`` patch grid, ``H W`` image.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, reduce
+from torch import nn
+
+from cosegkit._validation import check_image_set, resolve_valid
+from cosegkit.errors import CosegValueError
+from cosegkit.zeroshot.caa import caa_refine, minmax_scale
+from cosegkit.zeroshot.prompts import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS, encode_prompts
+from cosegkit.zeroshot.towers import check_tower, resnet_pass, vit_pass
+
+__all__ = ["ZeroShotCoseg", "ZeroShotOutput"]
+
+
+@dataclass
+class ZeroShotOutput:
+    """What :class:`ZeroShotCoseg` returns.
+
+    Attributes:
+        probs: ``(B, N, 1, H, W)`` in [0, 1]: the refined CAM of the set's common class at the
+            input's resolution; 0 on padded images.
+        common_class: ``(B,)`` long, an index into :attr:`ZeroShotCoseg.classnames`.
+        class_scores: ``(B, P)``: :math:`\\sigma`, each foreground prompt's cosine similarity
+            summed over the set's valid images.
+        cams: ``(B, N, h, w)`` the softmax-GradCAM before refinement, min-max scaled, on the patch grid.
+        refined: ``(B, N, h, w)`` the CAM after CAA (equal to ``cams`` when CAA is off or the
+            tower has no attention), on the patch grid.
+        valid: ``(B, N)`` boolean.
+    """
+
+    probs: torch.Tensor
+    common_class: torch.Tensor
+    class_scores: torch.Tensor
+    cams: torch.Tensor
+    refined: torch.Tensor
+    valid: torch.Tensor
+
+
+def _near(name: str, names: Sequence[str]) -> str:
+    near = difflib.get_close_matches(name, list(names), n=5, cutoff=0.5)
+    return f"near matches: {', '.join(map(repr, near))}" if near else f"the vocabulary starts {list(names)[:8]}"
+
+
+class ZeroShotCoseg(nn.Module):
+    """Co-segment image sets with a frozen CLIP and no training (CLIP-ES, with the set naming its class).
+
+    Args:
+        clip: a :class:`~cosegkit.clip.FrozenClip` with an open_clip VisionTransformer (GradCAM
+            and CAA) or ModifiedResNet (GradCAM on ``layer4``, no CAA) image tower.
+        classnames: the foreground vocabulary (default: the CLIP's own class names).
+        templates: prompt templates (default: CLIP-ES's ``"a clean origami {}."``).
+        synonyms: class name to synonyms fused into one prompt (default:
+            :data:`~cosegkit.zeroshot.prompts.DEFAULT_SYNONYMS`; ``{}`` for none).
+        background: background words of the softmax bank (default: CLIP-ES's 25,
+            :data:`~cosegkit.zeroshot.prompts.BACKGROUND_WORDS`); a word that is also a
+            foreground class is left out of the background.
+        class_name: segment this class in every set instead of the set's argmax.
+        image_size: the CLIP input size: ``None`` keeps the input's size, each side rounded up
+            to a multiple of the patch (CLIP-ES), an int or ``(H, W)`` resizes to it (rounded
+            the same way). ResNet towers always take the CLIP's own size.
+        attention_blocks: CAA averages the attention of this many last blocks (CLIP-ES: 8).
+        box_threshold: CAA's box threshold, a fraction of the CAM's maximum (CLIP-ES: 0.4).
+        refine: apply CAA (ViT towers only).
+        score: which image embedding the softmax scores: ``"patch_mean"``, the mean of the
+            last block's patch tokens (CLIP-ES), or ``"pooled"``, the tower's own embedding
+            (the class token for open_clip's ViTs).
+
+    Example:
+        A tiny random CLIP (its masks mean nothing, their form does):
+
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot import ZeroShotCoseg
+        >>> _ = register_tiny_clips()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog", "car"])
+        >>> zs = ZeroShotCoseg(clip, background=["grass", "sky"])
+        >>> out = zs(torch.rand(2, 3, 3, 40, 40))  # 2 sets of 3 images
+        >>> out.probs.shape, out.common_class.shape, out.class_scores.shape
+        (torch.Size([2, 3, 1, 40, 40]), torch.Size([2]), torch.Size([2, 3]))
+        >>> bool(((out.probs >= 0) & (out.probs <= 1)).all())
+        True
+        >>> zs(torch.rand(1, 2, 3, 40, 40), class_name="dog").common_class.tolist()
+        [1]
+    """
+
+    def __init__(
+        self,
+        clip,
+        *,
+        classnames: Sequence[str] | None = None,
+        templates: Sequence[str] = CLIP_ES_TEMPLATES,
+        synonyms: Mapping[str, Sequence[str]] | None = None,
+        background: Sequence[str] = BACKGROUND_WORDS,
+        class_name: str | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        attention_blocks: int = 8,
+        box_threshold: float = 0.4,
+        refine: bool = True,
+        score: str = "patch_mean",
+    ) -> None:
+        super().__init__()
+        self.clip = clip
+        self.tower = check_tower(clip.model.visual)
+        self.classnames: tuple[str, ...] = tuple(clip.classnames if classnames is None else classnames)
+        if isinstance(background, str):
+            raise CosegValueError(f"background must be a list of words, not the single string {background!r}")
+        background = tuple(background)
+        if not background:
+            raise CosegValueError(
+                "the background list is empty; softmax-GradCAM needs background words to push the "
+                "background down (the default is CLIP-ES's 25, cosegkit.zeroshot.BACKGROUND_WORDS)"
+            )
+        fg = set(self.classnames)
+        self.background: tuple[str, ...] = tuple(w for w in background if w not in fg)
+        if not self.background:
+            raise CosegValueError(f"every background word is also a foreground class: {list(background)[:8]}")
+        self.templates = tuple(templates)
+        self.synonyms = dict(DEFAULT_SYNONYMS if synonyms is None else synonyms)
+        if attention_blocks < 1:
+            raise CosegValueError(f"attention_blocks must be >= 1, got {attention_blocks}")
+        if not 0 <= box_threshold < 1:
+            raise CosegValueError(f"box_threshold must be in [0, 1), got {box_threshold}")
+        self.attention_blocks = int(attention_blocks)
+        self.box_threshold = float(box_threshold)
+        self.refine = bool(refine)
+        if score not in ("patch_mean", "pooled"):
+            raise CosegValueError(f"score must be 'patch_mean' (CLIP-ES) or 'pooled', got {score!r}")
+        self.score = score
+        self.image_size = image_size
+        fg_bank = encode_prompts(clip, self.classnames, self.templates, self.synonyms)  # checks the names
+        bg_bank = encode_prompts(clip, self.background, self.templates, self.synonyms)
+        self.register_buffer("foreground_bank", fg_bank, persistent=False)
+        self.register_buffer("background_bank", bg_bank, persistent=False)
+        if class_name is not None:
+            self.class_index(class_name)  # an unknown name fails here, not at the first call
+        self.class_name = class_name
+
+    # ------------------------------------------------------------------ helpers
+    def class_index(self, name: str) -> int:
+        """The index of ``name`` in :attr:`classnames`; an unknown name's error lists near matches."""
+        if name not in self.classnames:
+            raise CosegValueError(
+                f"unknown class name {name!r}: it is not in the zero-shot vocabulary of "
+                f"{len(self.classnames)} names; {_near(name, self.classnames)}"
+            )
+        return self.classnames.index(name)
+
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        """The CLIP input size for images of ``h x w``."""
+        visual = self.clip.model.visual
+        if self.tower == "resnet":
+            return tuple(self.clip.image_size)
+        if self.image_size is None:
+            size = (h, w)
+        elif isinstance(self.image_size, int):
+            size = (self.image_size, self.image_size)
+        else:
+            size = tuple(self.image_size)
+        ph, pw = visual.patch_size
+        return (max(1, math.ceil(size[0] / ph)) * ph, max(1, math.ceil(size[1] / pw)) * pw)
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
+        x = rearrange(images, "b n c h w -> (b n) c h w").float()
+        size = self.input_size(*x.shape[-2:])
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        x = (x - self.clip.mean.to(x.dtype)) / self.clip.std.to(x.dtype)
+        return x.to(self.clip._param().dtype)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, images: torch.Tensor, valid: torch.Tensor | None = None, *, class_name: str | None = None
+    ) -> ZeroShotOutput:
+        """Co-segment ``images`` ``(B, N, 3, H, W)`` in [0, 1]; ``valid`` ``(B, N)`` marks real images.
+
+        Gradients are taken inside (the CLIP stays frozen); it runs under ``torch.no_grad()``
+        and ``torch.inference_mode()`` callers alike.
+        """
+        check_image_set(images)
+        b, n, _, height, width = images.shape
+        valid = resolve_valid(valid, b, n, images.device)
+        name = class_name if class_name is not None else self.class_name
+        with torch.inference_mode(False), torch.enable_grad():
+            # clones are normal tensors even when the caller runs in inference mode
+            x, valid = self._pixels(images.clone()), valid.clone()
+            visual = self.clip.model.visual
+            tp = vit_pass(visual, x, self.attention_blocks) if self.tower == "vit" else resnet_pass(visual, x)
+            fg = self.foreground_bank.to(tp.pooled.dtype)
+            bank = torch.cat([fg, self.background_bank.to(fg.dtype)])  # (q, d)
+            pooled = rearrange(F.normalize(tp.pooled.detach().float(), dim=-1), "(b n) d -> b n d", b=b)
+            similarity = pooled @ fg.float().T  # (b, n, p)
+            scores = (similarity * valid[..., None]).sum(dim=1)  # sigma, (b, p)
+            if name is not None:
+                common = torch.full((b,), self.class_index(name), dtype=torch.long, device=images.device)
+            else:
+                common = scores.argmax(dim=-1)
+            scale = self.clip.model.logit_scale.exp().float() if hasattr(self.clip.model, "logit_scale") else 100.0
+            scored = tp.patch_mean if self.score == "patch_mean" else tp.pooled
+            emb = rearrange(F.normalize(scored.float(), dim=-1), "(b n) d -> b n d", b=b)
+            probs = (scale * emb @ bank.float().T).softmax(dim=-1)  # (b, n, q)
+            target = probs.gather(-1, common.view(b, 1, 1).expand(b, n, 1))[..., 0]
+            (grad,) = torch.autograd.grad((target * valid).sum(), tp.leaf)
+        act, grad = tp.as_grid(tp.leaf.detach()).float(), tp.as_grid(grad).float()
+        weights = reduce(grad, "bn c h w -> bn c 1 1", "mean")
+        cam = minmax_scale(F.relu((weights * act).sum(dim=1)))  # (bn, h, w)
+        refined = cam
+        if self.refine and tp.attention is not None:
+            refined = caa_refine(cam, tp.attention, self.box_threshold)
+        keep = rearrange(valid, "b n -> (b n) 1 1").to(cam.dtype)
+        cam, refined = cam * keep, refined * keep
+        full = F.interpolate(refined[:, None], size=(height, width), mode="bilinear", align_corners=False)
+        full = full.clamp(0, 1)
+        return ZeroShotOutput(
+            probs=rearrange(full, "(b n) 1 h w -> b n 1 h w", b=b).to(images.dtype),
+            common_class=common,
+            class_scores=scores.detach(),
+            cams=rearrange(cam, "(b n) h w -> b n h w", b=b),
+            refined=rearrange(refined, "(b n) h w -> b n h w", b=b),
+            valid=valid,
+        )
+
+    def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Mask probabilities ``(B, N, 1, H, W)`` in [0, 1], as :meth:`LCCo.predict <cosegkit.LCCo.predict>`."""
+        return self(images, valid).probs
+
+    def extra_repr(self) -> str:
+        return (
+            f"tower={self.tower}, classes={len(self.classnames)}, background={len(self.background)}, "
+            f"templates={len(self.templates)}, attention_blocks={self.attention_blocks}, "
+            f"box_threshold={self.box_threshold}, refine={self.refine}"
+        )

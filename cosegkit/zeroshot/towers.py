@@ -1,0 +1,189 @@
+"""Passes through open_clip's image towers that CLIP-ES needs, by hooks on open_clip's own modules.
+
+Nothing of open_clip is copied: the passes call the tower's own parts (patch embedding,
+blocks, final norm, projection) in order, and read what they need with hooks:
+
+- the output of the last block's first LayerNorm (``resblocks[-1].ln_1``), replaced by a
+  leaf tensor that requires grad, so that one backward gives GradCAM's gradients there;
+- the attention weights of the last blocks, by asking their ``nn.MultiheadAttention`` for
+  its weights (``need_weights=True``, averaged over heads) in a forward pre-hook.
+
+Axis legend: ``bn`` images, ``t`` tokens (class token first), ``c`` tower width, ``d``
+joint embedding width, ``h w`` patch grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from cosegkit.errors import CosegValueError
+
+__all__ = ["TowerPass", "check_tower", "interpolate_positional_embedding", "resnet_pass", "vit_pass"]
+
+SUPPORTED = (
+    "open_clip's VisionTransformer (token or average pooling, no attentional pooler, blocks "
+    "with nn.MultiheadAttention: GradCAM and CAA) and ModifiedResNet (GradCAM on layer4, no CAA)"
+)
+
+
+@dataclass
+class TowerPass:
+    """What one pass through the image tower leaves for GradCAM and CAA.
+
+    Attributes:
+        pooled: ``(bn, d)`` the tower's own image embedding (class token or as the tower pools), not
+            normalised, with grad.
+        patch_mean: ``(bn, d)`` the image embedding CLIP-ES scores, with grad: for a ViT the
+            mean of the last block's patch tokens after ``ln_post`` and ``proj``; for a
+            ResNet the attention pool's output.
+        leaf: the GradCAM layer's output as a leaf that requires grad (differentiate with
+            respect to it): ``(bn, t, c)`` for a ViT (class token first), ``(bn, c, h, w)`` for a ResNet.
+        grid: the patch grid ``(h, w)``.
+        attention: ``(bn, h*w, h*w)`` patch-to-patch attention averaged over heads and the
+            last blocks, or None (ResNet).
+    """
+
+    pooled: torch.Tensor
+    patch_mean: torch.Tensor
+    leaf: torch.Tensor
+    grid: tuple[int, int]
+    attention: torch.Tensor | None
+
+    def as_grid(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like :attr:`leaf` (the activation or its gradient) as ``(bn, c, h, w)``."""
+        if t.ndim == 4:
+            return t
+        return rearrange(t[:, 1:], "bn (h w) c -> bn c h w", h=self.grid[0], w=self.grid[1])
+
+
+def check_tower(visual: nn.Module) -> str:
+    """``"vit"`` or ``"resnet"`` for a supported open_clip tower; a clear error otherwise."""
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.transformer import VisionTransformer
+
+    if isinstance(visual, ModifiedResNet):
+        return "resnet"
+    if isinstance(visual, VisionTransformer):
+        if visual.attn_pool is not None:
+            raise CosegValueError(
+                f"zero-shot co-segmentation supports {SUPPORTED}; this VisionTransformer has an "
+                f"attentional pooler (CoCa-style), whose image embedding is not a patch average"
+            )
+        blocks = visual.transformer.resblocks
+        bad = [type(b).__name__ for b in blocks if not isinstance(getattr(b, "attn", None), nn.MultiheadAttention)]
+        if bad or not hasattr(blocks[-1], "ln_1"):
+            raise CosegValueError(
+                f"zero-shot co-segmentation supports {SUPPORTED}; this VisionTransformer's blocks "
+                f"({bad[0] if bad else type(blocks[-1]).__name__}) have no reachable attention weights "
+                f"(no nn.MultiheadAttention 'attn' and 'ln_1'), so neither GradCAM's layer nor CAA's "
+                f"attention can be read"
+            )
+        if visual.pool_type not in ("tok", "avg"):
+            raise CosegValueError(
+                f"zero-shot co-segmentation supports {SUPPORTED}; this VisionTransformer pools with "
+                f"{visual.pool_type!r}"
+            )
+        return "vit"
+    raise CosegValueError(
+        f"zero-shot co-segmentation supports {SUPPORTED}; got an image tower of type {type(visual).__name__}"
+    )
+
+
+def interpolate_positional_embedding(pos: torch.Tensor, grid: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """A ViT's positional embedding ``(1 + gh*gw, c)`` resized (bicubic) to a ``new`` patch grid.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.zeroshot.towers import interpolate_positional_embedding
+        >>> pos = torch.randn(1 + 4 * 4, 8)
+        >>> interpolate_positional_embedding(pos, (4, 4), (6, 3)).shape
+        torch.Size([19, 8])
+        >>> torch.equal(interpolate_positional_embedding(pos, (4, 4), (4, 4)), pos)  # same grid: unchanged
+        True
+    """
+    if tuple(grid) == tuple(new):
+        return pos
+    cls, grid_pos = pos[:1], pos[1:]
+    grid_pos = rearrange(grid_pos, "(h w) c -> 1 c h w", h=grid[0], w=grid[1])
+    grid_pos = F.interpolate(grid_pos.float(), size=new, mode="bicubic", align_corners=False).to(pos.dtype)
+    return torch.cat([cls, rearrange(grid_pos, "1 c h w -> (h w) c")])
+
+
+def _attention_weights_hooks(attn: nn.MultiheadAttention, store: list[torch.Tensor]) -> list:
+    def ask_weights(module, args, kwargs):
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": True}
+
+    def keep_weights(module, args, kwargs, output):
+        store.append(output[1].detach())
+
+    return [
+        attn.register_forward_pre_hook(ask_weights, with_kwargs=True),
+        attn.register_forward_hook(keep_weights, with_kwargs=True),
+    ]
+
+
+def vit_pass(visual: nn.Module, x: torch.Tensor, attention_blocks: int) -> TowerPass:
+    """Run open_clip's VisionTransformer on normalised pixels ``(bn, 3, H, W)``, H and W multiples of the patch.
+
+    All blocks but the last run without gradients; the last runs with gradients from its
+    ``ln_1`` output on. The attention of the last ``attention_blocks`` blocks is averaged.
+    """
+    ph, pw = visual.patch_size
+    gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
+    blocks = visual.transformer.resblocks
+    first_kept = max(0, len(blocks) - attention_blocks)
+    maps: list[torch.Tensor] = []
+    handles = []
+    leaf: dict[str, torch.Tensor] = {}
+
+    def make_leaf(module, args, output):
+        leaf["ln_1"] = output.detach().requires_grad_(True)
+        return leaf["ln_1"]
+
+    try:
+        for block in blocks[first_kept:]:
+            handles += _attention_weights_hooks(block.attn, maps)
+        handles.append(blocks[-1].ln_1.register_forward_hook(make_leaf))
+        with torch.no_grad():
+            y = rearrange(visual.conv1(x), "bn c h w -> bn (h w) c")
+            cls = visual.class_embedding.to(y.dtype).expand(y.shape[0], 1, -1)
+            pos = interpolate_positional_embedding(visual.positional_embedding, visual.grid_size, (gh, gw))
+            y = torch.cat([cls, y], dim=1) + pos.to(y.dtype)
+            y = visual.ln_pre(visual.patch_dropout(y))
+            batch_first = getattr(visual.transformer, "batch_first", True)
+            if not batch_first:
+                raise CosegValueError("sequence-first open_clip transformers are not supported; update open_clip")
+            for block in blocks[:-1]:
+                y = block(y)
+        with torch.enable_grad():
+            y = blocks[-1](y)
+            if visual.final_ln_after_pool:  # open_clip pools first, then normalises
+                patch_mean = visual.ln_post(y[:, 1:].mean(dim=1))
+                pooled = visual.ln_post(y[:, 0]) if visual.pool_type == "tok" else patch_mean
+            else:
+                tokens = visual.ln_post(y)
+                patch_mean = tokens[:, 1:].mean(dim=1)
+                pooled = tokens[:, 0] if visual.pool_type == "tok" else patch_mean
+            if visual.proj is not None:
+                patch_mean, pooled = patch_mean @ visual.proj, pooled @ visual.proj
+    finally:
+        for handle in handles:
+            handle.remove()
+    attention = torch.stack(maps).mean(dim=0)[:, 1:, 1:] if maps else None
+    return TowerPass(pooled, patch_mean, leaf["ln_1"], (gh, gw), attention)
+
+
+def resnet_pass(visual: nn.Module, x: torch.Tensor) -> TowerPass:
+    """Run open_clip's ModifiedResNet; GradCAM's layer is ``layer4``'s output. No attention (no CAA)."""
+    with torch.no_grad():
+        y = visual.layer3(visual.layer2(visual.layer1(visual.stem(x))))
+        y = visual.layer4(y)
+    leaf = y.detach().requires_grad_(True)
+    with torch.enable_grad():
+        pooled = visual.attnpool(leaf)
+    return TowerPass(pooled, pooled, leaf, tuple(leaf.shape[-2:]), None)
