@@ -30,6 +30,7 @@ from cosegkit.losses import (
 )
 from cosegkit.metrics import CosegJaccard, CosegMetrics, CosegPrecision, precision_jaccard, reduce_scores
 from cosegkit.models import LCCo, LCCoOutput
+from cosegkit.zeroshot import ZeroShotCoseg, ZeroShotOutput
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -54,6 +55,8 @@ __all__ = [
     "LCCoLossOutput",
     "LCCoOutput",
     "WeightsUnavailableError",
+    "ZeroShotCoseg",
+    "ZeroShotOutput",
     "__version__",
     "classification_loss",
     "coarse_segmentation_loss",

@@ -5,6 +5,7 @@ Needs only a :class:`~cosegkit.clip.FrozenClip` and tensors: no training, no mas
 
 from cosegkit.zeroshot.caa import affinity, box_mask, caa_refine, connected_components, minmax_scale
 from cosegkit.zeroshot.coseg import ZeroShotCoseg, ZeroShotOutput
+from cosegkit.zeroshot.groups import GroupMasks, segment_group
 from cosegkit.zeroshot.prompts import (
     BACKGROUND_WORDS,
     CLIP_ES_TEMPLATES,
@@ -17,6 +18,7 @@ __all__ = [
     "BACKGROUND_WORDS",
     "CLIP_ES_TEMPLATES",
     "DEFAULT_SYNONYMS",
+    "GroupMasks",
     "ZeroShotCoseg",
     "ZeroShotOutput",
     "affinity",
@@ -26,4 +28,5 @@ __all__ = [
     "encode_prompts",
     "minmax_scale",
     "prompt_texts",
+    "segment_group",
 ]

@@ -1,9 +1,10 @@
 r"""Zero-shot co-segmentation: a frozen CLIP, the set's own class, softmax-GradCAM and CAA.
 
 1. **The set's common class.** Every image is scored against the foreground prompts with
-   CLIP's own image embedding; the scores are summed over the set's valid images
-   (:math:`\sigma` of LCCo's text distillation) and the argmax is the common class, unless a
-   class name is given.
+   CLIP's own image embedding at the CLIP's own input size (as :class:`~cosegkit.clip.FrozenClip`
+   encodes images for LCCo; a second, plain pass when the CAM runs at another size); the
+   scores are summed over the set's valid images (:math:`\sigma` of LCCo's text
+   distillation) and the argmax is the common class, unless a class name is given.
 2. **Softmax-GradCAM** (CLIP-ES). Each image's patch-averaged embedding is scored against the
    bank ``[foreground classes; background words]`` and a softmax taken over the bank; the
    gradient of the common class's probability at the last block's first LayerNorm gives
@@ -45,13 +46,38 @@ class ZeroShotOutput:
     Attributes:
         probs: ``(B, N, 1, H, W)`` in [0, 1]: the refined CAM of the set's common class at the
             input's resolution; 0 on padded images.
-        common_class: ``(B,)`` long, an index into :attr:`ZeroShotCoseg.classnames`.
+        common_class: ``(B,)`` long, an index into ``ZeroShotCoseg.classnames``.
         class_scores: ``(B, P)``: :math:`\\sigma`, each foreground prompt's cosine similarity
             summed over the set's valid images.
         cams: ``(B, N, h, w)`` the softmax-GradCAM before refinement, min-max scaled, on the patch grid.
         refined: ``(B, N, h, w)`` the CAM after CAA (equal to ``cams`` when CAA is off or the
             tower has no attention), on the patch grid.
         valid: ``(B, N)`` boolean.
+
+    Example:
+        From a tiny random ViT CLIP (patch 8: 40 px images give a 5 x 5 grid), the second set padded:
+
+        >>> import dataclasses
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot import ZeroShotCoseg
+        >>> _ = register_tiny_clips()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog", "car"])
+        >>> zs = ZeroShotCoseg(clip, background=["grass", "sky"])
+        >>> valid = torch.tensor([[True, True, True], [True, True, False]])
+        >>> out = zs(torch.rand(2, 3, 3, 40, 40), valid)
+        >>> for field in dataclasses.fields(out):
+        ...     value = getattr(out, field.name)
+        ...     print(field.name, tuple(value.shape), value.dtype)
+        probs (2, 3, 1, 40, 40) torch.float32
+        common_class (2,) torch.int64
+        class_scores (2, 3) torch.float32
+        cams (2, 3, 5, 5) torch.float32
+        refined (2, 3, 5, 5) torch.float32
+        valid (2, 3) torch.bool
+        >>> torch.equal(out.common_class, out.class_scores.argmax(dim=-1)), bool((out.probs[1, 2] == 0).all())
+        (True, True)
     """
 
     probs: torch.Tensor
@@ -128,7 +154,17 @@ class ZeroShotCoseg(nn.Module):
         super().__init__()
         self.clip = clip
         self.tower = check_tower(clip.model.visual)
+        for what, names in (("classnames", classnames), ("templates", templates)):
+            if isinstance(names, str):  # tuple() would split it into characters
+                raise CosegValueError(
+                    f"{what} must be a list of strings, not the single string {names!r}; pass [{names!r}]"
+                )
         self.classnames: tuple[str, ...] = tuple(clip.classnames if classnames is None else classnames)
+        if not self.classnames:
+            raise CosegValueError(
+                "the zero-shot vocabulary is empty (classnames=[]); give at least one class name, "
+                "or classnames=None for the CLIP's own vocabulary"
+            )
         if isinstance(background, str):
             raise CosegValueError(f"background must be a list of words, not the single string {background!r}")
         background = tuple(background)
@@ -140,10 +176,13 @@ class ZeroShotCoseg(nn.Module):
         fg = set(self.classnames)
         self.background: tuple[str, ...] = tuple(w for w in background if w not in fg)
         if not self.background:
-            raise CosegValueError(f"every background word is also a foreground class: {list(background)[:8]}")
+            raise CosegValueError(
+                f"every background word is also a foreground class: {list(background)[:8]}; give background "
+                f"words that are not class names (the default is CLIP-ES's 25, cosegkit.zeroshot.BACKGROUND_WORDS)"
+            )
         self.templates = tuple(templates)
         self.synonyms = dict(DEFAULT_SYNONYMS if synonyms is None else synonyms)
-        if attention_blocks < 1:
+        if isinstance(attention_blocks, bool) or not isinstance(attention_blocks, int) or attention_blocks < 1:
             raise CosegValueError(f"attention_blocks must be >= 1, got {attention_blocks}")
         if not 0 <= box_threshold < 1:
             raise CosegValueError(f"box_threshold must be in [0, 1), got {box_threshold}")
@@ -164,7 +203,7 @@ class ZeroShotCoseg(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def class_index(self, name: str) -> int:
-        """The index of ``name`` in :attr:`classnames`; an unknown name's error lists near matches."""
+        """The index of ``name`` in ``classnames``; an unknown name's error lists near matches."""
         if name not in self.classnames:
             raise CosegValueError(
                 f"unknown class name {name!r}: it is not in the zero-shot vocabulary of "
@@ -214,7 +253,10 @@ class ZeroShotCoseg(nn.Module):
             tp = vit_pass(visual, x, self.attention_blocks) if self.tower == "vit" else resnet_pass(visual, x)
             fg = self.foreground_bank.to(tp.pooled.dtype)
             bank = torch.cat([fg, self.background_bank.to(fg.dtype)])  # (q, d)
-            pooled = rearrange(F.normalize(tp.pooled.detach().float(), dim=-1), "(b n) d -> b n d", b=b)
+            if tuple(x.shape[-2:]) == tuple(self.clip.image_size):
+                pooled = rearrange(F.normalize(tp.pooled.detach().float(), dim=-1), "(b n) d -> b n d", b=b)
+            else:  # the class as LCCo's distillation sees it: the CLIP at its own input size
+                pooled = self.clip.encode_checked(images.clone()).float()
             similarity = pooled @ fg.float().T  # (b, n, p)
             scores = (similarity * valid[..., None]).sum(dim=1)  # sigma, (b, p)
             if name is not None:

@@ -28,7 +28,7 @@ __all__ = [
 #: The template CLIP-ES uses for foreground classes and background words alike.
 CLIP_ES_TEMPLATES: tuple[str, ...] = ("a clean origami {}.",)
 
-#: CLIP-ES's 25 background words (its PASCAL-VOC list): scenery and things that sit around
+#: CLIP-ES's 25 background words (its PASCAL-VOC list), scenery and things that sit around
 #: objects. A word that is also a foreground class is dropped from the bank (see
 #: :class:`~cosegkit.zeroshot.ZeroShotCoseg`).
 BACKGROUND_WORDS: tuple[str, ...] = (
@@ -59,13 +59,15 @@ BACKGROUND_WORDS: tuple[str, ...] = (
     "sign",
 )
 
-#: Synonyms fused into one prompt, for names of :data:`~cosegkit.clip.DEFAULT_VOCABULARY`
-#: (after CLIP-ES's class-name lists for PASCAL-VOC and COCO). A name not listed is its own prompt.
+#: Synonyms fused into one prompt, for names of the default vocabulary
+#: (:data:`~cosegkit.clip.DEFAULT_VOCABULARY`), after CLIP-ES's prompt words for PASCAL-VOC
+#: and COCO, which join synonyms with a comma (``"person with clothes,people,human"``) or a
+#: space (``"bird avian"``, kept as one entry). A name not listed is its own prompt.
 DEFAULT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "person": ("person with clothes", "people", "human"),
-    "bird": ("bird", "avian"),
-    "chair": ("chair", "seat"),
-    "tv": ("tv monitor", "screen"),
+    "bird": ("bird avian",),
+    "chair": ("chair seat",),
+    "tv": ("tvmonitor screen",),
     "backpack": ("backpack", "bag"),
     "umbrella": ("umbrella", "parasol"),
     "handbag": ("handbag", "purse"),
@@ -124,6 +126,27 @@ def encode_prompts(
         names: class names or background words.
         templates: templates with one ``{}``.
         synonyms: names to replace by a comma-joined synonym list.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot.prompts import encode_prompts
+        >>> _ = register_tiny_clips()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog"])
+        >>> templates = ["a photo of a {}.", "a clean origami {}."]
+        >>> bank = encode_prompts(clip, ["cat", "dog", "person"], templates, {"person": ["people", "human"]})
+        >>> bank.shape, bank.norm(dim=-1).round(decimals=4).tolist()  # one unit vector per name
+        (torch.Size([3, 32]), [1.0, 1.0, 1.0])
+
+        Each template's embedding, averaged and normalised again; a synonym list is one text:
+
+        >>> each = [encode_prompts(clip, ["cat"], [t]) for t in templates]
+        >>> bool(torch.allclose(bank[:1], F.normalize(each[0] + each[1], dim=-1), atol=1e-6))
+        True
+        >>> bool(torch.allclose(bank[2:], encode_prompts(clip, ["people,human"], templates), atol=1e-6))
+        True
     """
     texts = prompt_texts(names, templates, synonyms)
     emb = rearrange(clip.encode_text(texts), "(p t) d -> p t d", t=len(tuple(templates)))

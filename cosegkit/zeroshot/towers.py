@@ -46,6 +46,22 @@ class TowerPass:
         grid: the patch grid ``(h, w)``.
         attention: ``(bn, h*w, h*w)`` patch-to-patch attention averaged over heads and the
             last blocks, or None (ResNet).
+
+    Example:
+        GradCAM's ingredients from a tiny random ViT CLIP (32 px, patch 8: a 4 x 4 grid):
+
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot.towers import vit_pass
+        >>> _ = register_tiny_clips()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog"])
+        >>> tp = vit_pass(clip.model.visual, torch.randn(2, 3, 32, 32), attention_blocks=8)
+        >>> (grad,) = torch.autograd.grad(tp.patch_mean.sum(), tp.leaf)  # gradients at the leaf
+        >>> grad.shape == tp.leaf.shape, tp.leaf.shape
+        (True, torch.Size([2, 17, 32]))
+        >>> tp.as_grid(grad).shape  # the class token dropped, the patch tokens on the grid
+        torch.Size([2, 32, 4, 4])
     """
 
     pooled: torch.Tensor
@@ -55,14 +71,34 @@ class TowerPass:
     attention: torch.Tensor | None
 
     def as_grid(self, t: torch.Tensor) -> torch.Tensor:
-        """A tensor shaped like :attr:`leaf` (the activation or its gradient) as ``(bn, c, h, w)``."""
+        """A tensor shaped like ``leaf`` (the activation or its gradient) as ``(bn, c, h, w)``."""
         if t.ndim == 4:
             return t
         return rearrange(t[:, 1:], "bn (h w) c -> bn c h w", h=self.grid[0], w=self.grid[1])
 
 
 def check_tower(visual: nn.Module) -> str:
-    """``"vit"`` or ``"resnet"`` for a supported open_clip tower; a clear error otherwise."""
+    """``"vit"`` or ``"resnet"`` for a supported open_clip tower; a clear error otherwise.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot.towers import check_tower
+        >>> _ = register_tiny_clips()
+        >>> vit = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog"])
+        >>> rn = FrozenClip.from_name("coseg-test-tiny-rn", pretrained=None, classnames=["cat", "dog"])
+        >>> check_tower(vit.model.visual), check_tower(rn.model.visual)
+        ('vit', 'resnet')
+
+        Another module is refused with what is supported:
+
+        >>> check_tower(torch.nn.Linear(4, 4))  # doctest: +ELLIPSIS, +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: zero-shot co-segmentation supports open_clip's VisionTransformer (...)
+        and ModifiedResNet (...); got an image tower of type Linear
+    """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.transformer import VisionTransformer
 
@@ -132,6 +168,23 @@ def vit_pass(visual: nn.Module, x: torch.Tensor, attention_blocks: int) -> Tower
 
     All blocks but the last run without gradients; the last runs with gradients from its
     ``ln_1`` output on. The attention of the last ``attention_blocks`` blocks is averaged.
+
+    Example:
+        A tiny random ViT CLIP (patch 8) on 48 x 32 pixels, a 6 x 4 patch grid:
+
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot.towers import vit_pass
+        >>> _ = register_tiny_clips()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog"])
+        >>> tp = vit_pass(clip.model.visual, torch.randn(2, 3, 48, 32), attention_blocks=8)
+        >>> tp.pooled.shape, tp.patch_mean.shape, tp.grid
+        (torch.Size([2, 32]), torch.Size([2, 32]), (6, 4))
+        >>> tp.leaf.shape, tp.leaf.requires_grad, tp.patch_mean.requires_grad  # 1 class token + 24 patches
+        (torch.Size([2, 25, 32]), True, True)
+        >>> tp.attention.shape  # patch to patch, the class token left out
+        torch.Size([2, 24, 24])
     """
     ph, pw = visual.patch_size
     gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
@@ -179,7 +232,23 @@ def vit_pass(visual: nn.Module, x: torch.Tensor, attention_blocks: int) -> Tower
 
 
 def resnet_pass(visual: nn.Module, x: torch.Tensor) -> TowerPass:
-    """Run open_clip's ModifiedResNet; GradCAM's layer is ``layer4``'s output. No attention (no CAA)."""
+    """Run open_clip's ModifiedResNet; GradCAM's layer is ``layer4``'s output. No attention (no CAA).
+
+    Example:
+        A tiny random ResNet CLIP at its own 64 px:
+
+        >>> import torch
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot.towers import resnet_pass
+        >>> _ = register_tiny_clips()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny-rn", pretrained=None, classnames=["cat", "dog"])
+        >>> tp = resnet_pass(clip.model.visual, torch.randn(2, 3, 64, 64))
+        >>> tp.pooled.shape, tp.patch_mean is tp.pooled  # the attention pool's output, both
+        (torch.Size([2, 32]), True)
+        >>> tp.leaf.shape, tp.grid, tp.attention  # layer4's channels on its grid; no attention
+        (torch.Size([2, 256, 2, 2]), (2, 2), None)
+    """
     with torch.no_grad():
         y = visual.layer3(visual.layer2(visual.layer1(visual.stem(x))))
         y = visual.layer4(y)

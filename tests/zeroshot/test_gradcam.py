@@ -1,0 +1,243 @@
+"""Softmax-GradCAM and the set's class against plain per-image autograd through open_clip's own tower.
+
+The references run open_clip's visual tower the ordinary way (``visual(x)``, every block
+with grad, ``need_weights=False``), keep the last block's ``ln_1`` output with a forward hook
+and ``retain_grad``, and differentiate one image's softmax probability at a time; the
+module under test runs all blocks but the last without grad, asks for attention weights,
+and takes one backward for the whole batch.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cosegkit.zeroshot import ZeroShotCoseg
+from cosegkit.zeroshot.towers import interpolate_positional_embedding, vit_pass
+from tests._support import CLASSNAMES
+from tests.zeroshot._support import (
+    bicubic_positional_embedding,
+    build_clip,
+    normalise,
+    positional_embedding,
+    vit_config,
+)
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+BACKGROUND = ("grass", "sky", "road", "wall", "water")
+
+
+def scale_like_grad_cam(cam: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's ``scale_cam_image`` without the resize: ``x - min``, then ``/ (max + 1e-7)``."""
+    cam = cam - cam.min()
+    return cam / (cam.max() + 1e-7)
+
+
+def bank_of(zs: ZeroShotCoseg) -> torch.Tensor:
+    return torch.cat([zs.foreground_bank, zs.background_bank])
+
+
+def reference_vit_cam(clip, zs: ZeroShotCoseg, image: torch.Tensor, target: int, score: str = "patch_mean"):
+    """One image ``(3, H, W)`` (sides multiples of the patch): its min-max scaled CAM and raw CAM."""
+    visual = clip.model.visual
+    kept = {}
+
+    def keep(module, args, output):
+        output.retain_grad()
+        kept["ln_1"] = output
+
+    handle = visual.transformer.resblocks[-1].ln_1.register_forward_hook(keep)
+    previous = visual.output_tokens
+    visual.output_tokens = True
+    try:
+        with torch.enable_grad():
+            x = normalise(clip, image[None]).requires_grad_(True)  # so the graph reaches ln_1
+            pooled, tokens = visual(x)  # pooled is projected; tokens are ln_post's patch tokens
+            patch_mean = tokens.mean(dim=1) @ visual.proj
+            emb = F.normalize(patch_mean if score == "patch_mean" else pooled, dim=-1)
+            probs = (clip.model.logit_scale.exp() * emb @ bank_of(zs).T).softmax(dim=-1)
+            probs[0, target].backward()
+    finally:
+        handle.remove()
+        visual.output_tokens = previous
+    act = kept["ln_1"][0, 1:].detach()  # (l, c), class token dropped
+    grad = kept["ln_1"].grad[0, 1:]
+    weights = grad.mean(dim=0)  # GradCAM: the gradient averaged over the tokens
+    gh, gw = image.shape[-2] // visual.patch_size[0], image.shape[-1] // visual.patch_size[1]
+    raw = F.relu(act @ weights).view(gh, gw)
+    return scale_like_grad_cam(raw), raw
+
+
+def reference_sigma(clip, zs: ZeroShotCoseg, images: torch.Tensor, valid: torch.Tensor | None = None):
+    """sigma ``(B, P)`` from open_clip's own ``encode_image`` at the CLIP's native size."""
+    b, n = images.shape[:2]
+    pooled = clip.model.encode_image(normalise(clip, images.flatten(0, 1)))
+    sim = (F.normalize(pooled, dim=-1) @ zs.foreground_bank.T).view(b, n, -1)
+    if valid is not None:
+        sim = sim * valid[..., None]
+    return sim.sum(dim=1)
+
+
+def check_cams_against_reference(clip, zs, images, out, targets, score="patch_mean"):
+    b, n = images.shape[:2]
+    for i in range(b):
+        for j in range(n):
+            cam, raw = reference_vit_cam(clip, zs, images[i, j], int(targets[i]), score)
+            assert raw.max() > 1e-4, "degenerate reference CAM; pick another seed"
+            torch.testing.assert_close(out.cams[i, j], cam, **TOL)
+
+
+@pytest.mark.parametrize("score", ["patch_mean", "pooled"])
+def test_vit_cams_match_per_image_autograd(deep_vit, score: str) -> None:
+    zs = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False, score=score)
+    images = torch.rand(2, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    out = zs(images)
+    assert out.cams.shape == (2, 3, 4, 4)
+    check_cams_against_reference(deep_vit, zs, images, out, out.common_class, score)
+    torch.testing.assert_close(out.refined, out.cams)  # refine=False: no CAA
+    full = F.interpolate(out.cams.flatten(0, 1)[:, None], size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.probs, full.view(2, 3, 1, 32, 32), **TOL)
+
+
+def test_given_class_path(deep_vit) -> None:
+    images = torch.rand(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    zs = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False, class_name="dog")
+    dog = CLASSNAMES.index("dog")
+    out = zs(images)
+    assert out.common_class.tolist() == [dog, dog]
+    check_cams_against_reference(deep_vit, zs, images, out, [dog, dog])
+    # sigma is still reported, and a per-call class overrides the module's
+    torch.testing.assert_close(out.class_scores, reference_sigma(deep_vit, zs, images), **TOL)
+    car = CLASSNAMES.index("car")
+    other = zs(images, class_name="car")
+    assert other.common_class.tolist() == [car, car]
+    check_cams_against_reference(deep_vit, zs, images, other, [car, car])
+    assert not torch.allclose(other.cams, out.cams, atol=1e-3)  # the class matters
+    plain = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False)
+    torch.testing.assert_close(plain(images, class_name="car").cams, other.cams)
+
+
+@pytest.mark.parametrize("fixture", ["deep_vit", "tiny_vit"])
+def test_common_class_is_argmax_of_summed_cosine(fixture: str, request) -> None:
+    clip = request.getfixturevalue(fixture)
+    assert clip.model.visual.pool_type == "tok"
+    zs = ZeroShotCoseg(clip, background=BACKGROUND)
+    images = torch.rand(3, 4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    valid = torch.tensor([[True] * 4, [True, False, True, False], [False, False, False, True]])
+    out = zs(images, valid)
+    sigma = reference_sigma(clip, zs, images, valid)
+    torch.testing.assert_close(out.class_scores, sigma, **TOL)
+    assert out.common_class.tolist() == sigma.argmax(dim=-1).tolist()
+    # FrozenClip's own encoder gives the same pooled embeddings at the native size
+    emb = clip.encode_images(images)
+    torch.testing.assert_close(out.class_scores, ((emb @ zs.foreground_bank.T) * valid[..., None]).sum(1), **TOL)
+
+
+def test_avg_pooled_vit_sigma_uses_its_own_pooling(register_config) -> None:
+    clip = build_clip(register_config("coseg-test-zeroshot-avg", vit_config(layers=2, pool_type="avg")))
+    zs = ZeroShotCoseg(clip, background=BACKGROUND, refine=False)
+    images = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    out = zs(images)
+    torch.testing.assert_close(out.class_scores, reference_sigma(clip, zs, images), **TOL)
+    check_cams_against_reference(clip, zs, images, out, out.common_class)
+    # with average pooling the pooled embedding is the patch mean: both scores agree
+    pooled = ZeroShotCoseg(clip, background=BACKGROUND, refine=False, score="pooled")(images)
+    torch.testing.assert_close(pooled.cams, out.cams, **TOL)
+
+
+def test_native_size_uses_the_positional_embedding_unchanged(deep_vit) -> None:
+    visual = deep_vit.model.visual
+    pos = visual.positional_embedding
+    assert interpolate_positional_embedding(pos, visual.grid_size, visual.grid_size) is pos
+    x = normalise(deep_vit, torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(5)))
+    tp = vit_pass(visual, x, attention_blocks=2)
+    torch.testing.assert_close(tp.pooled.detach(), deep_vit.model.encode_image(x), **TOL)
+    torch.testing.assert_close(tp.pooled.detach(), visual(x), **TOL)
+    assert tp.grid == (4, 4)
+    assert tp.leaf.shape == (3, 1 + 16, 48) and tp.leaf.requires_grad
+    assert tp.attention.shape == (3, 16, 16)
+
+
+def test_non_square_size_not_a_multiple_of_the_patch(deep_vit) -> None:
+    zs = ZeroShotCoseg(deep_vit, background=BACKGROUND)
+    images = torch.rand(2, 3, 3, 37, 53, generator=torch.Generator().manual_seed(6))
+    assert zs.input_size(37, 53) == (40, 56)  # each side rounded up to a multiple of 8
+    out = zs(images)
+    assert out.cams.shape == (2, 3, 5, 7) and out.refined.shape == (2, 3, 5, 7)
+    assert out.probs.shape == (2, 3, 1, 37, 53)
+    assert bool(((out.probs >= 0) & (out.probs <= 1)).all())
+
+
+def test_interpolated_positional_embedding_matches_a_resized_tower(deep_vit) -> None:
+    """At 40 x 56 px (a 5 x 7 grid) the pass equals open_clip's tower given the bicubically resized embedding."""
+    visual = deep_vit.model.visual
+    zs = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False)
+    images = torch.rand(1, 3, 3, 40, 56, generator=torch.Generator().manual_seed(7))
+    out = zs(images)
+    assert out.cams.shape == (1, 3, 5, 7) and out.probs.shape == (1, 3, 1, 40, 56)
+    resized = bicubic_positional_embedding(visual, (5, 7))
+    torch.testing.assert_close(interpolate_positional_embedding(visual.positional_embedding, (4, 4), (5, 7)), resized)
+    with positional_embedding(visual, resized):
+        check_cams_against_reference(deep_vit, zs, images, out, out.common_class)
+    assert visual.positional_embedding.shape == (17, 48)  # restored
+    # the set's class is scored as LCCo's distillation scores it: the CLIP at its own 32 px
+    native = F.interpolate(images[0], size=(32, 32), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    torch.testing.assert_close(out.class_scores, reference_sigma(deep_vit, zs, native[None]), **TOL)
+    assert out.common_class.tolist() == reference_sigma(deep_vit, zs, native[None]).argmax(-1).tolist()
+
+
+def test_image_size_resizes_before_the_tower(deep_vit) -> None:
+    images = torch.rand(1, 2, 3, 20, 30, generator=torch.Generator().manual_seed(8))
+    zs = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False, image_size=32)
+    out = zs(images)
+    assert out.cams.shape == (1, 2, 4, 4) and out.probs.shape == (1, 2, 1, 20, 30)
+    x = F.interpolate(images[0], size=(32, 32), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    check_cams_against_reference(deep_vit, zs, x[None], out, out.common_class)
+
+
+# ---------------------------------------------------------------------------- ResNet
+
+
+def reference_rn_cam(clip, zs, image: torch.Tensor, target: int) -> torch.Tensor:
+    visual = clip.model.visual
+    kept = {}
+
+    def keep(module, args, output):
+        output.retain_grad()
+        kept["layer4"] = output
+
+    handle = visual.layer4.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            x = normalise(clip, image[None]).requires_grad_(True)
+            emb = F.normalize(visual(x), dim=-1)  # ModifiedResNet: the attention pool's output
+            probs = (clip.model.logit_scale.exp() * emb @ bank_of(zs).T).softmax(dim=-1)
+            probs[0, target].backward()
+    finally:
+        handle.remove()
+    act, grad = kept["layer4"][0].detach(), kept["layer4"].grad[0]  # (c, h, w)
+    weights = grad.mean(dim=(1, 2))
+    return scale_like_grad_cam(F.relu((weights[:, None, None] * act).sum(dim=0)))
+
+
+def test_resnet_tower(tiny_rn) -> None:
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND)  # refine=True, but a ResNet has no CAA
+    assert zs.tower == "resnet"
+    images = torch.rand(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    out = zs(images)
+    assert out.cams.shape == (2, 2, 2, 2)  # 64 px / stride 32
+    assert out.probs.shape == (2, 2, 1, 64, 64)
+    assert torch.equal(out.refined, out.cams)
+    torch.testing.assert_close(out.class_scores, reference_sigma(tiny_rn, zs, images), **TOL)
+    for i in range(2):
+        for j in range(2):
+            cam = reference_rn_cam(tiny_rn, zs, images[i, j], int(out.common_class[i]))
+            torch.testing.assert_close(out.cams[i, j], cam, **TOL)
+
+
+def test_resnet_takes_its_own_input_size(tiny_rn) -> None:
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND, image_size=(96, 128))  # ignored: the attention pool is fixed
+    assert zs.input_size(50, 70) == (64, 64)
+    out = zs(torch.rand(1, 2, 3, 50, 70))
+    assert out.cams.shape == (1, 2, 2, 2) and out.probs.shape == (1, 2, 1, 50, 70)
