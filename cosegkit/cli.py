@@ -56,6 +56,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
   # the single-image Baseline (all three modules off)
   cosegkit train --dataset synthetic --no-correspondence --no-interaction --no-regularization
 
+  # groups of photos without masks: train on CLIP's zero-shot pseudo masks (photos/images/<group>/*.jpg)
+  cosegkit train --pseudo-masks zero-shot --dataset folder --root photos/ --out runs/photos
+
   # continue an interrupted run, on 2 GPUs or CPU processes
   torchrun --nproc-per-node 2 -m cosegkit train --out runs/pascal --resume
 """,
@@ -107,6 +110,33 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--lambda1", type=float, default=1.0, help="weight of the coarse segmentation loss (eq. 9)")
     o.add_argument("--lambda2", type=float, default=1.0, help="weight of the classification loss (eq. 9)")
     o.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
+    s = p.add_argument_group(
+        "training without masks",
+        "--pseudo-masks zero-shot: before training, the run's CLIP segments every training image\n"
+        "zero-shot (each group's class decided from all its images); the maps are cached in\n"
+        "<out>/pseudo_masks and reused by --resume. Pixels within --pseudo-margin of each map's own\n"
+        "threshold (or, with --pseudo-rule fixed, between --pseudo-low and --pseudo-high) are ignored.\n"
+        "Training reads no mask of the dataset (a folder's masks/ is ignored; only the held-out evaluation of --eval-classes uses the masks it finds).",
+    )
+    s.add_argument("--pseudo-masks", choices=("zero-shot",), help="train on pseudo masks instead of ground truth")
+    s.add_argument("--pseudo-low", type=float, default=0.25, help="fixed: background where the map is <= this (0.25)")
+    s.add_argument("--pseudo-high", type=float, default=0.55, help="fixed: object where the map is >= this (0.55)")
+    s.add_argument(
+        "--pseudo-rule",
+        choices=("fixed", "adaptive"),
+        default="adaptive",
+        help="adaptive (default): each map's own P/J threshold t (ssnm); fixed: --pseudo-low/--pseudo-high",
+    )
+    s.add_argument(
+        "--pseudo-margin", type=float, default=0.1, help="adaptive: ignore maps within t +- this (default 0.1)"
+    )
+    s.add_argument(
+        "--pseudo-templates",
+        nargs="+",
+        metavar="TEMPLATE",
+        help="zero-shot prompt templates (default CLIP-ES's 'a clean origami {}.')",
+    )
+    s.add_argument("--pseudo-background", nargs="+", metavar="WORD", help="background words (default CLIP-ES's 25)")
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -170,8 +200,42 @@ def _config_from_args(args: argparse.Namespace):
         compile=args.compile,
         eval_set_size=args.eval_set_size,
         eval_preset=args.eval_preset,
+        pseudo_masks=args.pseudo_masks,
+        pseudo_low=args.pseudo_low,
+        pseudo_high=args.pseudo_high,
+        pseudo_rule=args.pseudo_rule,
+        pseudo_margin=args.pseudo_margin,
+        pseudo_templates=args.pseudo_templates,
+        pseudo_background=args.pseudo_background,
         extra={"eval_sets": args.eval_sets} if args.dataset == "synthetic" else {},
     )
+
+
+def _log_to_stderr() -> None:
+    """Show the ``cosegkit.engine`` loggers' INFO lines on stderr (once per process, main rank only)."""
+    import logging
+    import os
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time (pytest swaps it between tests)."""
+
+        @property
+        def stream(self):  # type: ignore[override]
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
+    logger = logging.getLogger("cosegkit.engine")
+    if os.environ.get("RANK", "0") != "0" or any(getattr(h, "_cosegkit_cli", False) for h in logger.handlers):
+        return
+    handler = StderrHandler()
+    handler._cosegkit_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not twice once open_clip's logging.info() has given the root logger a handler
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -191,6 +255,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             config.steps = steps_for_epochs(config, args.epochs)
     out = args.out or f"runs/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _log_to_stderr()  # the trainer's notes (pseudo masks: each group's class; a skipped evaluation)
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, the main process reports
@@ -204,16 +269,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="score a trained model on datasets with P and J",
+        help="score a trained model (or zero-shot CLIP) on datasets with P and J",
         formatter_class=_FORMATTER,
-        description="Score a model folder (written by train or save_pretrained) on one or more datasets.",
+        description="Score a model folder (written by train or save_pretrained) on one or more datasets, "
+        "or, with --zero-shot, a frozen CLIP and no trained model (CLIP-ES's softmax-GradCAM and CAA, "
+        "the class each set shares found by CLIP). Zero-shot runs at --image-size (default 224).",
         epilog="""examples:
   cosegkit evaluate --model runs/pascal/model --data pascal_voc=../shared/data/pascal_voc_coseg
   cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg msrc=data/MSRC --preset ufo --per-group
   cosegkit evaluate --model runs/demo/model --data synthetic --json scores.json
+
+  # zero-shot: no training, a frozen CLIP (downloads the weights once; or --clip-pretrained FILE)
+  cosegkit evaluate --zero-shot --clip-model ViT-B-16 --clip-pretrained openai --data icoseg=data/icoseg
+  cosegkit evaluate --zero-shot --data msrc=data/MSRC --vocabulary names.txt --no-caa --json zs.json
 """,
     )
-    p.add_argument("--model", required=True, help="a model folder, or a run folder (its model/ is used)")
+    p.add_argument("--model", help="a model folder, or a run folder (its model/ is used); or --zero-shot")
     p.add_argument(
         "--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic"
     )
@@ -226,6 +297,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-group", action="store_true", help="also print one line per group")
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--device", default="auto")
+    _add_zero_shot_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
 
@@ -255,6 +327,198 @@ def _load_model(path: str, device):
     return LCCo.from_pretrained(folder, map_location=device), folder
 
 
+# ---------------------------------------------------------------------- zero-shot (evaluate, segment)
+_ZERO_SHOT_OPTIONS = (
+    "clip_model",
+    "clip_pretrained",
+    "class_name",
+    "vocabulary",
+    "templates",
+    "background",
+    "background_file",
+    "synonyms",
+    "no_caa",
+    "attention_blocks",
+    "box_threshold",
+)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}") from None
+    if not 0 <= x < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value!r}")
+    return x
+
+
+def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
+    z = p.add_argument_group(
+        "zero-shot (instead of --model)",
+        "No trained model: a frozen CLIP names each set's common class and segments it with "
+        "CLIP-ES's softmax-GradCAM and CAA (GradCAM alone on ResNet towers).",
+    )
+    z.add_argument("--zero-shot", action="store_true", help="use a frozen CLIP instead of --model")
+    z.add_argument("--clip-model", metavar="NAME", help="open_clip architecture (default ViT-B-16)")
+    z.add_argument(
+        "--clip-pretrained", metavar="TAG|FILE", help="weights: open_clip tag, file, or none (default openai)"
+    )
+    z.add_argument("--class-name", metavar="NAME", help="segment this class in every set (default: each set's best)")
+    z.add_argument(
+        "--vocabulary",
+        nargs="+",
+        metavar="FILE|NAME",
+        help="class names, or files of one name per line (default: cosegkit.clip.DEFAULT_VOCABULARY)",
+    )
+    z.add_argument(
+        "--templates", nargs="+", metavar="T", help="prompt templates with one '{}' (default 'a clean origami {}.')"
+    )
+    z.add_argument("--background", nargs="+", metavar="WORD", help="background words (default: CLIP-ES's 25)")
+    z.add_argument("--background-file", metavar="FILE", help="background words, one per line")
+    z.add_argument(
+        "--synonyms",
+        metavar="FILE",
+        help='JSON {"name": ["synonym", ...]}: one fused prompt per name, over the defaults ([]: the name alone)',
+    )
+    z.add_argument("--no-caa", action="store_true", help="no CAA refinement: the softmax-GradCAM alone")
+    z.add_argument("--attention-blocks", type=_positive, metavar="N", help="CAA: last blocks averaged (default 8)")
+    z.add_argument("--box-threshold", type=_fraction, metavar="X", help="CAA: box threshold in [0, 1) (default 0.4)")
+
+
+def _check_model_or_zero_shot(args: argparse.Namespace) -> None:
+    if args.model and args.zero_shot:
+        raise _UsageError("give either --model or --zero-shot, not both")
+    if not args.model and not args.zero_shot:
+        raise _UsageError("give --model MODEL_FOLDER, or --zero-shot for a frozen CLIP and no trained model")
+    if args.model:
+        given = [o for o in _ZERO_SHOT_OPTIONS if getattr(args, o) is not None and getattr(args, o) is not False]
+        if given:
+            flags = ", ".join("--" + o.replace("_", "-") for o in given)
+            raise _UsageError(f"{flags}: only with --zero-shot (a trained model has its own CLIP and vocabulary)")
+
+
+def _read_lines(path: str, flag: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise _UsageError(f"{flag} {path!r}: cannot read it ({type(err).__name__}: {err})") from None
+    lines = [line.strip() for line in text.splitlines()]
+    words = [line for line in lines if line and not line.startswith("#")]
+    if not words:
+        raise _UsageError(f"{flag} {path!r} is empty; write one entry per line ('#' starts a comment)")
+    return words
+
+
+def _vocabulary(items: Sequence[str]) -> list[str]:
+    names: list[str] = []
+    for item in items:
+        if Path(item).is_file():
+            names += _read_lines(item, "--vocabulary")
+        elif "/" in item or "\\" in item or item.lower().endswith((".txt", ".csv", ".json")):
+            raise _UsageError(f"--vocabulary {item!r}: no such file (class names have no slash or extension)")
+        elif item.strip():
+            names.append(item.strip())
+        else:
+            raise _UsageError("--vocabulary: empty class name")
+    dup = sorted({n for i, n in enumerate(names) if n in names[:i]})
+    if dup:
+        raise _UsageError(f"--vocabulary names these more than once: {dup[:10]}")
+    return names
+
+
+def _synonyms(path: str) -> dict[str, list[str]]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise _UsageError(f"--synonyms {path!r}: cannot read it ({type(err).__name__}: {err})") from None
+    except json.JSONDecodeError as err:
+        raise _UsageError(f"--synonyms {path!r} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise _UsageError(f'--synonyms {path!r} must hold a JSON object {{"name": ["synonym", ...]}}')
+    out: dict[str, list[str]] = {}
+    for name, words in data.items():
+        words = [words] if isinstance(words, str) else words
+        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise _UsageError(f"--synonyms {path!r}: {name!r} must map to a list of non-empty strings, got {words!r}")
+        out[name] = [w.strip() for w in words]
+    return out
+
+
+def _zero_shot_settings(args: argparse.Namespace) -> dict:
+    """ZeroShotCoseg's keyword arguments (and the vocabulary), checked before any CLIP is loaded."""
+    from cosegkit.clip import DEFAULT_VOCABULARY
+    from cosegkit.zeroshot import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS
+    from cosegkit.zeroshot.coseg import _near
+
+    classnames = _vocabulary(args.vocabulary) if args.vocabulary else list(DEFAULT_VOCABULARY)
+    templates = list(args.templates) if args.templates else list(CLIP_ES_TEMPLATES)
+    for t in templates:
+        try:
+            ok = t.count("{}") == 1 and bool(t.format("x").strip())
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise _UsageError(f"--templates {t!r}: each template needs exactly one '{{}}' for the class name")
+    if args.background and args.background_file:
+        raise _UsageError("give --background or --background-file, not both")
+    if args.background_file:
+        background = _read_lines(args.background_file, "--background-file")
+    elif args.background:
+        background = [w.strip() for w in args.background if w.strip()]
+        if not background:
+            raise _UsageError("--background: no words given")
+    else:
+        background = list(BACKGROUND_WORDS)
+    if not set(background) - set(classnames):
+        raise _UsageError("every background word is also a class name of the vocabulary; give other --background words")
+    synonyms = dict(DEFAULT_SYNONYMS)
+    if args.synonyms:
+        synonyms.update(_synonyms(args.synonyms))
+    if args.class_name is not None and args.class_name not in classnames:
+        raise _UsageError(
+            f"unknown --class-name {args.class_name!r}: not among the {len(classnames)} names of the "
+            f"vocabulary; {_near(args.class_name, classnames)} (--vocabulary sets the names)"
+        )
+    return {
+        "classnames": classnames,
+        "templates": templates,
+        "background": background,
+        "synonyms": synonyms,
+        "class_name": args.class_name,
+        "attention_blocks": 8 if args.attention_blocks is None else args.attention_blocks,
+        "box_threshold": 0.4 if args.box_threshold is None else args.box_threshold,
+        "refine": not args.no_caa,
+    }
+
+
+def _load_zero_shot(args: argparse.Namespace, device):
+    """A ZeroShotCoseg from the zero-shot options; prints one line saying what it is."""
+    from cosegkit.clip import FrozenClip
+    from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.testing import register_tiny_clips
+    from cosegkit.zeroshot import ZeroShotCoseg
+
+    settings = _zero_shot_settings(args)
+    register_synthetic_clip()
+    register_tiny_clips()
+    name = args.clip_model or "ViT-B-16"
+    pretrained = _none_or_str(args.clip_pretrained) if args.clip_pretrained is not None else "openai"
+    clip = FrozenClip.from_name(name, pretrained, classnames=settings.pop("classnames"), device=device)
+    zs = ZeroShotCoseg(clip, **settings).to(device)
+    caa = "no CAA (ResNet tower)" if zs.tower == "resnet" else "CAA" if zs.refine else "no CAA"
+    print(
+        f"zero-shot: {name} ({pretrained or 'random weights'}), {zs.tower} tower, "
+        f"{_plural(len(zs.classnames), 'class name')}, {_plural(len(zs.background), 'background word')}, "
+        f"{_plural(len(zs.templates), 'template')}, {caa}" + (f", class {zs.class_name!r}" if zs.class_name else "")
+    )
+    return zs
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cosegkit.data.readers import get_reader
     from cosegkit.data.sampling import EvalSets
@@ -262,8 +526,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cosegkit.engine.distributed import _pick_device
     from cosegkit.engine.evaluate import evaluate
 
+    _check_model_or_zero_shot(args)
+    if args.zero_shot and "synthetic" in args.data:
+        raise _UsageError("--data synthetic needs a trained model's run folder; --zero-shot takes reader=PATH datasets")
     device = _pick_device(args.device, 0)
-    model, folder = _load_model(args.model, device)
+    if args.zero_shot:
+        model, folder = _load_zero_shot(args, device), None
+    else:
+        model, folder = _load_model(args.model, device)
     results = {}
     for spec in args.data:
         name, _, root = spec.partition("=")
@@ -308,15 +578,26 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
         help="co-segment your own images and write one mask PNG per image",
         formatter_class=_FORMATTER,
         description="Co-segment images that share an object: all of them form one set (or sets of "
-        "--set-size). Writes <out>/<stem>.png masks (0/255) at each image's original size.",
+        "--set-size). Writes <out>/<stem>.png masks (0/255) at each image's original size. "
+        "With --zero-shot no trained model is needed: a frozen CLIP finds the class each set shares "
+        "(printed per set; --class-name fixes it) and segments it with CLIP-ES's softmax-GradCAM and "
+        "CAA, on the images resized to --image-size (default 224) as for a model.",
         epilog="""examples:
   cosegkit segment --model runs/pascal/model photos/*.jpg --out masks/
   cosegkit segment --model runs/pascal/model photos/ --out masks/ --overlay --set-size 8
   cosegkit segment --model runs/pascal/model 'photos/**/*.png' --out masks/ --skip-bad
+
+  # zero-shot: no trained model, a frozen CLIP (downloads the weights once; or --clip-pretrained FILE)
+  cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
+  cosegkit segment --zero-shot photos/ --out masks/ --class-name cat --overlay
+  cosegkit segment --zero-shot photos/ --out masks/ --vocabulary names.txt --background grass sky road
+
+Options taking several values (--vocabulary, --templates, --background) go after the inputs,
+or before another option: they take every word up to the next option.
 """,
     )
     p.add_argument("inputs", nargs="+", help="image files, folders, or glob patterns")
-    p.add_argument("--model", required=True, help="a model folder, or a run folder")
+    p.add_argument("--model", help="a model folder, or a run folder; or --zero-shot")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--set-size", type=_set_size, default=None, help="images per set (default: all in one set)")
     p.add_argument("--image-size", type=_positive, default=224, help="network resolution (default 224)")
@@ -324,18 +605,46 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
     p.add_argument("--device", default="auto")
+    _add_zero_shot_options(p)
     p.set_defaults(func=_cmd_segment)
+
+
+def _class_reporter(zs):
+    """An ``on_set`` for segment_files that prints the class each set was found to share."""
+    count = [0]
+
+    def report(files: list[Path], output) -> None:
+        count[0] += 1
+        scores = output.class_scores[0].float().cpu() / max(1, len(files))  # mean cosine over the set
+        chosen = int(output.common_class[0])
+        how = "--class-name" if zs.class_name else "found"
+        others = [int(i) for i in scores.topk(min(3, scores.numel())).indices if int(i) != chosen][:2]
+        runners = ", ".join(f"{zs.classnames[i]!r} {scores[i]:.3f}" for i in others)
+        label = "CLIP's best others" if zs.class_name else "runners-up"
+        where = files[0].name + (f" .. {files[-1].name}" if len(files) > 1 else "")
+        print(
+            f"set {count[0]} ({_plural(len(files), 'image')}, {where}): {zs.classnames[chosen]!r} ({how}; "
+            f"mean cosine {scores[chosen]:.3f}" + (f"; {label} {runners}" if runners else "") + ")"
+        )
+
+    return report
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from cosegkit.engine.distributed import _pick_device
     from cosegkit.engine.segment import collect_images, segment_files
 
+    _check_model_or_zero_shot(args)
     files = collect_images(args.inputs)
     if not files:
         raise _UsageError(f"no image files found in {args.inputs}")
     device = _pick_device(args.device, 0)
-    model, _ = _load_model(args.model, device)
+    on_set = None
+    if args.zero_shot:
+        model = _load_zero_shot(args, device)
+        on_set = _class_reporter(model)
+    else:
+        model, _ = _load_model(args.model, device)
     written, skipped = segment_files(
         model,
         files,
@@ -346,6 +655,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overlays=args.overlay,
         skip_bad=args.skip_bad,
         device=device,
+        on_set=on_set,
     )
     print(
         f"wrote {len(written)} masks to {args.out}" + (f"; skipped {len(skipped)} unreadable files" if skipped else "")
@@ -406,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
   cosegkit train --dataset pascal_voc --root data/pascal_voc_coseg --out runs/pascal
   cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg
   cosegkit segment --model runs/pascal/model photos/ --out masks/
+  cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
 Run 'cosegkit COMMAND --help' for a command's options.""",
     )
     parser.add_argument("--version", action="version", version=f"cosegkit {__version__}")

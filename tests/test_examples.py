@@ -132,3 +132,33 @@ def test_train_paper_smoke_on_a_voc_segmentation_split(tmp_path) -> None:
     scores = json.loads((tmp_path / "run" / "test.json").read_text())
     assert scores["pascal_voc"]["images"] == 109  # Aero 66 + Bicycle 43: the smoke run's two groups
     assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "voc_segmentation"
+
+
+@pytest.mark.slow
+def test_train_without_masks(tmp_path) -> None:
+    out = run(
+        "train_without_masks.py", "--images-per-group", "4", "--steps", "2", "--clip-steps", "2",
+        "--eval-sets", "2", "--out", "wm", "--no-progress",
+        cwd=tmp_path, env_extra={"COSEGKIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert "Zero-shot" in out and "LCCo on pseudo masks" in out
+    assert not (tmp_path / "wm" / "data" / "masks").exists()
+    results = json.loads((tmp_path / "wm" / "results.json").read_text())
+    assert results["groups"] == 16 and all(results[k]["images"] == 8 for k in ("Zero-shot", "LCCo on pseudo masks"))
+    config = json.loads((tmp_path / "wm" / "lcco-pseudo" / "config.json").read_text())
+    assert config["pseudo_masks"] == "zero-shot" and config["dataset"] == "folder"
+    assert config["extra"]["zero_shot"] == {"image_size": 160}  # the demo's zero-shot model
+
+
+@pytest.mark.slow
+def test_zero_shot_synthetic_prints_a_row_per_setting(tmp_path) -> None:
+    out = run(
+        "zero_shot_synthetic.py", "--clip-steps", "2", "--sizes", "32", "64", "--sets", "2",
+        cwd=tmp_path, env_extra={"COSEGKIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line.strip().endswith(tuple("0123456789"))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("32px", "yes", "CLIP"), ("64px", "yes", "CLIP"), ("32px", "no", "CLIP"), ("64px", "no", "CLIP"),
+        ("32px", "yes", "given"), ("64px", "yes", "given"),
+    ]  # fmt: skip
+    assert all(r[5] == "100%" for r in rows if r[2] == "given")  # the true class, given, is always named

@@ -827,7 +827,9 @@ _FOLDER_TREE = """\
         masks/<group>/*.png     optional: masks of the same stems (leave masks/ out for unlabelled images)"""
 
 
-def read_folder(root: str | Path, *, missing_masks: str = "error", on_empty: str = "error") -> list[Group]:
+def read_folder(
+    root: str | Path, *, missing_masks: str = "error", on_empty: str = "error", masks: bool = True
+) -> list[Group]:
     """Read your own images: one folder of images per group, masks optional.
 
     Expected tree::
@@ -836,13 +838,15 @@ def read_folder(root: str | Path, *, missing_masks: str = "error", on_empty: str
             images/<group>/*.jpg    one folder per group of images sharing an object
             masks/<group>/*.png     optional: masks of the same stems (leave masks/ out for unlabelled images)
 
-    Without ``masks/`` every group is unlabelled (``masks=None``), for segmenting new images.
-    With it, every image needs its mask.
+    Without ``masks/`` every group is unlabelled (``masks=None``), for segmenting new images
+    or training on pseudo masks. With it, every image needs its mask, unless ``masks=False``.
 
     Args:
         root: the folder holding ``images`` (and ``masks``).
         missing_masks: ``"error"`` (default) or ``"skip"``.
         on_empty: ``"error"`` (default) or ``"warn"``.
+        masks: ``False`` reads the images only and never looks at ``masks/``: every group is
+            unlabelled, whatever ``masks/`` holds (training on pseudo masks reads this way).
 
     Returns:
         One group per folder of ``images/``, sorted by name.
@@ -867,6 +871,18 @@ def read_folder(root: str | Path, *, missing_masks: str = "error", on_empty: str
         ('my_cats', 'my cats', 2, None)
         >>> image.shape, mask
         (torch.Size([3, 6, 8]), None)
+
+        ``masks=False`` ignores a ``masks/`` folder, even one that lacks some groups:
+
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     for group in ("cats", "dogs"):
+        ...         path = pathlib.Path(tmp, "images", group, "a.jpg")
+        ...         path.parent.mkdir(parents=True)
+        ...         Image.new("RGB", (8, 6)).save(path)
+        ...     pathlib.Path(tmp, "masks", "cats").mkdir(parents=True)  # no masks for the dogs
+        ...     Image.new("L", (8, 6)).save(pathlib.Path(tmp, "masks", "cats", "a.png"))
+        ...     [(g.name, g.masks) for g in read_folder(tmp, masks=False)]
+        [('cats', None), ('dogs', None)]
     """
     root = Path(root)
     reader = "read_folder"
@@ -877,10 +893,10 @@ def read_folder(root: str | Path, *, missing_masks: str = "error", on_empty: str
             f"{reader}: {len(loose)} image(s) lie directly in {root / 'images'} ({_listing(loose)}); "
             f"put each group in its own folder, e.g. {root / 'images' / 'group1' / loose[0].name}"
         )
-    masks = root / "masks"
+    mask_root = root / "masks"
     return _read_group_folders(
         root / "images",
-        (lambda name: masks / name) if masks.is_dir() else None,
+        (lambda name: mask_root / name) if masks and mask_root.is_dir() else None,
         reader=reader,
         missing_masks=missing_masks,
         on_empty=on_empty,

@@ -155,9 +155,10 @@ def _padded_item(
 ) -> dict[str, torch.Tensor]:
     n = len(images)
     pad = set_size - n
+    channels = masks[0].shape[0] if masks else 1  # 1, or more when a loader adds channels (pseudo masks)
     return {
         "images": torch.stack(images + [torch.zeros(3, size, size)] * pad),
-        "masks": torch.stack(masks + [torch.zeros(1, size, size)] * pad),
+        "masks": torch.stack(masks + [torch.zeros(channels, size, size)] * pad),
         "valid": torch.tensor([True] * n + [False] * pad),
         "group": torch.tensor(group),
         "indices": torch.tensor(indices + [-1] * pad),
@@ -183,7 +184,10 @@ class TrainSets(Dataset):
         balance: how groups are drawn.
         seed: base seed.
         loader: ``(group, index) -> (image, mask)``; by default
-            :func:`cosegkit.data.load_group_item`.
+            :func:`cosegkit.data.load_group_item`. Its mask may have several channels; the
+            augmentation transforms them alike.
+        require_masks: refuse groups without masks (the default). ``False`` when the loader
+            makes the masks itself (pseudo masks), so the groups need none.
 
     Example:
         >>> import torch
@@ -207,10 +211,11 @@ class TrainSets(Dataset):
         balance: Literal["groups", "images"] = "groups",
         seed: int = 0,
         loader: Loader | None = None,
+        require_masks: bool = True,
     ) -> None:
         self.groups = _check_groups(groups)
         unlabelled = [g.name for g in self.groups if g.masks is None and "segmentations" not in g.meta]
-        if unlabelled:
+        if unlabelled and require_masks:
             raise DataError(f"training needs masks, but these groups have none: {unlabelled[:10]}")
         if set_size < 1 or image_size < 1:
             raise CosegValueError(f"set_size and image_size must be positive, got {set_size} and {image_size}")

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,9 @@ __all__ = [
     "build_eval_sets",
     "build_model",
     "build_train_sets",
+    "labelled_eval_groups",
     "steps_for_epochs",
+    "train_groups",
 ]
 
 DATASETS: tuple[str, ...] = ("synthetic", *READERS)
@@ -54,6 +57,21 @@ class TrainConfig:
     ``top_k``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
     with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
+
+    Training without masks: ``pseudo_masks="zero-shot"`` trains on zero-shot pseudo masks
+    of the run's own CLIP instead of ground truth (:mod:`cosegkit.engine.pseudo`; any
+    dataset but the synthetic one, whose masks are never read for training). A pixel is
+    by default (``pseudo_rule="adaptive"``) object where the zero-shot map is at least its own
+    threshold ``t`` (as P and J binarise it, preset ``ssnm``) plus ``pseudo_margin`` (0.1),
+    background where it is at most ``t - pseudo_margin``, ignored in between; with
+    ``pseudo_rule="fixed"``, object where it is ``>= pseudo_high``, background where it is
+    ``<= pseudo_low``. ``pseudo_templates`` and ``pseudo_background``
+    are the zero-shot prompts (default: CLIP-ES's, or the synthetic CLIP's own template);
+    further zero-shot settings go under ``extra["zero_shot"]``.
+
+    The CLIP vocabulary is the synthetic world's class names (with the template ``"a {}"``)
+    when the dataset is synthetic or the CLIP is the synthetic one
+    (:data:`~cosegkit.clip.pretrain.SYNTHETIC_CLIP`), else the default vocabulary.
 
     Example:
         >>> import tempfile
@@ -78,6 +96,16 @@ class TrainConfig:
         Traceback (most recent call last):
             ...
         cosegkit.errors.CosegValueError: steps must be a positive integer, got 0
+
+        Pseudo masks, for a folder of images without masks:
+
+        >>> config = TrainConfig(dataset="folder", root="photos", pseudo_masks="zero-shot")
+        >>> config.pseudo_low, config.pseudo_high, config.pseudo_templates, config.pseudo_background
+        (0.25, 0.55, None, None)
+        >>> TrainConfig(dataset="folder", root="photos", pseudo_masks="zero-shot", pseudo_low=0.6)
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low=0.6, pseudo_high=0.55
     """
 
     # data
@@ -130,6 +158,14 @@ class TrainConfig:
     compile: bool = False
     eval_set_size: int | None = 5
     eval_preset: str = "ssnm"
+    # training without masks
+    pseudo_masks: str | None = None
+    pseudo_low: float = 0.25
+    pseudo_high: float = 0.55
+    pseudo_rule: str = "adaptive"
+    pseudo_margin: float = 0.1
+    pseudo_templates: list[str] | None = None
+    pseudo_background: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -144,9 +180,43 @@ class TrainConfig:
         if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr < 0):
             raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+        self._check_pseudo_masks()
         from cosegkit.models.lcco import get_variant
 
         get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
+
+    def _check_pseudo_masks(self) -> None:
+        from cosegkit.engine.pseudo import PSEUDO_MASKS
+
+        if self.pseudo_masks is None:
+            return
+        if self.pseudo_masks not in PSEUDO_MASKS:
+            raise CosegValueError(
+                f"pseudo_masks must be None or one of {list(PSEUDO_MASKS)}, got {self.pseudo_masks!r}"
+            )
+        if self.dataset == "synthetic":
+            raise CosegValueError(
+                "pseudo masks need a dataset of image files (e.g. dataset 'folder'); the synthetic world "
+                "draws new images every step and has its masks anyway"
+            )
+        if self.pseudo_rule not in ("fixed", "adaptive"):
+            raise CosegValueError(f"pseudo_rule must be 'fixed' or 'adaptive', got {self.pseudo_rule!r}")
+        if not isinstance(self.pseudo_margin, (int, float)) or not 0 <= self.pseudo_margin < 1:
+            raise CosegValueError(f"pseudo_margin must be in [0, 1), got {self.pseudo_margin!r}")
+        low, high = self.pseudo_low, self.pseudo_high
+        if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 <= low <= high <= 1):
+            raise CosegValueError(
+                f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high}"
+            )
+        for name in ("pseudo_templates", "pseudo_background"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+                raise CosegValueError(f"{name} must be a non-empty list of non-empty strings, got {value!r}")
+        for t in self.pseudo_templates or ():
+            if t.count("{}") != 1:
+                raise CosegValueError(f"each pseudo template needs exactly one '{{}}' for the class name, got {t!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON data."""
@@ -190,10 +260,14 @@ class TrainConfig:
         )
 
     def vocabulary(self) -> tuple[list[str] | None, list[str] | None]:
-        """The CLIP prompt vocabulary and templates: the world's classes, or the defaults."""
-        if self.dataset == "synthetic":
-            from cosegkit.clip.pretrain import SYNTHETIC_TEMPLATES
+        """The CLIP prompt vocabulary and templates: the world's classes, or the defaults (``None``).
 
+        The world's class names (template ``"a {}"``) on the synthetic dataset, and with the
+        synthetic CLIP on any dataset (it knows no other words).
+        """
+        from cosegkit.clip.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES
+
+        if self.dataset == "synthetic" or self.clip_model == SYNTHETIC_CLIP:
             return self.world().class_names, list(SYNTHETIC_TEMPLATES)
         return None, None
 
@@ -246,21 +320,78 @@ def steps_for_epochs(config: TrainConfig, epochs: float) -> int:
         raise CosegValueError("the synthetic world is endless: give --steps, not --epochs")
     if epochs <= 0:
         raise CosegValueError(f"epochs must be positive, got {epochs}")
-    images = sum(len(g) for g in _select(_read_groups(config), config.classes, "training classes"))
+    images = sum(len(g) for g in train_groups(config))
     return max(1, math.ceil(epochs * images / (config.set_size * config.batch_size)))
 
 
-def _read_groups(config: TrainConfig) -> list[Group]:
+def _read_groups(config: TrainConfig, *, masks: bool = True, **options: Any) -> list[Group]:
     reader = get_reader(config.dataset)
     if config.dataset == "coco":
         if not config.coco_images:
             raise CosegValueError("dataset 'coco' needs the image folder too: pass coco_images (--coco-images PATH)")
         return reader(config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)))
-    return reader(config.root)
+    if config.dataset == "folder":
+        return reader(config.root, masks=masks, **options)
+    return reader(config.root, **options)
 
 
-def build_train_sets(config: TrainConfig, length: int) -> Dataset:
+_PSEUDO_HINT = (
+    "train on zero-shot pseudo masks instead: cosegkit train --pseudo-masks zero-shot "
+    "(TrainConfig(pseudo_masks='zero-shot'))"
+)
+
+
+def train_groups(config: TrainConfig) -> list[Group]:
+    """The training groups of a (non-synthetic) config: ``config.classes`` of the dataset's groups.
+
+    With pseudo masks they carry no masks at all (a folder's ``masks/`` is not even read;
+    other readers' groups are stripped of theirs): nothing in training can reach ground truth.
+    Without, a group that has no masks is an error that suggests pseudo masks.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.config import train_groups
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "images" / "cats").mkdir(parents=True)
+        >>> Image.new("RGB", (8, 6)).save(root / "images" / "cats" / "a.jpg")
+        >>> train_groups(TrainConfig(dataset="folder", root=str(root)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.data.types.DataError: training needs masks, but these groups have none: ['cats']; train on zero-shot ...
+        >>> pseudo = TrainConfig(dataset="folder", root=str(root), pseudo_masks="zero-shot")
+        >>> [(g.name, g.masks) for g in train_groups(pseudo)]
+        [('cats', None)]
+    """
+    if config.dataset == "synthetic":
+        raise CosegValueError("the synthetic world has no groups of files")
+    if config.pseudo_masks:
+        from cosegkit.engine.pseudo import strip_masks
+
+        groups = _select(_read_groups(config, masks=False), config.classes, "training classes")
+        return [strip_masks(g) for g in groups]
+    try:
+        groups = _select(_read_groups(config), config.classes, "training classes")
+    except DataError as err:
+        if config.dataset == "folder" and "mask" in str(err):
+            raise DataError(f"{err}; or {_PSEUDO_HINT}") from err
+        raise
+    unlabelled = [g.name for g in groups if g.masks is None and "segmentations" not in g.meta]
+    if unlabelled:
+        raise DataError(f"training needs masks, but these groups have none: {unlabelled[:10]}; {_PSEUDO_HINT}")
+    return groups
+
+
+def build_train_sets(config: TrainConfig, length: int, *, pseudo_masks: Any = None) -> Dataset:
     """The training dataset of ``length`` items: synthetic sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups.
+
+    With ``config.pseudo_masks`` set, ``pseudo_masks`` is the run's
+    :class:`~cosegkit.engine.pseudo.PseudoMaskStore` (:func:`~cosegkit.engine.pseudo.prepare_pseudo_masks`
+    makes it) and the sets are :class:`~cosegkit.engine.pseudo.PseudoTrainSets`: the same
+    sampling and augmentation, items with ``masks`` (the confident object pixels) and
+    ``weights`` (0 where the pseudo label is not confident), and no ground truth read.
 
     Example:
         >>> import torch
@@ -284,15 +415,34 @@ def build_train_sets(config: TrainConfig, length: int) -> Dataset:
     """
     if config.dataset == "synthetic":
         return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
-    groups = _select(_read_groups(config), config.classes, "training classes")
-    return TrainSets(
+    groups = train_groups(config)
+    if config.pseudo_masks:
+        from cosegkit.engine.pseudo import PseudoMaskLoader, PseudoTrainSets
+
+        if pseudo_masks is None:
+            raise CosegValueError(
+                "this config trains on pseudo masks: compute them first with "
+                "cosegkit.engine.pseudo.prepare_pseudo_masks and pass the store as pseudo_masks="
+            )
+        missing = [g.name for g in groups if g.name not in pseudo_masks.files]
+        if missing:
+            raise DataError(f"the pseudo-mask store has no maps for the groups {missing[:10]}")
+        loader = PseudoMaskLoader(
+            pseudo_masks, config.pseudo_low, config.pseudo_high, rule=config.pseudo_rule, margin=config.pseudo_margin
+        )
+    else:
+        loader = None
+    sets = TrainSets(
         groups,
         config.set_size,
         config.image_size,
         length=length,
         augment=Augmentation() if config.augment else None,
         seed=config.seed,
+        loader=loader,
+        require_masks=not config.pseudo_masks,
     )
+    return PseudoTrainSets(sets) if config.pseudo_masks else sets
 
 
 def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int | None = None) -> Dataset:
@@ -325,8 +475,52 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
         sets = sets or int(config.extra.get("eval_sets", 40))
         seed = int(config.extra.get("eval_seed", config.seed + 1))
         return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=seed)
-    groups = _select(_read_groups(config), classes, "evaluation classes")
+    if config.pseudo_masks and config.dataset == "folder":
+        groups, unlabelled = labelled_eval_groups(config, classes)
+        if not groups:
+            raise DataError(f"none of the evaluation groups has masks ({unlabelled[:10]}); evaluation needs them")
+    else:
+        groups = _select(_read_groups(config), classes, "evaluation classes")
     return EvalSets(groups, config.eval_set_size, config.image_size)
+
+
+def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = None) -> tuple[list[Group], list[str]]:
+    """The evaluation groups that have masks, and the names of those that have none.
+
+    A folder trained on pseudo masks may hold masks for some groups only: its groups are
+    read with the masks that exist (images without one left out of the evaluation). Other
+    layouts have masks by construction.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.config import labelled_eval_groups
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for group in ("cats", "dogs"):
+        ...     (root / "images" / group).mkdir(parents=True)
+        ...     Image.new("RGB", (8, 6)).save(root / "images" / group / "a.jpg")
+        >>> (root / "masks" / "dogs").mkdir(parents=True)
+        >>> Image.new("L", (8, 6)).save(root / "masks" / "dogs" / "a.png")
+        >>> config = TrainConfig(dataset="folder", root=str(root), pseudo_masks="zero-shot")
+        >>> groups, unlabelled = labelled_eval_groups(config, ["cats", "dogs"])
+        >>> [g.name for g in groups], unlabelled
+        (['dogs'], ['cats'])
+    """
+    if config.dataset != "folder":
+        groups = _select(_read_groups(config), classes, "evaluation classes")
+        return groups, []
+    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes")  # checks the names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            found = _read_groups(config, missing_masks="skip", on_empty="warn")
+        except DataError:  # no group with a mask at all
+            found = []
+    labelled = {g.name: g for g in found if g.masks is not None}
+    groups = [labelled[g.name] for g in wanted if g.name in labelled]
+    return groups, [g.name for g in wanted if g.name not in labelled]
 
 
 def build_model(config: TrainConfig) -> torch.nn.Module:

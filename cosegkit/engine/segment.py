@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,6 +109,7 @@ def segment_files(
     overlays: bool = False,
     skip_bad: bool = False,
     device: torch.device | str = "cpu",
+    on_set: Callable[[list[Path], Any], None] | None = None,
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Co-segment ``files`` and write ``<out_dir>/<stem>.png`` (0/255) for each.
 
@@ -117,7 +119,8 @@ def segment_files(
     the map at network resolution, as the P/J protocol does).
 
     Args:
-        model: an :class:`~cosegkit.LCCo`.
+        model: an :class:`~cosegkit.LCCo`, or a ``cosegkit.zeroshot.ZeroShotCoseg`` (no
+            training: a frozen CLIP names and segments the set's common class).
         files: image files (any size, any format Pillow reads).
         out_dir: output folder (created).
         set_size: images per set; ``None`` puts all of them in one set.
@@ -128,6 +131,9 @@ def segment_files(
             unreadable file raises :class:`~cosegkit.data.DataError` naming it, before any
             mask is written.
         device: where to run.
+        on_set: called after each set as ``on_set(files, output)`` with the set's files and
+            the model's output for it (an ``LCCoOutput``, or a ``ZeroShotOutput`` whose
+            ``common_class`` names the class found), e.g. to report it.
 
     Returns:
         ``(written mask paths, [(skipped file, reason), ...])``.
@@ -164,6 +170,19 @@ def segment_files(
         cat.png (40, 48) uint8 True True
         dog.png (64, 64) uint8 True True
         fox.png (50, 30) uint8 True True
+
+        No trained model: a ``ZeroShotCoseg`` over a frozen CLIP, reporting the class each set
+        was found to share (a random CLIP's choice, here):
+
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.zeroshot import ZeroShotCoseg
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog", "fox"])
+        >>> zs = ZeroShotCoseg(clip, background=["grass", "sky"])
+        >>> found = []
+        >>> written, _ = segment_files(zs, files[1:], folder / "zs", image_size=32, set_size=2,
+        ...                            on_set=lambda f, out: found.append((len(f), zs.classnames[out.common_class[0]])))
+        >>> len(written), [n for n, name in found], all(name in zs.classnames for n, name in found)
+        (3, [2, 1], True)
     """
     get_preset(preset)
     if not files:
@@ -195,7 +214,10 @@ def segment_files(
                 for i in chunk
             ]
         ).clamp(0, 1)
-        probs = model(batch[None].to(device)).masks.float().sigmoid()[0, :, 0].cpu()  # (n, S, S)
+        output = model(batch[None].to(device))
+        # LCCo returns mask logits; ZeroShotCoseg returns probabilities
+        probs = output.probs.float() if hasattr(output, "probs") else output.masks.float().sigmoid()
+        probs = probs[0, :, 0].cpu()  # (n, S, S)
         for k, i in enumerate(chunk):
             h, w = images[i].shape[-2:]
             full = F.interpolate(probs[k][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
@@ -205,4 +227,6 @@ def segment_files(
             written.append(target)
             if overlays:
                 overlay(images[i], mask).save(out / f"{stems[i]}_overlay.png")
+        if on_set is not None:
+            on_set([kept[i] for i in chunk], output)
     return written, skipped

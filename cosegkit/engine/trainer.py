@@ -7,6 +7,7 @@ A run folder holds::
     checkpoints/         step_XXXXXXXX.pt, written atomically; the newest few are kept
     model/               the final model (LCCo.save_pretrained), for evaluate and segment
     eval.json            the held-out evaluation at the end of the run, when there is one
+    pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo)
 
 Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
 ``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import signal
 import time
@@ -39,6 +41,8 @@ from cosegkit.engine.evaluate import EvalResult, evaluate
 from cosegkit.errors import CosegError, CosegValueError
 
 __all__ = ["StepBatches", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(CosegError, RuntimeError):
@@ -368,6 +372,9 @@ def _train(
         if not resume:
             config.save(run / "config.json")
     model = build_model(config).to(device)
+    store = None
+    if config.pseudo_masks:
+        store = _pseudo_masks(config, model, run, device, dist, progress)
     encoder_params = {id(p) for p in model.encoder.parameters()}
     groups = [
         {
@@ -399,7 +406,7 @@ def _train(
     forward = torch.compile(net) if config.compile else net
     criterion = LCCoLoss(lambda1=config.lambda1, lambda2=config.lambda2)
 
-    dataset = build_train_sets(config, length=config.steps * config.batch_size * dist.world)
+    dataset = build_train_sets(config, length=config.steps * config.batch_size * dist.world, pseudo_masks=store)
     loader = DataLoader(
         dataset,
         batch_sampler=StepBatches(start, config.steps, config.batch_size, dist.rank, dist.world),
@@ -433,7 +440,10 @@ def _train(
                 valid = batch["valid"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = forward(images, valid=valid, masks=masks)
-                losses = criterion(out, masks)
+                if "weights" in batch:  # pseudo masks: unconfident pixels do not count
+                    losses = criterion(out, masks, weight=batch["weights"].to(device, non_blocking=True))
+                else:
+                    losses = criterion(out, masks)
                 finite = torch.isfinite(losses.total.detach()).float()
                 if dist.world > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -489,7 +499,7 @@ def _train(
     evaluation = None
     if dist.is_main:
         model.save_pretrained(run / "model")
-    if config.dataset == "synthetic" or config.eval_classes:
+    if (config.dataset == "synthetic" or config.eval_classes) and _can_evaluate(config, dist):
         eval_sets = build_eval_sets(config, config.eval_classes)
         names = [g.name for g in getattr(eval_sets, "groups", [])] or None
         if config.dataset == "synthetic":
@@ -498,3 +508,34 @@ def _train(
         if dist.is_main:
             (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
     return TrainResult(run, config.steps, loss_value, evaluation)
+
+
+def _pseudo_masks(config: TrainConfig, model: torch.nn.Module, run: Path, device, dist, progress: bool):
+    """The run's pseudo masks, computed once before training (cached in ``run/pseudo_masks``)."""
+    from cosegkit.clip.frozen import FrozenClip
+    from cosegkit.engine.config import train_groups
+    from cosegkit.engine.pseudo import prepare_pseudo_masks
+
+    clip = getattr(model, "clip", None)
+    if clip is None:  # a model without the CLIP modules: the config's CLIP all the same
+        classnames, templates = config.vocabulary()
+        kwargs = {k: v for k, v in (("classnames", classnames), ("templates", templates)) if v is not None}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            clip = FrozenClip.from_name(config.clip_model, pretrained=config.clip_pretrained, **kwargs).to(device)
+    return prepare_pseudo_masks(
+        config, train_groups(config), clip, run / "pseudo_masks", device=device, dist=dist, progress=progress
+    )
+
+
+def _can_evaluate(config: TrainConfig, dist: distributed.DistInfo) -> bool:
+    """False (with a log line) when a run on pseudo masks has no held-out masks to score against."""
+    if not (config.pseudo_masks and config.dataset == "folder"):
+        return True
+    from cosegkit.engine.config import labelled_eval_groups
+
+    groups, unlabelled = labelled_eval_groups(config, config.eval_classes)
+    if dist.is_main and unlabelled:
+        what = "skipping the held-out evaluation" if not groups else "evaluating the others only"
+        log.info("held-out groups without masks: %s; %s (evaluation needs masks)", unlabelled, what)
+    return bool(groups)

@@ -35,12 +35,31 @@ def _check_mask_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
         raise CosegValueError("ground-truth masks must hold values in [0, 1] (0 background, 1 object)")
 
 
-def soft_iou_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def _check_weight(pred: torch.Tensor, weight: torch.Tensor) -> None:
+    if is_compiling():
+        return
+    if weight.shape != pred.shape:
+        raise CosegShapeError(
+            f"pixel weights of shape {tuple(weight.shape)} do not match the predicted masks {tuple(pred.shape)}"
+        )
+    if not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()) or bool((weight > 1).any()):
+        raise CosegValueError("pixel weights must hold values in [0, 1] (0 ignores a pixel, 1 counts it fully)")
+
+
+def soft_iou_per_image(
+    probs: torch.Tensor, target: torch.Tensor, eps: float = 1e-6, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""Soft IoU of every image, :math:`\sum \min(p, g) / \sum \max(p, g)`, ``(B, N)``.
 
     The min/max form is the soft Jaccard index of the IoU loss used by Su et al. 2023 (the
     loss LCCo cites for :math:`\eta`); for binary maps it is exactly the IoU. ``eps`` in
     numerator and denominator makes an empty prediction of an empty mask score 1.
+
+    With pixel weights ``weight`` (same shape, in [0, 1]) both sums are weighted,
+    :math:`\sum w \min(p, g) / \sum w \max(p, g)`: for a binary target that is
+    :math:`\sum w p g / \sum w (p + g - p g)`, the IoU over the pixels that count (weight 0
+    ignores a pixel: it changes neither sum and gets no gradient). Weights of 1 give exactly
+    the unweighted value.
 
     Example:
         >>> import torch
@@ -54,8 +73,11 @@ def soft_iou_per_image(probs: torch.Tensor, target: torch.Tensor, eps: float = 1
         tensor([[0.3333, 0.3333, 0.3333],
                 [0.3333, 0.3333, 0.3333]])
     """
-    inter = reduce(torch.minimum(probs, target), "b n 1 h w -> b n", "sum")
-    union = reduce(torch.maximum(probs, target), "b n 1 h w -> b n", "sum")
+    low, high = torch.minimum(probs, target), torch.maximum(probs, target)
+    if weight is not None:
+        low, high = low * weight, high * weight
+    inter = reduce(low, "b n 1 h w -> b n", "sum")
+    union = reduce(high, "b n 1 h w -> b n", "sum")
     return (inter + eps) / (union + eps)
 
 
@@ -66,6 +88,7 @@ def iou_loss(
     *,
     from_logits: bool = True,
     eps: float = 1e-6,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""IoU loss of eq. (10): :math:`\frac{1}{N}\sum_i \eta(\hat M_i, M_i^{gt})`, averaged over sets.
 
@@ -78,6 +101,9 @@ def iou_loss(
         valid: optional boolean ``(B, N)``; padded images do not count.
         from_logits: apply a sigmoid to ``pred`` first.
         eps: smoothing term.
+        weight: optional pixel weights, same shape, in {0, 1} or [0, 1]: the IoU of each image
+            is taken over the weighted pixels only (training on pseudo masks ignores the
+            pixels whose pseudo label is not confident). ``None``, or all ones, is the plain loss.
 
     Returns:
         A scalar tensor.
@@ -88,12 +114,22 @@ def iou_loss(
         >>> gt = (torch.rand(2, 3, 1, 8, 8) > 0.5).float()
         >>> iou_loss(gt, gt, from_logits=False).item()
         0.0
+
+        Pixels of weight 0 do not count: a prediction wrong only there scores a perfect 0.
+
+        >>> pred, weight = gt.clone(), torch.ones_like(gt)
+        >>> pred[..., :4, :], weight[..., :4, :] = 1 - gt[..., :4, :], 0.0  # wrong in the top half, ignored there
+        >>> iou_loss(pred, gt, from_logits=False, weight=weight).item(), iou_loss(pred, gt, from_logits=False) > 0
+        (0.0, tensor(True))
     """
     _check_mask_pair(pred, target)
     b, n = pred.shape[:2]
     valid = resolve_valid(valid, b, n, pred.device)
     probs = pred.sigmoid() if from_logits else pred
-    loss = 1.0 - soft_iou_per_image(probs, target.to(probs.dtype), eps)
+    if weight is not None:
+        _check_weight(pred, weight)
+        weight = weight.to(probs.dtype)
+    loss = 1.0 - soft_iou_per_image(probs, target.to(probs.dtype), eps, weight)
     w = valid.to(loss.dtype)
     return (loss * w).sum() / w.sum()
 
@@ -128,6 +164,7 @@ def coarse_segmentation_loss(
     valid: torch.Tensor | None = None,
     *,
     eps: float = 1e-6,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Coarse segmentation loss of eq. (11): the IoU loss against the downsampled ground truth.
 
@@ -136,6 +173,10 @@ def coarse_segmentation_loss(
         target: full-resolution ground truth ``(B, N, 1, H, W)``, downsampled to ``(h, w)``
             by area averaging.
         valid: optional boolean ``(B, N)``.
+        weight: optional full-resolution pixel weights like ``target``, in [0, 1]. Each
+            coarse cell then weighs ``mean(w)`` over its pixels, and its target is the
+            weighted fraction of object, ``mean(w * g) / mean(w)`` (0 where the cell weighs 0):
+            ignored pixels neither count nor dilute the cell's target. All ones is the plain loss.
 
     Returns:
         A scalar tensor.
@@ -159,8 +200,19 @@ def coarse_segmentation_loss(
             f"ground-truth masks of shape {tuple(target.shape)} do not match the coarse masks "
             f"{tuple(coarse_logits.shape)} in (B, N, 1)"
         )
-    small = downsample_mask(target, tuple(coarse_logits.shape[-2:]))
-    return iou_loss(coarse_logits, small, valid, from_logits=True, eps=eps)
+    size = tuple(coarse_logits.shape[-2:])
+    if weight is None:
+        small = downsample_mask(target, size)
+        return iou_loss(coarse_logits, small, valid, from_logits=True, eps=eps)
+    if not is_compiling() and weight.shape != target.shape:
+        raise CosegShapeError(
+            f"pixel weights of shape {tuple(weight.shape)} do not match the ground-truth masks {tuple(target.shape)}"
+        )
+    weight = weight.float()
+    small_weight = downsample_mask(weight, size)
+    covered = downsample_mask(weight * target.float(), size)
+    small = torch.where(small_weight > 0, covered / small_weight.clamp_min(1e-12), torch.zeros_like(covered))
+    return iou_loss(coarse_logits, small.clamp(0.0, 1.0), valid, from_logits=True, eps=eps, weight=small_weight)
 
 
 class IoULoss(nn.Module):
@@ -182,5 +234,11 @@ class IoULoss(nn.Module):
         self.from_logits = from_logits
         self.eps = eps
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        return iou_loss(pred, target, valid, from_logits=self.from_logits, eps=self.eps)
+    def forward(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return iou_loss(pred, target, valid, from_logits=self.from_logits, eps=self.eps, weight=weight)

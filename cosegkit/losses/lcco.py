@@ -94,6 +94,8 @@ class LCCoLoss(nn.Module):
         output: LCCoOutput,
         masks: torch.Tensor,
         class_targets: torch.Tensor | None = None,
+        *,
+        weight: torch.Tensor | None = None,
     ) -> LCCoLossOutput:
         """Total loss of one batch.
 
@@ -102,16 +104,22 @@ class LCCoLoss(nn.Module):
             masks: ground-truth masks ``(B, N, 1, H, W)`` in [0, 1].
             class_targets: optional ``(B,)`` ground-truth classes, overriding
                 ``output.class_targets``.
+            weight: optional pixel weights ``(B, N, 1, H, W)`` in [0, 1] for the IoU terms
+                (eq. 10 and 11): a pixel of weight 0 is ignored (see
+                :func:`~cosegkit.losses.iou_loss` and
+                :func:`~cosegkit.losses.coarse_segmentation_loss`). Training on pseudo masks
+                passes their confidence; ``None`` (or all ones) is the plain loss. The
+                classification term does not use it.
 
         Returns:
             An :class:`LCCoLossOutput`; call ``.total.backward()``.
         """
         valid = output.valid
-        l_iou = iou_loss(output.masks, masks, valid)
+        l_iou = iou_loss(output.masks, masks, valid, weight=weight)
         total = l_iou
         l_cs = l_c = None
         if output.coarse_masks is not None:
-            l_cs = coarse_segmentation_loss(output.coarse_masks, masks, valid)
+            l_cs = coarse_segmentation_loss(output.coarse_masks, masks, valid, weight=weight)
             total = total + self.lambda1 * l_cs
         if output.class_probs is not None:
             target = class_targets if class_targets is not None else output.class_targets
