@@ -233,7 +233,8 @@ def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
 
     The description holds the CLIP (architecture, weights tag or file, SHA-256 of the loaded
     weights), the prompts (class names, templates, synonyms, background words as the
-    zero-shot model uses them), the zero-shot settings and the image size; the key is the
+    zero-shot model uses them), the zero-shot settings (the CLIP input size among them) and
+    the training image size; the key is the
     first 16 hex digits of the SHA-256 of its JSON.
 
     Example:
@@ -272,6 +273,7 @@ def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
             "refine": zs.refine,
             "score": zs.score,
             "tower": zs.tower,
+            "input_size": zs.image_size if isinstance(zs.image_size, (int, type(None))) else list(zs.image_size),
         },
         "image_size": int(config.image_size),
     }
