@@ -356,7 +356,8 @@ def run_demo(
     held_out_sets = build_eval_sets(config, sets=budget.eval_sets)
     ev = evaluate(zero_shot_model, held_out_sets, batch_size=4, group_names=world.class_names)
     named = sum(
-        int(zero_shot_model(item["images"][None]).common_class.item() == int(item["group"])) for item in held_out_sets
+        int(zero_shot_model.set_scores(item["images"][None]).argmax().item() == int(item["group"]))
+        for item in held_out_sets
     )
     results["Zero-shot"] = {
         "P": ev.P,

@@ -268,19 +268,20 @@ class FrozenClip(nn.Module):
         return self._text_bank
 
     # ---------------------------------------------------------------- images
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """CLIP's resize and normalisation of a set batch ``(B, N, 3, H, W)`` in [0, 1].
 
-        Every image is resized whole (bicubic, antialiased) to CLIP's input size, without the
-        centre crop of CLIP's PIL pipeline, so that the patch grid covers the whole image and
-        lines up with the segmentation masks.
+        Every image is resized whole (bicubic, antialiased) to CLIP's input size (or ``size``),
+        without the centre crop of CLIP's PIL pipeline, so that the patch grid covers the whole
+        image and lines up with the segmentation masks.
 
         Returns:
             ``(B * N, 3, S, S)`` normalised pixels in the CLIP's dtype.
         """
+        size = self.image_size if size is None else tuple(size)
         x = rearrange(images, "b n c h w -> (b n) c h w")
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x.float(), size=self.image_size, mode="bicubic", align_corners=False, antialias=True)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
             x = x.clamp(0.0, 1.0)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return x.to(self._param().dtype)

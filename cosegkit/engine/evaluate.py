@@ -59,6 +59,24 @@ class EvalResult:
         return {"P": self.P, "J": self.J, "images": self.images, "preset": self.preset, "per_group": self.per_group}
 
 
+def mask_probs(output: Any) -> torch.Tensor:
+    """Mask probabilities ``(B, N, 1, H, W)`` of a model's output, as float.
+
+    :class:`~cosegkit.LCCo` returns mask logits (``masks``);
+    :class:`~cosegkit.zeroshot.ZeroShotCoseg` returns probabilities (``probs``).
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from cosegkit.engine.evaluate import mask_probs
+        >>> mask_probs(SimpleNamespace(masks=torch.zeros(1, 1, 1, 2, 2))).flatten().tolist()
+        [0.5, 0.5, 0.5, 0.5]
+        >>> mask_probs(SimpleNamespace(probs=torch.ones(1, 1, 1, 1, 2))).flatten().tolist()
+        [1.0, 1.0]
+    """
+    return output.probs.float() if hasattr(output, "probs") else output.masks.float().sigmoid()
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
@@ -136,9 +154,7 @@ def evaluate(
         images = batch["images"].to(device)
         valid = batch["valid"].to(device)
         score = batch.get("score", batch["valid"]).to(device) & valid
-        out = net(images, valid)
-        # LCCo returns mask logits; ZeroShotCoseg returns probabilities
-        probs = out.probs.float() if hasattr(out, "probs") else out.masks.float().sigmoid()
+        probs = mask_probs(net(images, valid))
         masks = batch["masks"].to(device)
         p, j = precision_jaccard(probs, masks, preset=preset, size=tuple(masks.shape[-2:]), valid=score)
         keep = ~torch.isnan(p)

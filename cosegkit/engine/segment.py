@@ -17,6 +17,7 @@ from cosegkit.data.io import is_image_file, load_image
 from cosegkit.data.sampling import eval_chunks
 from cosegkit.data.types import DataError
 from cosegkit.errors import CosegValueError
+from cosegkit.engine.evaluate import mask_probs
 from cosegkit.metrics.functional import get_preset, thresholds
 
 __all__ = ["binarize", "collect_images", "overlay", "segment_files"]
@@ -215,9 +216,7 @@ def segment_files(
             ]
         ).clamp(0, 1)
         output = model(batch[None].to(device))
-        # LCCo returns mask logits; ZeroShotCoseg returns probabilities
-        probs = output.probs.float() if hasattr(output, "probs") else output.masks.float().sigmoid()
-        probs = probs[0, :, 0].cpu()  # (n, S, S)
+        probs = mask_probs(output)[0, :, 0].cpu()  # (n, S, S)
         for k, i in enumerate(chunk):
             h, w = images[i].shape[-2:]
             full = F.interpolate(probs[k][None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]

@@ -31,6 +31,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from cosegkit._validation import check_image_set, resolve_valid
+from cosegkit.layers._blocks import masked_sum
 from cosegkit.errors import CosegValueError
 from cosegkit.zeroshot.caa import caa_refine, minmax_scale
 from cosegkit.zeroshot.prompts import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS, encode_prompts
@@ -225,13 +226,31 @@ class ZeroShotCoseg(nn.Module):
         ph, pw = visual.patch_size
         return (max(1, math.ceil(size[0] / ph)) * ph, max(1, math.ceil(size[1] / pw)) * pw)
 
-    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
-        x = rearrange(images, "b n c h w -> (b n) c h w").float()
-        size = self.input_size(*x.shape[-2:])
-        if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        x = (x - self.clip.mean.to(x.dtype)) / self.clip.std.to(x.dtype)
-        return x.to(self.clip._param().dtype)
+    def set_scores(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`\\sigma` ``(B, P)``: each foreground prompt's cosine similarity with CLIP's own
+        embedding of each image (at the CLIP's own input size, as LCCo's distillation sees it),
+        summed over the valid images. Its argmax is the set's class; one plain CLIP pass, no
+        gradients.
+
+        Example:
+            >>> import torch
+            >>> from cosegkit.testing import register_tiny_clips
+            >>> from cosegkit.clip import FrozenClip
+            >>> from cosegkit.zeroshot import ZeroShotCoseg
+            >>> _ = register_tiny_clips()
+            >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog", "car"])
+            >>> zs = ZeroShotCoseg(clip, background=["grass", "sky"])
+            >>> images = torch.rand(2, 3, 3, 32, 32)
+            >>> torch.equal(zs.set_scores(images).argmax(-1), zs(images).common_class)
+            True
+        """
+        check_image_set(images)
+        valid = resolve_valid(valid, images.shape[0], images.shape[1], images.device)
+        return self._sigma(self.clip.encode_checked(images), valid)
+
+    def _sigma(self, embeddings: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """:math:`\\sigma` from L2-normalised image embeddings ``(B, N, D)``."""
+        return masked_sum(embeddings.float() @ self.foreground_bank.float().T, valid)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -248,7 +267,8 @@ class ZeroShotCoseg(nn.Module):
         name = class_name if class_name is not None else self.class_name
         with torch.inference_mode(False), torch.enable_grad():
             # clones are normal tensors even when the caller runs in inference mode
-            x, valid = self._pixels(images.clone()), valid.clone()
+            x = self.clip.preprocess(images.clone(), self.input_size(height, width))
+            valid = valid.clone()
             visual = self.clip.model.visual
             tp = vit_pass(visual, x, self.attention_blocks) if self.tower == "vit" else resnet_pass(visual, x)
             fg = self.foreground_bank.to(tp.pooled.dtype)
@@ -256,9 +276,8 @@ class ZeroShotCoseg(nn.Module):
             if tuple(x.shape[-2:]) == tuple(self.clip.image_size):
                 pooled = rearrange(F.normalize(tp.pooled.detach().float(), dim=-1), "(b n) d -> b n d", b=b)
             else:  # the class as LCCo's distillation sees it: the CLIP at its own input size
-                pooled = self.clip.encode_checked(images.clone()).float()
-            similarity = pooled @ fg.float().T  # (b, n, p)
-            scores = (similarity * valid[..., None]).sum(dim=1)  # sigma, (b, p)
+                pooled = self.clip.encode_checked(images.clone())
+            scores = self._sigma(pooled, valid)  # (b, p)
             if name is not None:
                 common = torch.full((b,), self.class_index(name), dtype=torch.long, device=images.device)
             else:
