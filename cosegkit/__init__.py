@@ -17,19 +17,23 @@ from cosegkit.layers import (
     ClipRegularizationOutput,
     CoarseMaskDecoder,
     ImageSetCorrespondence,
+    SetGrouping,
+    SetGroupingOutput,
 )
 from cosegkit.losses import (
     ClassificationLoss,
     IoULoss,
     LCCoLoss,
     LCCoLossOutput,
+    SuperpixelLoss,
     classification_loss,
     coarse_segmentation_loss,
     iou_loss,
     set_class_targets,
+    superpixel_loss,
 )
 from cosegkit.metrics import CosegJaccard, CosegMetrics, CosegPrecision, precision_jaccard, reduce_scores
-from cosegkit.models import LCCo, LCCoOutput
+from cosegkit.models import GroupingReadout, LCCo, LCCoOutput
 from cosegkit.zeroshot import ZeroShotCoseg, ZeroShotOutput
 
 __all__ = [
@@ -48,12 +52,16 @@ __all__ = [
     "CosegShapeError",
     "CosegValueError",
     "FrozenClip",
+    "GroupingReadout",
     "ImageSetCorrespondence",
     "IoULoss",
     "LCCo",
     "LCCoLoss",
     "LCCoLossOutput",
     "LCCoOutput",
+    "SetGrouping",
+    "SetGroupingOutput",
+    "SuperpixelLoss",
     "WeightsUnavailableError",
     "ZeroShotCoseg",
     "ZeroShotOutput",
@@ -64,4 +72,5 @@ __all__ = [
     "precision_jaccard",
     "reduce_scores",
     "set_class_targets",
+    "superpixel_loss",
 ]

@@ -96,10 +96,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--residual", action=flag, help="F + F_hat in the CLIP modules (default: the variant's)")
     m.add_argument("--correspondence-residual", action=flag, help="F + F_hat in ISFC (default: the variant's)")
     m.add_argument("--unit-scale", action=flag, help="z and h_txt at unit RMS in eq. 5/8 (default: the variant's)")
-    m.add_argument("--class-pool", choices=("max", "mean"), help="eq. 7's pooling over the set (default: the variant's)")
+    m.add_argument(
+        "--class-pool", choices=("max", "mean"), help="eq. 7's pooling over the set (default: the variant's)"
+    )
     m.add_argument("--class-prior", type=float, help="weight of CLIP's own ranking in eq. 7 (default: the variant's)")
     m.add_argument("--top-k", type=_positive, default=5, help="distilled text embeddings K (default 5)")
     m.add_argument("--heads", type=_positive, default=8, help="attention heads (default 8)")
+    m.add_argument(
+        "--grouping", action="store_true", help="add the set-level grouping layer (SetGrouping, an extension)"
+    )
+    m.add_argument(
+        "--grouping-level", type=int, choices=(1, 2, 3), default=1, help="decoder level of the grouping (default 1)"
+    )
+    m.add_argument("--num-groups", type=_positive, default=8, help="grouping centres G (default 8)")
+    m.add_argument("--grouping-weight", type=float, default=1.0, help="weight of the grouping mask loss (default 1)")
+    m.add_argument(
+        "--superpixel-weight", type=float, default=0.0, help="weight of the superpixel loss (default 0: off)"
+    )
+    m.add_argument(
+        "--superpixels",
+        choices=("felzenszwalb", "slic"),
+        default="felzenszwalb",
+        help="superpixel method of the superpixel loss (scikit-image; cached in <out>/superpixels)",
+    )
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=_positive, default=1000, help="optimizer steps (default 1000)")
     o.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
@@ -185,6 +204,12 @@ def _config_from_args(args: argparse.Namespace):
         unit_scale=args.unit_scale,
         class_pool=args.class_pool,
         class_prior=args.class_prior,
+        use_grouping=args.grouping,
+        grouping_level=args.grouping_level,
+        num_groups=args.num_groups,
+        grouping_weight=args.grouping_weight,
+        superpixel_weight=args.superpixel_weight,
+        superpixel_method=args.superpixels,
         steps=args.steps,
         lr=args.lr,
         encoder_lr=args.encoder_lr,

@@ -10,7 +10,14 @@ deviation over the seeds:
 - ``--table readings``: the printed equations at their most literal, each of the default
   variant's readings added to them alone, the ``paper`` variant, the default, and the default
   with each reading taken back (see the equations page); the Baseline is the modules table's
-  first row.
+  first row;
+- ``--table grouping``: the set-level grouping layer (:class:`cosegkit.SetGrouping`): the
+  Baseline; the grouping alone at decoder level 1 (the default), 2 and 3, with the superpixel
+  loss, and without the grouping mask loss; the three modules; and the three modules with the
+  grouping; for every row with the grouping, also the J of its
+  read-outs (:class:`cosegkit.GroupingReadout`: the group of highest learned score, of highest
+  coverage, and the group that agrees best with CLIP's class), masks from the grouping alone,
+  scored on the same sets.
 
 Every run is scored on the same held-out sets, the demo's, so the spread over seeds measures
 training (initialisation and data order), not which sets were drawn. Runs go two at a time
@@ -20,6 +27,7 @@ interrupted ablation continues where it stopped.
     python examples/ablation.py                                  # Table 2, default modules, 3 seeds
     python examples/ablation.py --variant paper                  # Table 2 with the printed equations
     python examples/ablation.py --table readings --seeds 1
+    python examples/ablation.py --table grouping --clip-steps 600    # the grouping layer, the demo's CLIP
     python examples/ablation.py --steps 5 --seeds 1 --eval-sets 4 --clip-steps 5   # smoke test
 
 Prints the table and writes it as Markdown (``<out>/table.md``) and JSON (``<out>/table.json``).
@@ -30,6 +38,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import time
@@ -71,8 +80,50 @@ def module_rows(variant: str) -> list[tuple[str, dict]]:
     for c, i, r in MODULE_ROWS:
         parts = [label for on, label in zip((c, i, r), ("ISFC", "CLIP Inter.", "CLIP Reg."), strict=True) if on]
         label = " + ".join(parts) if parts else "Baseline"
-        rows.append((label, {"use_correspondence": c, "use_interaction": i, "use_regularization": r, "variant": variant}))
+        rows.append(
+            (label, {"use_correspondence": c, "use_interaction": i, "use_regularization": r, "variant": variant})
+        )
     return rows
+
+
+def grouping_rows() -> list[tuple[str, dict]]:
+    """(label, settings) for the grouping table."""
+    off = {"use_correspondence": False, "use_interaction": False, "use_regularization": False, "variant": "default"}
+    on = {**off, "use_correspondence": True, "use_interaction": True, "use_regularization": True}
+    grouping = {**off, "use_grouping": True}
+    return [
+        ("Baseline", off),
+        ("Grouping", grouping),
+        ("Grouping, level 2", {**grouping, "grouping_level": 2}),
+        ("Grouping, level 3", {**grouping, "grouping_level": 3}),
+        ("Grouping + superpixel loss", {**grouping, "superpixel_weight": 1.0}),
+        ("Grouping, no grouping mask loss", {**grouping, "grouping_weight": 0.0}),
+        ("ISFC + CLIP Inter. + CLIP Reg.", on),
+        ("ISFC + CLIP Inter. + CLIP Reg. + Grouping", {**on, "use_grouping": True}),
+    ]
+
+
+def readout_scores(run: Path, clip_path: str) -> dict:
+    """J of the two grouping read-outs of a finished run, on its held-out sets (cached in readout.json)."""
+    cached = run / "readout.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    from cosegkit import FrozenClip, GroupingReadout, LCCo
+    from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.engine import TrainConfig, build_eval_sets, evaluate
+
+    config = TrainConfig.load(run / "config.json")
+    model = LCCo.from_pretrained(run / "model").eval()
+    sets = build_eval_sets(config, config.eval_classes)
+    register_synthetic_clip()
+    classnames, templates = config.vocabulary()
+    clip = FrozenClip.from_name(config.clip_model, pretrained=clip_path, classnames=classnames, templates=templates)
+    scores = {}
+    for method in ("score", "coverage", "clip"):
+        result = evaluate(GroupingReadout(model, method, clip=clip), sets)
+        scores[f"readout_{method}_P"], scores[f"readout_{method}_J"] = result.P, result.J
+    cached.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
 
 
 def run_one(clip_path: str, steps: int, seed: int, eval_sets: int, settings: dict, out: str) -> dict:
@@ -91,16 +142,19 @@ def run_one(clip_path: str, steps: int, seed: int, eval_sets: int, settings: dic
     start = time.perf_counter()
     result = train(None if resume else config, out, resume=resume, progress=False)
     ev = result.evaluation
-    return {"P": ev.P, "J": ev.J, "seconds": time.perf_counter() - start}
+    scores = {"P": ev.P, "J": ev.J, "seconds": time.perf_counter() - start}
+    if settings.get("use_grouping"):
+        scores.update(readout_scores(Path(out), clip_path))
+    return scores
 
 
 def folder_name(label: str) -> str:
-    return label.replace(" + ", "+").replace(" - ", "-").replace(" ", "_").replace(".", "")
+    return label.replace(" + ", "+").replace(" - ", "-").replace(",", "").replace(" ", "_").replace(".", "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", choices=("modules", "readings"), default="modules", help="which table")
+    parser.add_argument("--table", choices=("modules", "readings", "grouping"), default="modules", help="which table")
     parser.add_argument("--variant", choices=("default", "paper"), default="default", help="modules table: readings")
     parser.add_argument("--steps", type=int, default=600, help="training steps per run (default 600, the demo's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
@@ -113,7 +167,9 @@ def main() -> None:
     from cosegkit.clip.pretrain import ClipPretrainConfig, pretrain_synthetic_clip
 
     clip_path = str(pretrain_synthetic_clip(ClipPretrainConfig(num_classes=16, steps=args.clip_steps)))
-    rows = module_rows(args.variant) if args.table == "modules" else reading_rows()
+    rows = {"modules": lambda: module_rows(args.variant), "readings": reading_rows, "grouping": grouping_rows}[
+        args.table
+    ]()
     default_out = f"runs/ablation-{args.table}" + (f"-{args.variant}" if args.table == "modules" else "")
     out = Path(args.out or default_out)
     jobs = {}
@@ -129,12 +185,19 @@ def main() -> None:
     wall = time.perf_counter() - start
 
     def stat(label: str, key: str) -> tuple[float, float]:
-        values = [100 * results[(label, s)][key] for s in range(args.seeds)]
+        values = [100 * results[(label, s)][key] for s in range(args.seeds) if key in results[(label, s)]]
+        if not values:
+            return math.nan, math.nan
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.mean(values), spread
 
     if args.table == "modules":
         header = "| ISFC | CLIP Inter. | CLIP Reg. | P (%) | J (%) |\n| :-: | :-: | :-: | --: | --: |"
+    elif args.table == "grouping":
+        header = (
+            "| model | P (%) | J (%) | read-out J: score (%) | coverage (%) | CLIP class (%) |\n"
+            "| --- | --: | --: | --: | --: | --: |"
+        )
     else:
         header = "| model | P (%) | J (%) |\n| --- | --: | --: |"
     lines = [header]
@@ -143,12 +206,24 @@ def main() -> None:
         (p, dp), (j, dj) = stat(label, "P"), stat(label, "J")
         if args.table == "modules":
             flags = (settings["use_correspondence"], settings["use_interaction"], settings["use_regularization"])
-            lines.append(f"| {' | '.join('x' if on else ' ' for on in flags)} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} |")
+            lines.append(
+                f"| {' | '.join('x' if on else ' ' for on in flags)} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} |"
+            )
+        elif args.table == "grouping":
+            cells = []
+            for method in ("score", "coverage", "clip"):
+                m, dm = stat(label, f"readout_{method}_J")
+                cells.append("" if math.isnan(m) else f"{m:.2f} ± {dm:.2f}")
+            lines.append(f"| {label} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} | {' | '.join(cells)} |")
         else:
             lines.append(f"| {label} | {p:.2f} ± {dp:.2f} | {j:.2f} ± {dj:.2f} |")
-        per_seed = [{k: results[(label, s)][k] for k in ("P", "J")} for s in range(args.seeds)]
+        per_seed = [{k: v for k, v in results[(label, s)].items() if k != "seconds"} for s in range(args.seeds)]
         table.append({"row": label, "settings": settings, "P": p, "P_std": dp, "J": j, "J_std": dj, "seeds": per_seed})
-    what = f"modules of the {args.variant!r} variant" if args.table == "modules" else "readings of the modules"
+    what = {
+        "modules": f"modules of the {args.variant!r} variant",
+        "readings": "readings of the modules",
+        "grouping": "the grouping layer",
+    }[args.table]
     note = (
         f"\nSynthetic world (16 classes, 64 px, sets of 4), {what}, {args.steps} steps per run, "
         f"{args.seeds} seeds, {args.eval_sets} held-out sets of 4 per run, P/J preset 'ssnm'; mean ± standard "

@@ -33,6 +33,7 @@ def test_every_help_has_examples(command, capsys) -> None:
         (["train", "--dataset", "pascal_voc"], "needs its folder"),
         (["train", "--resume"], "--resume needs the run folder"),
         (["train", "--epochs", "2"], "give --steps, not --epochs"),
+        (["train", "--superpixel-weight", "1"], "turn the layer on"),
         (["evaluate", "--model", "/nonexistent", "--data", "synthetic"], "not a model folder"),
         (["segment", "--model", "/nonexistent", "/no/such/*.jpg", "--out", "x"], "neither a file"),
     ],
@@ -60,6 +61,27 @@ def test_variant_flags_reach_the_config() -> None:
         2.0,
     )
     assert config("--no-correspondence-residual").correspondence_residual is False
+
+
+def test_grouping_flags_reach_the_config() -> None:
+    from cosegkit.cli import _config_from_args, build_parser
+
+    def config(*flags: str):
+        return _config_from_args(build_parser().parse_args(["train", *flags]))
+
+    plain = config()
+    assert not plain.use_grouping and plain.superpixel_weight == 0.0 and plain.grouping_weight == 1.0
+    grouped = config(
+        "--grouping", "--grouping-level", "2", "--num-groups", "5", "--grouping-weight", "0.5",
+        "--superpixel-weight", "2", "--superpixels", "slic",
+    )  # fmt: skip
+    assert (grouped.use_grouping, grouped.grouping_level, grouped.num_groups, grouped.grouping_weight) == (
+        True,
+        2,
+        5,
+        0.5,
+    )
+    assert grouped.superpixel_weight == 2.0 and grouped.superpixel_method == "slic"
 
 
 def test_python_dash_m_runs_the_command() -> None:

@@ -55,6 +55,30 @@ def test_ablation_writes_eight_rows(tmp_path) -> None:
     assert config["extra"]["eval_seed"] == 1  # every seed on the demo's held-out sets
 
 
+@pytest.mark.slow
+def test_grouping_table_has_readout_columns(tmp_path) -> None:
+    out = run(
+        "ablation.py", "--table", "grouping", "--steps", "1", "--seeds", "1", "--eval-sets", "1",
+        "--clip-steps", "2", "--out", "abl", cwd=tmp_path, env_extra={"COSEGKIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    table_rows = [line for line in out.splitlines() if line.startswith("|") and "±" in line]
+    assert len(table_rows) == 8
+    with_readout = [line for line in table_rows if line.count("±") == 5]
+    assert len(with_readout) == 6 and all("Grouping" in line for line in with_readout)
+    rows = {row["row"]: row for row in json.loads((tmp_path / "abl" / "table.json").read_text())["rows"]}
+    seed = rows["Grouping + superpixel loss"]["seeds"][0]
+    assert all(0 <= seed[f"readout_{m}_J"] <= 1 for m in ("score", "coverage", "clip"))
+    run_dir = tmp_path / "abl" / "Grouping+superpixel_loss" / "seed0"
+    assert (run_dir / "readout.json").is_file() and any((run_dir / "superpixels").iterdir())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["use_grouping"] and config["superpixel_weight"] == 1.0
+    assert "readout_clip_J" not in rows["Baseline"]["seeds"][0]
+    level = json.loads((tmp_path / "abl" / "Grouping_level_3" / "seed0" / "config.json").read_text())
+    assert level["grouping_level"] == 3
+    no_loss = json.loads((tmp_path / "abl" / "Grouping_no_grouping_mask_loss" / "seed0" / "config.json").read_text())
+    assert no_loss["grouping_weight"] == 0.0
+
+
 def test_readings_table_takes_each_reading_in_and_out() -> None:
     import importlib.util
 

@@ -140,6 +140,12 @@ class TrainConfig:
     unit_scale: bool | None = None
     class_pool: str | None = None
     class_prior: float | None = None
+    use_grouping: bool = False
+    grouping_level: int = 1
+    num_groups: int = 8
+    superpixel_weight: float = 0.0
+    superpixel_method: str = "felzenszwalb"
+    grouping_weight: float = 1.0
     # optimisation
     steps: int = 1000
     lr: float = 1e-4
@@ -181,6 +187,25 @@ class TrainConfig:
             raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
         self._check_pseudo_masks()
+        if self.grouping_level not in (1, 2, 3):
+            raise CosegValueError(f"grouping_level must be 1, 2 or 3, got {self.grouping_level!r}")
+        if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
+            raise CosegValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
+        if not isinstance(self.superpixel_weight, (int, float)) or self.superpixel_weight < 0:
+            raise CosegValueError(f"superpixel_weight must be non-negative, got {self.superpixel_weight!r}")
+        if not isinstance(self.grouping_weight, (int, float)) or self.grouping_weight < 0:
+            raise CosegValueError(f"grouping_weight must be non-negative, got {self.grouping_weight!r}")
+        if self.superpixel_weight > 0 and not self.use_grouping:
+            raise CosegValueError(
+                "superpixel_weight > 0 trains the grouping layer's assignment: turn the layer on "
+                "(use_grouping=True, --grouping)"
+            )
+        from cosegkit.data.superpixels import SUPERPIXEL_METHODS
+
+        if self.superpixel_method not in SUPERPIXEL_METHODS:
+            raise CosegValueError(
+                f"superpixel_method must be one of {sorted(SUPERPIXEL_METHODS)}, got {self.superpixel_method!r}"
+            )
         from cosegkit.models.lcco import get_variant
 
         get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
@@ -205,9 +230,7 @@ class TrainConfig:
             raise CosegValueError(f"pseudo_margin must be in [0, 1), got {self.pseudo_margin!r}")
         low, high = self.pseudo_low, self.pseudo_high
         if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 <= low <= high <= 1):
-            raise CosegValueError(
-                f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high}"
-            )
+            raise CosegValueError(f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high}")
         for name in ("pseudo_templates", "pseudo_background"):
             value = getattr(self, name)
             if value is None:
@@ -582,4 +605,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         unit_scale=config.unit_scale,
         class_pool=config.class_pool,
         class_prior=config.class_prior,
+        use_grouping=config.use_grouping,
+        grouping_level=config.grouping_level,
+        num_groups=config.num_groups,
     )

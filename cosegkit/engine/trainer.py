@@ -8,6 +8,7 @@ A run folder holds::
     model/               the final model (LCCo.save_pretrained), for evaluate and segment
     eval.json            the held-out evaluation at the end of the run, when there is one
     pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo)
+    superpixels/         with superpixel_weight > 0: the cached superpixel maps (cosegkit.data.superpixels)
 
 Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
 ``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
@@ -404,9 +405,18 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     forward = torch.compile(net) if config.compile else net
-    criterion = LCCoLoss(lambda1=config.lambda1, lambda2=config.lambda2)
+    criterion = LCCoLoss(
+        lambda1=config.lambda1,
+        lambda2=config.lambda2,
+        superpixel_weight=config.superpixel_weight,
+        grouping_weight=config.grouping_weight,
+    )
 
     dataset = build_train_sets(config, length=config.steps * config.batch_size * dist.world, pseudo_masks=store)
+    if config.superpixel_weight > 0:  # computed here, in the data pipeline, and cached in the run folder
+        from cosegkit.data.superpixels import SuperpixelCache, SuperpixelSets
+
+        dataset = SuperpixelSets(dataset, SuperpixelCache(run / "superpixels", config.superpixel_method))
     loader = DataLoader(
         dataset,
         batch_sampler=StepBatches(start, config.steps, config.batch_size, dist.rank, dist.world),
@@ -440,10 +450,12 @@ def _train(
                 valid = batch["valid"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = forward(images, valid=valid, masks=masks)
+                extra = {}
                 if "weights" in batch:  # pseudo masks: unconfident pixels do not count
-                    losses = criterion(out, masks, weight=batch["weights"].to(device, non_blocking=True))
-                else:
-                    losses = criterion(out, masks)
+                    extra["weight"] = batch["weights"].to(device, non_blocking=True)
+                if "superpixels" in batch:
+                    extra["superpixels"] = batch["superpixels"].to(device, non_blocking=True)
+                losses = criterion(out, masks, **extra)
                 finite = torch.isfinite(losses.total.detach()).float()
                 if dist.world > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)

@@ -9,12 +9,14 @@ from cosegkit.losses.classification import (
 )
 from cosegkit.losses.iou import IoULoss, coarse_segmentation_loss, downsample_mask, iou_loss, soft_iou_per_image
 from cosegkit.losses.lcco import LCCoLoss, LCCoLossOutput
+from cosegkit.losses.superpixel import SuperpixelLoss, superpixel_grid, superpixel_loss
 
 __all__ = [
     "ClassificationLoss",
     "IoULoss",
     "LCCoLoss",
     "LCCoLossOutput",
+    "SuperpixelLoss",
     "classification_loss",
     "coarse_segmentation_loss",
     "downsample_mask",
@@ -22,5 +24,7 @@ __all__ = [
     "masked_images",
     "set_class_targets",
     "soft_iou_per_image",
+    "superpixel_grid",
+    "superpixel_loss",
     "targets_from_embeddings",
 ]

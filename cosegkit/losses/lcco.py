@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from cosegkit.errors import CosegValueError
+from cosegkit.layers.grouping import group_mask_logits
 from cosegkit.losses.classification import classification_loss
 from cosegkit.losses.iou import coarse_segmentation_loss, iou_loss
+from cosegkit.losses.superpixel import superpixel_loss
 from cosegkit.models.output import LCCoOutput
 
 __all__ = ["LCCoLoss", "LCCoLossOutput"]
@@ -24,6 +26,10 @@ class LCCoLossOutput(NamedTuple):
         coarse: :math:`\\mathcal L_{cs}` of eq. (11), a scalar tensor, or ``None`` without coarse masks.
         classification: :math:`\\mathcal L_c` of eq. (12), a scalar tensor, or ``None`` without
             class probabilities.
+        superpixel: the grouping layer's superpixel loss
+            (:func:`~cosegkit.losses.superpixel_loss`), or ``None`` when it is off.
+        grouping: the grouping mask loss :math:`\\mathcal L_{gm}`, or ``None`` without a
+            grouping layer (or with ``grouping_weight=0``).
 
     Example:
         >>> import torch
@@ -36,7 +42,7 @@ class LCCoLossOutput(NamedTuple):
         ... )
         >>> losses = LCCoLoss()(output, torch.ones(1, 2, 1, 8, 8))
         >>> isinstance(losses, LCCoLossOutput), losses._fields
-        (True, ('total', 'iou', 'coarse', 'classification'))
+        (True, ('total', 'iou', 'coarse', 'classification', 'superpixel', 'grouping'))
         >>> losses.total.shape, round(losses.iou.item(), 4), round(losses.coarse.item(), 4), losses.classification
         (torch.Size([]), 0.5, 0.5, None)
         >>> round(losses.total.item(), 4)  # iou + lambda1 * coarse
@@ -47,6 +53,8 @@ class LCCoLossOutput(NamedTuple):
     iou: torch.Tensor
     coarse: torch.Tensor | None
     classification: torch.Tensor | None
+    superpixel: torch.Tensor | None = None
+    grouping: torch.Tensor | None = None
 
 
 class LCCoLoss(nn.Module):
@@ -63,9 +71,22 @@ class LCCoLoss(nn.Module):
 
     The paper does not give :math:`\lambda_1, \lambda_2`; both default to 1.
 
+    With a grouping layer (``use_grouping=True``) the total gains
+    :math:`\lambda_g \mathcal L_{gm}`, the grouping mask loss: eq. (11)'s IoU loss of the
+    grouping's own mask logits (:func:`~cosegkit.layers.group_mask_logits`, each token the
+    score of its group) against the ground truth downsampled to the token grid, so that the
+    group scored highest is the co-segment (an extension, see the equations page); and with
+    ``superpixel_weight`` :math:`\lambda_3 > 0`,
+    the total gains :math:`\lambda_3 \mathcal L_{sp}`, SegCLIP's superpixel loss
+    (:func:`~cosegkit.losses.superpixel_loss`) of the grouping's assignment against the
+    superpixels of the images (``superpixels=``, from the data pipeline:
+    :mod:`cosegkit.data.superpixels`). An extension: off (0) by default.
+
     Args:
         lambda1: weight of the coarse segmentation loss.
         lambda2: weight of the classification loss.
+        superpixel_weight: weight :math:`\lambda_3` of the superpixel loss.
+        grouping_weight: weight :math:`\lambda_g` of the grouping mask loss.
 
     Example:
         >>> import torch
@@ -82,12 +103,23 @@ class LCCoLoss(nn.Module):
         ['classification', 'coarse', 'iou', 'total']
     """
 
-    def __init__(self, lambda1: float = 1.0, lambda2: float = 1.0) -> None:
+    def __init__(
+        self,
+        lambda1: float = 1.0,
+        lambda2: float = 1.0,
+        superpixel_weight: float = 0.0,
+        grouping_weight: float = 1.0,
+    ) -> None:
         super().__init__()
-        if lambda1 < 0 or lambda2 < 0:
-            raise CosegValueError(f"loss weights must be non-negative, got lambda1={lambda1}, lambda2={lambda2}")
+        if lambda1 < 0 or lambda2 < 0 or superpixel_weight < 0 or grouping_weight < 0:
+            raise CosegValueError(
+                f"loss weights must be non-negative, got lambda1={lambda1}, lambda2={lambda2}, "
+                f"superpixel_weight={superpixel_weight}, grouping_weight={grouping_weight}"
+            )
+        self.grouping_weight = grouping_weight
         self.lambda1 = lambda1
         self.lambda2 = lambda2
+        self.superpixel_weight = superpixel_weight
 
     def forward(
         self,
@@ -96,6 +128,7 @@ class LCCoLoss(nn.Module):
         class_targets: torch.Tensor | None = None,
         *,
         weight: torch.Tensor | None = None,
+        superpixels: torch.Tensor | None = None,
     ) -> LCCoLossOutput:
         """Total loss of one batch.
 
@@ -110,6 +143,9 @@ class LCCoLoss(nn.Module):
                 :func:`~cosegkit.losses.coarse_segmentation_loss`). Training on pseudo masks
                 passes their confidence; ``None`` (or all ones) is the plain loss. The
                 classification term does not use it.
+            superpixels: ``(B, N, H, W)`` integer superpixel labels of the images, for the
+                superpixel loss (needed when ``superpixel_weight > 0`` and the model has a
+                grouping layer).
 
         Returns:
             An :class:`LCCoLossOutput`; call ``.total.backward()``.
@@ -131,7 +167,23 @@ class LCCoLoss(nn.Module):
                 )
             l_c = classification_loss(output.class_probs, target)
             total = total + self.lambda2 * l_c
-        return LCCoLossOutput(total, l_iou, l_cs, l_c)
+        l_sp = l_gm = None
+        if self.grouping_weight > 0 and output.grouping is not None:
+            logits = group_mask_logits(output.grouping.assignment, output.grouping.scores)
+            l_gm = coarse_segmentation_loss(logits, masks, valid, weight=weight)
+            total = total + self.grouping_weight * l_gm
+        if self.superpixel_weight > 0 and output.grouping is not None:
+            if superpixels is None:
+                raise CosegValueError(
+                    f"superpixel_weight={self.superpixel_weight} needs the images' superpixels: pass "
+                    f"superpixels= (B, N, H, W) labels, e.g. from cosegkit.data.superpixels.SuperpixelSets"
+                )
+            l_sp = superpixel_loss(output.grouping.assignment, superpixels, valid)
+            total = total + self.superpixel_weight * l_sp
+        return LCCoLossOutput(total, l_iou, l_cs, l_c, l_sp, l_gm)
 
     def extra_repr(self) -> str:
-        return f"lambda1={self.lambda1}, lambda2={self.lambda2}"
+        return (
+            f"lambda1={self.lambda1}, lambda2={self.lambda2}, superpixel_weight={self.superpixel_weight}, "
+            f"grouping_weight={self.grouping_weight}"
+        )

@@ -2,5 +2,6 @@
 
 from cosegkit.models.lcco import VARIANTS, LCCo, get_variant
 from cosegkit.models.output import LCCoOutput
+from cosegkit.models.readout import GroupingReadout, GroupingReadoutOutput
 
-__all__ = ["VARIANTS", "LCCo", "LCCoOutput", "get_variant"]
+__all__ = ["VARIANTS", "GroupingReadout", "GroupingReadoutOutput", "LCCo", "LCCoOutput", "get_variant"]

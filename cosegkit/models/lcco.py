@@ -25,6 +25,7 @@ from cosegkit.clip.vocabulary import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY
 from cosegkit.errors import CosegShapeError, CosegValueError, WeightsUnavailableError
 from cosegkit.layers.coarse_decoder import CoarseMaskDecoder
 from cosegkit.layers.correspondence import ImageSetCorrespondence
+from cosegkit.layers.grouping import SetGrouping
 from cosegkit.layers.interaction import ClipInteraction, clip_similarity
 from cosegkit.layers.regularization import ClipRegularization
 from cosegkit.losses.classification import masked_images, targets_from_embeddings
@@ -226,6 +227,14 @@ class LCCo(nn.Module):
         use_regularization: switch for the CLIP regularization module.
         coarse_decoder: build the coarse decoder of eq. (11) (needs the interaction module
             and a CLIP that gives dense patch tokens).
+        use_grouping: switch for the set-level grouping layer
+            (:class:`~cosegkit.SetGrouping`, an extension after SegCLIP; off in the paper's
+            model). Its output is :attr:`LCCoOutput.grouping
+            <cosegkit.models.output.LCCoOutput.grouping>`.
+        grouping_level: the decoder level the grouping layer refines, after that level's
+            module: 1 (:math:`\mathcal F^1`, with ISFC; the default), 2 or 3.
+        num_groups: the grouping layer's centres ``G``.
+        grouping_layers: the grouping layer's cross-attention blocks.
         micro_batch: in eval mode, run the per-image stages (encoder, CLIP pass) on at most
             this many images at a time. Large batches are slower per image on CPUs (a
             ResNet-50 forward on 32 images takes about 1.5x the time of four forwards on 8), and
@@ -278,6 +287,10 @@ class LCCo(nn.Module):
         use_interaction: bool = True,
         use_regularization: bool = True,
         coarse_decoder: bool = True,
+        use_grouping: bool = False,
+        grouping_level: int = 1,
+        num_groups: int = 8,
+        grouping_layers: int = 2,
         variant: str = "default",
         residual: bool | None = None,
         correspondence_residual: bool | None = None,
@@ -379,6 +392,19 @@ class LCCo(nn.Module):
             else nn.Identity()
         )
         self.has_coarse = use_interaction and coarse_decoder
+        if grouping_level not in (1, 2, 3):
+            raise CosegValueError(
+                f"grouping_level must be 1, 2 or 3 (the decoder level of F^1, F^2 or F^3), got {grouping_level!r}"
+            )
+        self.use_grouping = use_grouping
+        self.grouping_level = grouping_level
+        self.grouping: nn.Module = (
+            SetGrouping(
+                decoder_channels[grouping_level - 1], num_groups=num_groups, heads=heads, layers=grouping_layers
+            )
+            if use_grouping
+            else nn.Identity()
+        )
         if micro_batch is not None and micro_batch < 1:
             raise CosegValueError(f"micro_batch must be a positive integer or None, got {micro_batch}")
         self.micro_batch = micro_batch
@@ -398,6 +424,10 @@ class LCCo(nn.Module):
             "use_interaction": use_interaction,
             "use_regularization": use_regularization,
             "coarse_decoder": coarse_decoder,
+            "use_grouping": use_grouping,
+            "grouping_level": grouping_level,
+            "num_groups": num_groups,
+            "grouping_layers": grouping_layers,
             "variant": variant,
             **settings,
             "micro_batch": micro_batch,
@@ -472,9 +502,16 @@ class LCCo(nn.Module):
         def flat(t: torch.Tensor) -> torch.Tensor:
             return rearrange(t, "b n c h w -> (b n) c h w")
 
+        def group(level: int, f: torch.Tensor) -> torch.Tensor:
+            if not (self.use_grouping and level == self.grouping_level):
+                return f
+            out.grouping = self.grouping(as_set(f), valid)
+            return flat(out.grouping.features)
+
         f = self.center(feats[self.levels[-1]])  # F^1
         if self.use_correspondence:
             f = flat(self.correspondence(as_set(f), valid))
+        f = group(1, f)
         f = self.blocks[0](f, skips[0])  # F^2
         similarity = None
         if self.use_interaction:
@@ -483,6 +520,7 @@ class LCCo(nn.Module):
             similarity, out.topk_indices = inter.similarity, inter.topk_indices
             if self.has_coarse:
                 out.coarse_masks = self.coarse(inter.set_embeddings, tokens)
+        f = group(2, f)
         f = self.blocks[1](f, skips[1])  # F^3
         if self.use_regularization:
             if similarity is None:
@@ -490,6 +528,7 @@ class LCCo(nn.Module):
             reg = self.regularization(as_set(f), similarity, text, valid)
             f = flat(reg.features)
             out.class_probs, out.common_class = reg.class_probs, reg.common_class
+        f = group(3, f)
         for block, skip in zip(self.blocks[2:], skips[2:], strict=True):
             f = block(f, skip)
         logits = F.interpolate(self.head(f), size=x.shape[-2:], mode="bilinear", align_corners=False)

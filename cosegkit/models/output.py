@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cosegkit.layers.grouping import SetGroupingOutput
+
 __all__ = ["LCCoOutput"]
 
 
@@ -26,6 +28,8 @@ class LCCoOutput:
         class_targets: the ground-truth common class of each set, ``(B,)`` long, computed
             from the masked images when ``masks`` were given to the forward pass.
         valid: boolean ``(B, N)``: which images are real (not padding).
+        grouping: the :class:`~cosegkit.layers.SetGroupingOutput` of the grouping layer
+            (assignment, group embeddings, coverage); needs ``use_grouping=True``.
 
     Example:
         >>> import dataclasses
@@ -42,7 +46,8 @@ class LCCoOutput:
         ...     out = model(images, masks=masks)  # masks fill class_targets
         >>> for field in dataclasses.fields(out):
         ...     value = getattr(out, field.name)
-        ...     print(field.name, tuple(value.shape), value.dtype)
+        ...     if value is not None:  # grouping: the model has no grouping layer
+        ...         print(field.name, tuple(value.shape), value.dtype)
         masks (2, 3, 1, 32, 48) torch.float32
         valid (2, 3) torch.bool
         coarse_masks (2, 3, 1, 4, 4) torch.float32
@@ -63,3 +68,4 @@ class LCCoOutput:
     topk_indices: torch.Tensor | None = None
     similarity: torch.Tensor | None = None
     class_targets: torch.Tensor | None = None
+    grouping: SetGroupingOutput | None = None

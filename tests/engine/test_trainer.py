@@ -163,3 +163,25 @@ def test_ddp_with_gloo_two_processes(tmp_path) -> None:
     assert len(report["checksums"]) == 2 and report["checksums"][0] == report["checksums"][1]
     ev = json.loads((run / "eval.json").read_text())
     assert ev["images"] == 4 * 3  # both ranks' shards of the 4 held-out sets, gathered
+
+
+def test_a_run_with_grouping_and_superpixels_caches_them_and_resumes(tmp_path) -> None:
+    config = TrainConfig(**TINY, steps=3, checkpoint_every=2, use_grouping=True, superpixel_weight=1.0)
+    run_dir = tmp_path / "run"
+    train(config, run_dir, progress=False)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all("superpixel" in r and "grouping" in r for r in records)
+    cached = sorted(p.name for p in (run_dir / "superpixels").glob("*.npz"))
+    assert len(cached) == 3 * 2 * 3  # steps x sets x images: one map per training image
+    # the same run again reads every map from the cache and ends with the same weights
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "superpixels").symlink_to(run_dir / "superpixels", target_is_directory=True)
+    train(config, again, progress=False)
+    assert sorted(p.name for p in (run_dir / "superpixels").glob("*.npz")) == cached
+    a, b = (
+        load_file(str(run_dir / "model" / "model.safetensors")),
+        load_file(str(again / "model" / "model.safetensors")),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("grouping.") for k in a)

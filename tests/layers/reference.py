@@ -103,3 +103,60 @@ def regularization_reference(module, features, similarity, text, valid=None):
         f = module.ffn5(module.ffn4(features[i][None]) * t[None, :, None, None])[0]  # eq. (8)
         feats.append(features[i] + f if module.residual else f)
     return torch.stack(feats), v, best
+
+
+def grouping_reference(module, features: torch.Tensor, valid: list[bool] | None = None, hard: bool = False):
+    """SetGrouping for one set ``(N, C, h, w)``: the valid images' tokens gathered in a loop.
+
+    ``hard`` replaces the softmax assignment by the one-hot of its argmax (the training-mode
+    forward value without noise). Returns (features, assignment, embeddings, coverage, scores).
+    """
+    n, c, h, w = features.shape
+    valid = valid if valid is not None else [True] * n
+    heads = module.heads
+    e = c // heads
+    x = torch.cat([tokens(features[i]) for i in range(n) if valid[i]])  # (L, C), image by image
+    q = module.centres
+    for block in module.blocks:
+        context = block.norm_kv(torch.cat([q, x]))
+        queries = block.norm_q(q)
+        wq, wkv = block.to_q, block.to_kv
+        qq, kv = wq(queries), wkv(context)
+        k, v = kv[:, :c], kv[:, c:]
+        outs = []
+        for a in range(heads):
+            sl = slice(a * e, (a + 1) * e)
+            weights = torch.softmax(qq[:, sl] @ k[:, sl].T / math.sqrt(e), dim=-1)
+            outs.append(weights @ v[:, sl])
+        q = q + block.to_out(torch.cat(outs, dim=-1))
+        q = q + block.mlp(block.norm_mlp(q))
+    q = module.norm_centres(q)
+    normed = module.norm_tokens(x)
+    k = torch.empty_like(normed)
+    v = torch.empty_like(normed)
+    for a in range(heads):  # grouped 1x1 convolutions: group a maps channels sl to channels sl
+        sl = slice(a * e, (a + 1) * e)
+        k[:, sl] = normed[:, sl] @ module.to_k.weight[sl, :, 0].T
+        v[:, sl] = normed[:, sl] @ module.to_v.weight[sl, :, 0].T
+    k = module.norm_k(k)
+    logits = q @ k.T  # (G, L)
+    assign = torch.softmax(logits, dim=0)
+    if hard:
+        assign = F.one_hot(assign.argmax(dim=0), q.shape[0]).T.to(assign.dtype)
+    pooled = (assign @ v) / assign.sum(dim=1, keepdim=True).clamp_min(1.0)
+    emb = module.embed(q + pooled)
+    per_image = assign.reshape(q.shape[0], -1, h * w)  # (G, valid images, h*w)
+    coverage = per_image.amax(dim=2).mean(dim=1)
+    back = assign.T @ emb
+    back_cov = assign.T @ coverage[:, None]
+    y = x + module.to_out(torch.cat([back, back_cov], dim=-1))
+    scores = module.score(torch.cat([emb, coverage[:, None]], dim=-1))[:, 0]
+    out = features.clone()
+    assignment = torch.zeros(n, q.shape[0], h, w)
+    j = 0
+    for i in range(n):
+        if valid[i]:
+            out[i] = y[j * h * w : (j + 1) * h * w].T.reshape(c, h, w)
+            assignment[i] = assign[:, j * h * w : (j + 1) * h * w].reshape(-1, h, w)
+            j += 1
+    return out, assignment, emb, coverage, scores
