@@ -111,6 +111,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--num-groups", type=_positive, default=8, help="grouping centres G (default 8)")
     m.add_argument("--grouping-weight", type=float, default=1.0, help="weight of the grouping mask loss (default 1)")
     m.add_argument(
+        "--distortion-weight",
+        type=float,
+        default=0.0,
+        help="weight of the grouping's k-means distortion loss (default 0: off)",
+    )
+    m.add_argument(
         "--superpixel-weight", type=float, default=0.0, help="weight of the superpixel loss (default 0: off)"
     )
     m.add_argument(
@@ -208,6 +214,7 @@ def _config_from_args(args: argparse.Namespace):
         grouping_level=args.grouping_level,
         num_groups=args.num_groups,
         grouping_weight=args.grouping_weight,
+        distortion_weight=args.distortion_weight,
         superpixel_weight=args.superpixel_weight,
         superpixel_method=args.superpixels,
         steps=args.steps,

@@ -13,7 +13,12 @@ Three questions, each a function that works on any :class:`~cosegkit.LCCo` and a
   :math:`\\sigma`) and the ground-truth class of eq. (12) name the set's true class; and the
   coarse mask's Jaccard index on CLIP's patch grid.
 
-:func:`diagnose_run` runs all three on a run folder's final model and its checkpoints;
+For a model with the grouping layer, :func:`grouping_diagnostics` says whether its groups
+are co-segments at all: how many groups a set uses, how much of the set they cover, how much
+of the common object its main group holds and how pure that group is, and the best J any
+single group reaches (what no read-out can beat).
+
+:func:`diagnose_run` runs the first three on a run folder's final model and its checkpoints;
 ``python examples/diagnose.py RUN`` prints them as tables.
 
 Axis legend: ``b`` batch of sets, ``n`` images per set, ``c`` channels, ``h w`` spatial,
@@ -40,13 +45,23 @@ __all__ = [
     "diagnose_run",
     "format_report",
     "gradient_norms",
+    "grouping_diagnostics",
     "set_sensitivity",
 ]
 
 MODULES: tuple[str, ...] = ("correspondence", "interaction", "regularization")
 """The set-aware modules of :class:`~cosegkit.LCCo`, coarse to fine, by attribute name."""
 
-_PARTS: tuple[str, ...] = ("encoder", "center", "correspondence", "blocks", "interaction", "coarse", "regularization", "head")
+_PARTS: tuple[str, ...] = (
+    "encoder",
+    "center",
+    "correspondence",
+    "blocks",
+    "interaction",
+    "coarse",
+    "regularization",
+    "head",
+)
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -420,3 +435,82 @@ def format_report(report: dict[str, Any], columns: Sequence[str] = ("sensitivity
 def _cell(value: float) -> str:
     """Three decimals, or three significant digits for the small numbers a silenced module gives."""
     return f"{value:.3g}" if value != 0 and abs(value) < 1e-2 else f"{value:.3f}"
+
+
+@torch.no_grad()
+def grouping_diagnostics(model: nn.Module, sets: Any, *, limit: int | None = None) -> dict[str, float]:
+    """Are the grouping layer's groups co-segments? Means over held-out sets with masks.
+
+    On each set (in eval mode, soft assignment; a token belongs to its largest share):
+
+    - ``groups_used``: groups that own at least one token of the set;
+    - ``full_coverage``: groups present in every valid image (coverage 1);
+    - ``target_share``: the share of the common object's tokens (ground truth averaged over
+      each token's cell) owned by the group that owns most of them, its *main group*;
+    - ``target_purity``: the share of the main group's tokens that are object;
+    - ``oracle_J``: the J of the best single group's mask (its assignment, resized as
+      :class:`~cosegkit.GroupingReadout` does), the ceiling of any read-out;
+    - ``score_is_main``: how often the highest-scored group is the main group.
+
+    Args:
+        model: an :class:`~cosegkit.LCCo` with ``use_grouping=True``.
+        sets: a dataset of set items with ``images``, ``masks`` and ``valid``
+            (e.g. :func:`~cosegkit.engine.build_eval_sets`).
+        limit: measure only the first ``limit`` sets.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import LCCo
+        >>> from cosegkit.diagnostics import grouping_diagnostics
+        >>> from cosegkit.engine import TrainConfig, build_eval_sets
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None, decoder_channels=(32, 32, 16, 16),
+        ...              use_correspondence=False, use_interaction=False, use_regularization=False,
+        ...              use_grouping=True, grouping_level=3, num_groups=4, heads=4)
+        >>> sets = build_eval_sets(TrainConfig(world_classes=4, image_size=32, set_size=2, eval_set_size=2), sets=2)
+        >>> report = grouping_diagnostics(model, sets)
+        >>> sorted(report)
+        ['full_coverage', 'groups_used', 'oracle_J', 'score_is_main', 'target_purity', 'target_share']
+        >>> 1 <= report["groups_used"] <= 4 and 0 <= report["oracle_J"] <= 1
+        True
+    """
+    import torch.nn.functional as F
+
+    from cosegkit.metrics import precision_jaccard
+    from cosegkit.models.readout import GroupingReadout, token_masks_to_images
+
+    if not getattr(model, "use_grouping", False):
+        raise ValueError("grouping_diagnostics needs an LCCo built with use_grouping=True")
+    readout = GroupingReadout(model).eval()
+    totals: dict[str, float] = {}
+    count = 0
+    for index in range(len(sets) if limit is None else min(limit, len(sets))):
+        item = sets[index]
+        images, masks = item["images"][None], item["masks"][None].float()
+        valid = item["valid"][None]
+        out = readout(images, valid)
+        a = out.grouping.assignment[0][valid[0]]  # (v, g, h, w)
+        g = a.shape[1]
+        hard = F.one_hot(a.argmax(dim=1), g).movedim(-1, 1).to(a.dtype)
+        target = F.interpolate(masks[0][valid[0]], size=a.shape[-2:], mode="area")[:, 0]  # (v, h, w)
+        owned = (hard * target[:, None]).sum(dim=(0, 2, 3))  # object mass per group
+        main = int(owned.argmax())
+        size = hard[:, main].sum().clamp_min(1.0)
+        present = hard.flatten(2).amax(dim=2)  # (v, g)
+        best = 0.0
+        h, w = images.shape[-2:]
+        for k in range(g):
+            probs = token_masks_to_images(a[:, k : k + 1], (h, w), int(getattr(model, "output_stride", 1)))
+            _, j = precision_jaccard(probs[None], masks[0][valid[0]][None], size=(h, w))
+            best = max(best, float(j.mean()))
+        values = {
+            "groups_used": float((hard.sum(dim=(0, 2, 3)) > 0).sum()),
+            "full_coverage": float((present.min(dim=0).values > 0).sum()),
+            "target_share": float(owned[main] / target.sum().clamp_min(1e-6)),
+            "target_purity": float(owned[main] / size),
+            "oracle_J": best,
+            "score_is_main": float(int(out.chosen[0]) == main),
+        }
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + value
+        count += 1
+    return {key: value / max(count, 1) for key, value in sorted(totals.items())}

@@ -13,7 +13,7 @@ deviation over the seeds:
   first row;
 - ``--table grouping``: the set-level grouping layer (:class:`cosegkit.SetGrouping`): the
   Baseline; the grouping alone at decoder level 1 (the default), 2 and 3, with the superpixel
-  loss, and without the grouping mask loss; the three modules; and the three modules with the
+  loss, with the distortion loss (at levels 1 and 3), and without the grouping mask loss; the three modules; and the three modules with the
   grouping; for every row with the grouping, also the J of its
   read-outs (:class:`cosegkit.GroupingReadout`: the group of highest learned score, of highest
   coverage, and the group that agrees best with CLIP's class), masks from the grouping alone,
@@ -87,29 +87,40 @@ def module_rows(variant: str) -> list[tuple[str, dict]]:
 
 
 def grouping_rows() -> list[tuple[str, dict]]:
-    """(label, settings) for the grouping table."""
+    """(label, settings) for the grouping table; every grouping setting is spelled out."""
     off = {"use_correspondence": False, "use_interaction": False, "use_regularization": False, "variant": "default"}
     on = {**off, "use_correspondence": True, "use_interaction": True, "use_regularization": True}
-    grouping = {**off, "use_grouping": True}
+    level1 = {"use_grouping": True, "grouping_level": 1, "grouping_weight": 1.0, "distortion_weight": 0.0}
+    level3 = {**level1, "grouping_level": 3, "distortion_weight": 1.0}
     return [
         ("Baseline", off),
-        ("Grouping", grouping),
-        ("Grouping, level 2", {**grouping, "grouping_level": 2}),
-        ("Grouping, level 3", {**grouping, "grouping_level": 3}),
-        ("Grouping + superpixel loss", {**grouping, "superpixel_weight": 1.0}),
-        ("Grouping, no grouping mask loss", {**grouping, "grouping_weight": 0.0}),
+        ("Grouping", {**off, **level1}),
+        ("Grouping, level 2", {**off, **level1, "grouping_level": 2}),
+        ("Grouping, level 3", {**off, **level1, "grouping_level": 3}),
+        ("Grouping + superpixel loss", {**off, **level1, "superpixel_weight": 1.0}),
+        ("Grouping + distortion loss", {**off, **level1, "distortion_weight": 1.0}),
+        ("Grouping, level 3 + distortion loss", {**off, **level3}),
+        ("Grouping, no grouping mask loss", {**off, **level1, "grouping_weight": 0.0}),
         ("ISFC + CLIP Inter. + CLIP Reg.", on),
-        ("ISFC + CLIP Inter. + CLIP Reg. + Grouping", {**on, "use_grouping": True}),
+        ("ISFC + CLIP Inter. + CLIP Reg. + Grouping", {**on, **level1}),
+        ("ISFC + CLIP Inter. + CLIP Reg. + Grouping, level 3 + distortion loss", {**on, **level3}),
     ]
 
 
 def readout_scores(run: Path, clip_path: str) -> dict:
-    """J of the two grouping read-outs of a finished run, on its held-out sets (cached in readout.json)."""
+    """The grouping read-outs' P and J and the grouping diagnostics of a finished run (cached in readout.json).
+
+    On the run's held-out sets: the three read-outs of :class:`cosegkit.GroupingReadout`, and
+    :func:`cosegkit.diagnostics.grouping_diagnostics` (``diag_*`` keys).
+    """
     cached = run / "readout.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
+    scores = json.loads(cached.read_text()) if cached.is_file() else {}
+    wanted = [f"readout_{m}_J" for m in ("score", "coverage", "clip")] + ["diag_oracle_J"]
+    if all(key in scores for key in wanted):
+        return scores
     from cosegkit import FrozenClip, GroupingReadout, LCCo
     from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.diagnostics import grouping_diagnostics
     from cosegkit.engine import TrainConfig, build_eval_sets, evaluate
 
     config = TrainConfig.load(run / "config.json")
@@ -118,10 +129,11 @@ def readout_scores(run: Path, clip_path: str) -> dict:
     register_synthetic_clip()
     classnames, templates = config.vocabulary()
     clip = FrozenClip.from_name(config.clip_model, pretrained=clip_path, classnames=classnames, templates=templates)
-    scores = {}
     for method in ("score", "coverage", "clip"):
-        result = evaluate(GroupingReadout(model, method, clip=clip), sets)
-        scores[f"readout_{method}_P"], scores[f"readout_{method}_J"] = result.P, result.J
+        if f"readout_{method}_J" not in scores:
+            result = evaluate(GroupingReadout(model, method, clip=clip), sets)
+            scores[f"readout_{method}_P"], scores[f"readout_{method}_J"] = result.P, result.J
+    scores.update({f"diag_{k}": v for k, v in grouping_diagnostics(model, sets).items()})
     cached.write_text(json.dumps(scores, indent=2) + "\n")
     return scores
 
@@ -229,6 +241,22 @@ def main() -> None:
         f"{args.seeds} seeds, {args.eval_sets} held-out sets of 4 per run, P/J preset 'ssnm'; mean ± standard "
         f"deviation over seeds. Wall time {wall / 60:.1f} min with {args.jobs} runs at once."
     )
+    if args.table == "grouping":
+        keys = ("groups_used", "full_coverage", "target_share", "target_purity", "oracle_J", "score_is_main")
+        lines += [
+            "",
+            "Grouping diagnostics (cosegkit.diagnostics.grouping_diagnostics), means over seeds:",
+            "",
+            "| model | " + " | ".join(keys) + " |",
+            "| --- | " + " | ".join("--:" for _ in keys) + " |",
+        ]
+        for label, settings in rows:
+            if settings.get("use_grouping"):
+                cells = []
+                for key in keys:
+                    values = [results[(label, s)][f"diag_{key}"] for s in range(args.seeds)]
+                    cells.append(f"{statistics.mean(values):.2f}")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n" + note + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)

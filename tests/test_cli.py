@@ -73,7 +73,7 @@ def test_grouping_flags_reach_the_config() -> None:
     assert not plain.use_grouping and plain.superpixel_weight == 0.0 and plain.grouping_weight == 1.0
     grouped = config(
         "--grouping", "--grouping-level", "2", "--num-groups", "5", "--grouping-weight", "0.5",
-        "--superpixel-weight", "2", "--superpixels", "slic",
+        "--superpixel-weight", "2", "--superpixels", "slic", "--distortion-weight", "0.5",
     )  # fmt: skip
     assert (grouped.use_grouping, grouped.grouping_level, grouped.num_groups, grouped.grouping_weight) == (
         True,
@@ -82,6 +82,7 @@ def test_grouping_flags_reach_the_config() -> None:
         0.5,
     )
     assert grouped.superpixel_weight == 2.0 and grouped.superpixel_method == "slic"
+    assert grouped.distortion_weight == 0.5 and plain.distortion_weight == 0.0
 
 
 def test_python_dash_m_runs_the_command() -> None:

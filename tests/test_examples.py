@@ -62,12 +62,14 @@ def test_grouping_table_has_readout_columns(tmp_path) -> None:
         "--clip-steps", "2", "--out", "abl", cwd=tmp_path, env_extra={"COSEGKIT_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
     table_rows = [line for line in out.splitlines() if line.startswith("|") and "±" in line]
-    assert len(table_rows) == 8
+    assert len(table_rows) == 11
     with_readout = [line for line in table_rows if line.count("±") == 5]
-    assert len(with_readout) == 6 and all("Grouping" in line for line in with_readout)
+    assert len(with_readout) == 9 and all("Grouping" in line for line in with_readout)
     rows = {row["row"]: row for row in json.loads((tmp_path / "abl" / "table.json").read_text())["rows"]}
     seed = rows["Grouping + superpixel loss"]["seeds"][0]
     assert all(0 <= seed[f"readout_{m}_J"] <= 1 for m in ("score", "coverage", "clip"))
+    assert 1 <= seed["diag_groups_used"] <= 8 and 0 <= seed["diag_oracle_J"] <= 1
+    assert "| model | groups_used | full_coverage |" in out
     run_dir = tmp_path / "abl" / "Grouping+superpixel_loss" / "seed0"
     assert (run_dir / "readout.json").is_file() and any((run_dir / "superpixels").iterdir())
     config = json.loads((run_dir / "config.json").read_text())

@@ -153,7 +153,7 @@ class SuperpixelSets(Dataset):
         (torch.Size([3, 32, 32]), torch.int32, torch.Size([3, 3, 32, 32]))
     """
 
-    def __init__(self, sets: Dataset, cache: SuperpixelCache) -> None:
+    def __init__(self, sets: torch.utils.data.Dataset, cache: SuperpixelCache) -> None:
         self.sets, self.cache = sets, cache
 
     def __len__(self) -> int:

@@ -146,6 +146,7 @@ class TrainConfig:
     superpixel_weight: float = 0.0
     superpixel_method: str = "felzenszwalb"
     grouping_weight: float = 1.0
+    distortion_weight: float = 0.0
     # optimisation
     steps: int = 1000
     lr: float = 1e-4
@@ -193,8 +194,10 @@ class TrainConfig:
             raise CosegValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
         if not isinstance(self.superpixel_weight, (int, float)) or self.superpixel_weight < 0:
             raise CosegValueError(f"superpixel_weight must be non-negative, got {self.superpixel_weight!r}")
-        if not isinstance(self.grouping_weight, (int, float)) or self.grouping_weight < 0:
-            raise CosegValueError(f"grouping_weight must be non-negative, got {self.grouping_weight!r}")
+        for name in ("grouping_weight", "distortion_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise CosegValueError(f"{name} must be non-negative, got {value!r}")
         if self.superpixel_weight > 0 and not self.use_grouping:
             raise CosegValueError(
                 "superpixel_weight > 0 trains the grouping layer's assignment: turn the layer on "

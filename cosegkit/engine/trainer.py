@@ -410,6 +410,7 @@ def _train(
         lambda2=config.lambda2,
         superpixel_weight=config.superpixel_weight,
         grouping_weight=config.grouping_weight,
+        distortion_weight=config.distortion_weight,
     )
 
     dataset = build_train_sets(config, length=config.steps * config.batch_size * dist.world, pseudo_masks=store)

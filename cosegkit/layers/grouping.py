@@ -37,12 +37,12 @@ __all__ = [
 ]
 
 READOUTS: tuple[str, ...] = ("score", "coverage", "clip")
-"""The read-outs that pick a set's co-segment among its groups: see :func:`score_readout`,
-:func:`coverage_readout` and :func:`clip_readout`."""
+"""The read-outs that pick a set's co-segment among its groups: see :func:`~cosegkit.layers.score_readout`,
+:func:`~cosegkit.layers.coverage_readout` and :func:`~cosegkit.layers.clip_readout`."""
 
 
 class SetGroupingOutput(NamedTuple):
-    """What :class:`SetGrouping` returns.
+    r"""What :class:`SetGrouping` returns.
 
     Attributes:
         features: ``(B, N, C, h, w)``: every token combined with its group (see
@@ -53,10 +53,15 @@ class SetGroupingOutput(NamedTuple):
         logits: ``(B, N, G, h, w)``: the assignment logits (centres . keys), before noise.
         group_embeddings: ``(B, G, C)``: the groups, pooled over all valid images of the set.
         coverage: ``(B, G)`` in [0, 1]: the share of the set's valid images in which each
-            group holds tokens (:func:`set_coverage`).
+            group holds tokens (:func:`~cosegkit.layers.set_coverage`).
         scores: ``(B, G)``: each group's co-segment logit, :math:`s_g = w^\top [E_g \| \kappa_g] + b`;
-            trained only through a loss on :func:`group_mask_logits` (LCCo's grouping mask
-            loss), read by :func:`score_readout`.
+            trained only through a loss on :func:`~cosegkit.layers.group_mask_logits`
+            (LCCo's grouping mask loss), read by :func:`~cosegkit.layers.score_readout`.
+        distortion: ``(B,)``: the k-means distortion of the grouping,
+            :math:`\frac{1}{C T} \sum_t \| \bar x_t - \sum_g A_{g,t} \mu_g \|^2` over the
+            :math:`T` valid tokens, with :math:`\bar x_t` the token's features layer-normalised without
+            gradient and :math:`\mu_g` their mean over the group; a loss on it (LCCo's
+            ``distortion_weight``) trains the assignment alone to make groups homogeneous.
 
     Example:
         >>> import torch
@@ -70,6 +75,7 @@ class SetGroupingOutput(NamedTuple):
         group_embeddings (2, 4, 16)
         coverage (2, 4)
         scores (2, 4)
+        distortion (2,)
         >>> torch.allclose(out.assignment.sum(dim=2), torch.ones(2, 3, 5, 5))
         True
     """
@@ -80,6 +86,16 @@ class SetGroupingOutput(NamedTuple):
     group_embeddings: torch.Tensor
     coverage: torch.Tensor
     scores: torch.Tensor
+    distortion: torch.Tensor
+
+
+def _distortion(tokens: torch.Tensor, assignment: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """Per set, the mean squared distance of each token's normalised features to its group's mean: ``(b,)``."""
+    points = F.layer_norm(tokens.detach(), tokens.shape[-1:])  # (b, l, c): fixed targets
+    means = torch.einsum("bgl,blc->bgc", assignment, points) / assignment.sum(dim=2, keepdim=True).clamp_min(1.0)
+    rebuilt = torch.einsum("bgl,bgc->blc", assignment, means)
+    error = (points - rebuilt).pow(2).mean(dim=-1) * live.to(points.dtype)  # (b, l)
+    return error.sum(dim=1) / live.sum(dim=1).clamp_min(1).to(points.dtype)
 
 
 def group_mask_logits(assignment: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -190,16 +206,16 @@ class SetGrouping(nn.Module):
     3. Logits :math:`\ell_{g,t} = \tilde Q_g \cdot K_t`; assignment
        :math:`A = \operatorname{softmax}_g((\ell + \gamma)/\tau)` with Gumbel noise
        :math:`\gamma`, one-hot with straight-through gradients, in training
-       (:func:`gumbel_assignment`); :math:`A = \operatorname{softmax}_g(\ell)` in eval.
+       (:func:`~cosegkit.layers.gumbel_assignment`); :math:`A = \operatorname{softmax}_g(\ell)` in eval.
     4. Group embeddings :math:`E_g = \mathrm{MLP}(\mathrm{LN}(\tilde Q_g + \frac{\sum_t
        A_{g,t} V_t}{\max(1, \sum_t A_{g,t})}))`, the sums over every valid token of the set;
-       coverage :math:`\kappa_g` (:func:`set_coverage`).
+       coverage :math:`\kappa_g` (:func:`~cosegkit.layers.set_coverage`).
     5. Features: each token combined with its group and projected back,
        :math:`F'_t = F_t + W_o \big[\sum_g A_{g,t} E_g \,\|\, \sum_g A_{g,t} \kappa_g\big]`
        (:math:`W_o` linear, :math:`C + 1 \to C`), so that the next layer sees which group a
        token is in and how much of the set that group covers.
     6. Scores: :math:`s_g = w^\top [E_g \| \kappa_g] + b`, each group's logit of being the
-       co-segment (:func:`group_mask_logits`, :func:`score_readout`).
+       co-segment (:func:`~cosegkit.layers.group_mask_logits`, :func:`~cosegkit.layers.score_readout`).
 
     The centres' attention is one batched
     :func:`~torch.nn.functional.scaled_dot_product_attention` call per block for all sets of
@@ -312,6 +328,7 @@ class SetGrouping(nn.Module):
         back = torch.einsum("bgl,bgc->blc", assignment, embeddings)
         back_cov = torch.einsum("bgl,bg->bl", assignment, coverage.to(assignment.dtype))[..., None]
         out = tokens + self.to_out(torch.cat([back, back_cov], dim=-1))
+        distortion = _distortion(tokens, assignment, live)
         out = rearrange(out, "b (n h w) c -> b n c h w", n=n, h=h, w=w)
         out = torch.where(valid[:, :, None, None, None], out, features)
         return SetGroupingOutput(
@@ -321,6 +338,7 @@ class SetGrouping(nn.Module):
             group_embeddings=embeddings,
             coverage=coverage,
             scores=self.score(described)[..., 0],
+            distortion=distortion,
         )
 
     def extra_repr(self) -> str:
@@ -362,13 +380,13 @@ def coverage_readout(assignment: torch.Tensor, valid: torch.Tensor | None = None
     r"""Each set's co-segment by coverage: the group found in the most images, then the smallest.
 
     With every token given to its largest share (one-hot), a group's coverage is the share of
-    valid images in which it owns a token (:func:`set_coverage`); the co-segment is the group
+    valid images in which it owns a token (:func:`~cosegkit.layers.set_coverage`); the co-segment is the group
     of highest coverage and, among those tied, the one owning the fewest tokens of the set: a
     background present in every image covers the set as well as the common object does, and
     is larger.
 
     Args:
-        assignment: ``(B, N, G, h, w)``, e.g. :attr:`SetGroupingOutput.assignment` in eval.
+        assignment: ``(B, N, G, h, w)``, e.g. ``SetGroupingOutput.assignment`` in eval.
         valid: optional boolean ``(B, N)``.
 
     Returns:
@@ -402,11 +420,11 @@ def score_readout(
 
     Args:
         assignment: ``(B, N, G, h, w)``.
-        scores: ``(B, G)``: :attr:`SetGroupingOutput.scores`.
+        scores: ``(B, G)``: ``SetGroupingOutput.scores``.
         valid: optional boolean ``(B, N)``.
 
     Returns:
-        ``masks`` ``(B, N, 1, h, w)`` and ``chosen`` ``(B,)`` long, as :func:`coverage_readout`.
+        ``masks`` ``(B, N, 1, h, w)`` and ``chosen`` ``(B,)`` long, as :func:`~cosegkit.layers.coverage_readout`.
 
     Example:
         >>> import torch
@@ -442,12 +460,12 @@ def clip_readout(
     Args:
         assignment: ``(B, N, G, h, w)``.
         clip_tokens: ``(B, N, D, h', w')``: CLIP's projected patch tokens
-            (:meth:`FrozenClip.encode(..., dense=True) <cosegkit.clip.FrozenClip.encode>`).
+            (:meth:`FrozenClip.encode_images(..., dense=True) <cosegkit.clip.FrozenClip.encode_images>`).
         class_embedding: ``(B, D)``: the text embedding of each set's class.
         valid: optional boolean ``(B, N)``.
 
     Returns:
-        ``masks`` ``(B, N, 1, h, w)`` and ``chosen`` ``(B,)`` long, as :func:`coverage_readout`.
+        ``masks`` ``(B, N, 1, h, w)`` and ``chosen`` ``(B,)`` long, as :func:`~cosegkit.layers.coverage_readout`.
 
     Example:
         >>> import torch

@@ -30,6 +30,8 @@ class LCCoLossOutput(NamedTuple):
             (:func:`~cosegkit.losses.superpixel_loss`), or ``None`` when it is off.
         grouping: the grouping mask loss :math:`\\mathcal L_{gm}`, or ``None`` without a
             grouping layer (or with ``grouping_weight=0``).
+        distortion: the grouping's k-means distortion (its batch mean), or ``None`` when
+            ``distortion_weight=0``.
 
     Example:
         >>> import torch
@@ -42,7 +44,7 @@ class LCCoLossOutput(NamedTuple):
         ... )
         >>> losses = LCCoLoss()(output, torch.ones(1, 2, 1, 8, 8))
         >>> isinstance(losses, LCCoLossOutput), losses._fields
-        (True, ('total', 'iou', 'coarse', 'classification', 'superpixel', 'grouping'))
+        (True, ('total', 'iou', 'coarse', 'classification', 'superpixel', 'grouping', 'distortion'))
         >>> losses.total.shape, round(losses.iou.item(), 4), round(losses.coarse.item(), 4), losses.classification
         (torch.Size([]), 0.5, 0.5, None)
         >>> round(losses.total.item(), 4)  # iou + lambda1 * coarse
@@ -55,6 +57,7 @@ class LCCoLossOutput(NamedTuple):
     classification: torch.Tensor | None
     superpixel: torch.Tensor | None = None
     grouping: torch.Tensor | None = None
+    distortion: torch.Tensor | None = None
 
 
 class LCCoLoss(nn.Module):
@@ -87,6 +90,8 @@ class LCCoLoss(nn.Module):
         lambda2: weight of the classification loss.
         superpixel_weight: weight :math:`\lambda_3` of the superpixel loss.
         grouping_weight: weight :math:`\lambda_g` of the grouping mask loss.
+        distortion_weight: weight :math:`\lambda_d` of the grouping's k-means distortion
+            (``distortion`` of :class:`~cosegkit.SetGroupingOutput`).
 
     Example:
         >>> import torch
@@ -109,13 +114,16 @@ class LCCoLoss(nn.Module):
         lambda2: float = 1.0,
         superpixel_weight: float = 0.0,
         grouping_weight: float = 1.0,
+        distortion_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if lambda1 < 0 or lambda2 < 0 or superpixel_weight < 0 or grouping_weight < 0:
+        if min(lambda1, lambda2, superpixel_weight, grouping_weight, distortion_weight) < 0:
             raise CosegValueError(
                 f"loss weights must be non-negative, got lambda1={lambda1}, lambda2={lambda2}, "
-                f"superpixel_weight={superpixel_weight}, grouping_weight={grouping_weight}"
+                f"superpixel_weight={superpixel_weight}, grouping_weight={grouping_weight}, "
+                f"distortion_weight={distortion_weight}"
             )
+        self.distortion_weight = distortion_weight
         self.grouping_weight = grouping_weight
         self.lambda1 = lambda1
         self.lambda2 = lambda2
@@ -180,10 +188,14 @@ class LCCoLoss(nn.Module):
                 )
             l_sp = superpixel_loss(output.grouping.assignment, superpixels, valid)
             total = total + self.superpixel_weight * l_sp
-        return LCCoLossOutput(total, l_iou, l_cs, l_c, l_sp, l_gm)
+        l_d = None
+        if self.distortion_weight > 0 and output.grouping is not None:
+            l_d = output.grouping.distortion.mean()
+            total = total + self.distortion_weight * l_d
+        return LCCoLossOutput(total, l_iou, l_cs, l_c, l_sp, l_gm, l_d)
 
     def extra_repr(self) -> str:
         return (
             f"lambda1={self.lambda1}, lambda2={self.lambda2}, superpixel_weight={self.superpixel_weight}, "
-            f"grouping_weight={self.grouping_weight}"
+            f"grouping_weight={self.grouping_weight}, distortion_weight={self.distortion_weight}"
         )

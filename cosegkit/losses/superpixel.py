@@ -56,7 +56,7 @@ def superpixel_loss(
     images. A token's superpixel is the one under its centre (:func:`superpixel_grid`).
 
     Args:
-        assignment: ``(B, N, G, h, w)``, e.g. :attr:`~cosegkit.layers.SetGroupingOutput.assignment`.
+        assignment: ``(B, N, G, h, w)``, e.g. ``SetGroupingOutput.assignment`` (:class:`~cosegkit.SetGroupingOutput`).
         superpixels: ``(B, N, H, W)`` integer labels per image at any resolution (the data
             pipeline's, :mod:`cosegkit.data.superpixels`); labels are compared within an image
             only.

@@ -229,8 +229,8 @@ class LCCo(nn.Module):
             and a CLIP that gives dense patch tokens).
         use_grouping: switch for the set-level grouping layer
             (:class:`~cosegkit.SetGrouping`, an extension after SegCLIP; off in the paper's
-            model). Its output is :attr:`LCCoOutput.grouping
-            <cosegkit.models.output.LCCoOutput.grouping>`.
+            model). Its output is the ``grouping`` field of
+            :class:`~cosegkit.models.output.LCCoOutput`.
         grouping_level: the decoder level the grouping layer refines, after that level's
             module: 1 (:math:`\mathcal F^1`, with ISFC; the default), 2 or 3.
         num_groups: the grouping layer's centres ``G``.

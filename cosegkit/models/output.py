@@ -28,7 +28,7 @@ class LCCoOutput:
         class_targets: the ground-truth common class of each set, ``(B,)`` long, computed
             from the masked images when ``masks`` were given to the forward pass.
         valid: boolean ``(B, N)``: which images are real (not padding).
-        grouping: the :class:`~cosegkit.layers.SetGroupingOutput` of the grouping layer
+        grouping: the :class:`~cosegkit.SetGroupingOutput` of the grouping layer
             (assignment, group embeddings, coverage); needs ``use_grouping=True``.
 
     Example:

@@ -20,7 +20,19 @@ from cosegkit.layers._blocks import masked_sum
 from cosegkit.layers.grouping import READOUTS, SetGroupingOutput, clip_readout, coverage_readout, score_readout
 from cosegkit.layers.interaction import clip_similarity
 
-__all__ = ["GroupingReadout", "GroupingReadoutOutput"]
+__all__ = ["GroupingReadout", "GroupingReadoutOutput", "token_masks_to_images"]
+
+
+def token_masks_to_images(masks: torch.Tensor, size: tuple[int, int], stride: int = 1) -> torch.Tensor:
+    """Token-grid masks ``(M, 1, h, w)`` at image size ``size``: bilinear, then cropped.
+
+    The model pads its input to ``stride``, so the token grid covers the padded image: the
+    masks are resized to the padded size and the padding cropped off.
+    """
+    h, w = size
+    padded = (h + (-h) % stride, w + (-w) % stride)
+    probs = F.interpolate(masks.float(), size=padded, mode="bilinear", align_corners=False)
+    return probs[..., :h, :w].clamp(0, 1)
 
 
 @dataclass
@@ -79,7 +91,7 @@ class GroupingReadout(nn.Module):
         (torch.Size([2, 3, 1, 64, 48]), torch.Size([2]), True)
     """
 
-    def __init__(self, model: nn.Module, method: str = "score", *, clip: FrozenClip | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, method: str = "score", *, clip: FrozenClip | None = None) -> None:
         super().__init__()
         if not getattr(model, "use_grouping", False):
             raise CosegValueError(
@@ -114,12 +126,9 @@ class GroupingReadout(nn.Module):
             else:
                 set_class = masked_sum(clip_similarity(emb, text), valid).argmax(dim=-1)
             masks, chosen = clip_readout(grouping.assignment, tokens.to(emb.dtype), text[set_class], valid)
-        stride = int(getattr(self.model, "output_stride", 1))  # the model pads its input to its stride
-        size = (h + (-h) % stride, w + (-w) % stride)
-        probs = F.interpolate(
-            rearrange(masks, "b n 1 h w -> (b n) 1 h w").float(), size=size, mode="bilinear", align_corners=False
-        )
-        probs = rearrange(probs[..., :h, :w].clamp(0, 1), "(b n) 1 h w -> b n 1 h w", b=b)
+        stride = int(getattr(self.model, "output_stride", 1))
+        probs = token_masks_to_images(rearrange(masks, "b n 1 h w -> (b n) 1 h w"), (h, w), stride)
+        probs = rearrange(probs, "(b n) 1 h w -> b n 1 h w", b=b)
         return GroupingReadoutOutput(probs=probs, chosen=chosen, grouping=grouping, valid=valid, set_class=set_class)
 
     @torch.inference_mode()

@@ -109,7 +109,7 @@ def grouping_reference(module, features: torch.Tensor, valid: list[bool] | None 
     """SetGrouping for one set ``(N, C, h, w)``: the valid images' tokens gathered in a loop.
 
     ``hard`` replaces the softmax assignment by the one-hot of its argmax (the training-mode
-    forward value without noise). Returns (features, assignment, embeddings, coverage, scores).
+    forward value without noise). Returns (features, assignment, embeddings, coverage, scores, distortion).
     """
     n, c, h, w = features.shape
     valid = valid if valid is not None else [True] * n
@@ -151,6 +151,9 @@ def grouping_reference(module, features: torch.Tensor, valid: list[bool] | None 
     back_cov = assign.T @ coverage[:, None]
     y = x + module.to_out(torch.cat([back, back_cov], dim=-1))
     scores = module.score(torch.cat([emb, coverage[:, None]], dim=-1))[:, 0]
+    points = F.layer_norm(x, (c,))
+    means = (assign @ points) / assign.sum(dim=1, keepdim=True).clamp_min(1.0)
+    distortion = ((points - assign.T @ means) ** 2).mean()
     out = features.clone()
     assignment = torch.zeros(n, q.shape[0], h, w)
     j = 0
@@ -159,4 +162,4 @@ def grouping_reference(module, features: torch.Tensor, valid: list[bool] | None 
             out[i] = y[j * h * w : (j + 1) * h * w].T.reshape(c, h, w)
             assignment[i] = assign[:, j * h * w : (j + 1) * h * w].reshape(-1, h, w)
             j += 1
-    return out, assignment, emb, coverage, scores
+    return out, assignment, emb, coverage, scores, distortion

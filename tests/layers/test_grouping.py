@@ -25,12 +25,13 @@ def check_against_reference(module, x, valid=None, hard=False):
     out = module(x, valid)
     for b in range(x.shape[0]):
         row = None if valid is None else valid[b].tolist()
-        features, assignment, emb, coverage, scores = grouping_reference(module, x[b], row, hard=hard)
+        features, assignment, emb, coverage, scores, distortion = grouping_reference(module, x[b], row, hard=hard)
         torch.testing.assert_close(out.features[b], features, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out.assignment[b], assignment, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out.group_embeddings[b], emb, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out.coverage[b], coverage, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(out.scores[b], scores, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out.distortion[b], distortion, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("layers", [0, 1, 2])
@@ -76,6 +77,7 @@ def test_permutation_equivariance_and_invariance(b: int, n: int, h: int, w: int,
     torch.testing.assert_close(moved.group_embeddings, out.group_embeddings, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(moved.coverage, out.coverage, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(moved.scores, out.scores, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(moved.distortion, out.distortion, atol=1e-5, rtol=1e-4)
 
 
 @settings(deadline=None, max_examples=20)
@@ -86,7 +88,7 @@ def test_sets_in_a_batch_are_independent(n: int, seed: int) -> None:
     a, c = torch.randn(1, n, 8, 3, 3), torch.randn(1, n, 8, 3, 3)
     both = module(torch.cat([a, c]))
     for i, alone in enumerate((module(a), module(c))):
-        for name in ("features", "assignment", "group_embeddings", "coverage", "scores"):
+        for name in ("features", "assignment", "group_embeddings", "coverage", "scores", "distortion"):
             torch.testing.assert_close(getattr(both, name)[i : i + 1], getattr(alone, name), atol=1e-5, rtol=1e-4)
 
 
@@ -104,6 +106,7 @@ def test_padding_neither_contributes_nor_changes_valid_outputs(n: int, pad: int,
     torch.testing.assert_close(out.group_embeddings, ref.group_embeddings, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.coverage, ref.coverage, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.scores, ref.scores, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.distortion, ref.distortion, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.features[:, n:], padded[:, n:])  # padding keeps its features
     assert out.assignment[:, n:].abs().sum() == 0  # and belongs to no group
 
@@ -184,3 +187,26 @@ def test_errors() -> None:
         SetGrouping(8, heads=2, layers=-1)
     with pytest.raises(CosegValueError, match="tau"):
         SetGrouping(8, heads=2, tau=0)
+
+
+def test_distortion_trains_the_assignment_only_and_falls_for_homogeneous_groups() -> None:
+    """k-means: a partition along a clear two-cluster split distorts less than a random one."""
+    module = make(8, groups=2, heads=2, layers=0)
+    x = torch.randn(1, 2, 8, 4, 4, requires_grad=True)
+    out = module.train()(x)
+    out.distortion.sum().backward()
+    assert module.centres.grad.abs().sum() > 0  # the assignment gets the gradient
+    from cosegkit.layers.grouping import _distortion
+
+    tokens = torch.randn(1, 6, 4, requires_grad=True)
+    fixed = torch.eye(2)[torch.tensor([0, 0, 1, 1, 0, 1])].T[None]  # a fixed partition
+    # the features are fixed targets: with a fixed partition nothing is left to differentiate
+    assert not _distortion(tokens, fixed, torch.ones(1, 6, dtype=torch.bool)).requires_grad
+
+    pattern = torch.tensor([5.0] * 4 + [-5.0] * 4)  # two clusters that survive the LayerNorm
+    tokens = torch.cat([torch.randn(1, 8, 8) + pattern, torch.randn(1, 8, 8) - pattern], dim=1)
+    live = torch.ones(1, 16, dtype=torch.bool)
+    split = torch.zeros(1, 2, 16)
+    split[0, 0, :8], split[0, 1, 8:] = 1.0, 1.0
+    shuffled = split[:, :, torch.randperm(16)]
+    assert _distortion(tokens, split, live) < 0.5 * _distortion(tokens, shuffled, live)

@@ -123,6 +123,16 @@ def test_grouping_mask_term_is_eq_11_on_the_groups_scores() -> None:
     assert LCCoLoss()(tiny_lcco().eval()(rand_images(1, 2), masks=ones), ones).grouping is None
 
 
+def test_distortion_term() -> None:
+    m = tiny_lcco(use_grouping=True).train()
+    masks = (torch.rand(2, 2, 1, 32, 40) > 0.5).float()
+    out = m(rand_images(2, 2), masks=masks)
+    plain, with_d = LCCoLoss()(out, masks), LCCoLoss(distortion_weight=3.0)(out, masks)
+    assert plain.distortion is None
+    torch.testing.assert_close(with_d.distortion, out.grouping.distortion.mean())
+    torch.testing.assert_close(with_d.total, plain.total + 3.0 * with_d.distortion)
+
+
 def test_superpixel_term_needs_the_labels() -> None:
     m = tiny_lcco(use_grouping=True).train()
     masks = torch.ones(1, 2, 1, 32, 40)
