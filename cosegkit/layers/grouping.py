@@ -371,6 +371,13 @@ def readout_masks(assignment: torch.Tensor, chosen: torch.Tensor) -> torch.Tenso
     Args:
         assignment: ``(B, N, G, h, w)``.
         chosen: ``(B,)`` long: one group per set.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.layers import readout_masks
+        >>> a = torch.tensor([[0.9, 0.2], [0.1, 0.8]]).reshape(1, 1, 2, 1, 2)  # 2 groups, 2 tokens
+        >>> readout_masks(a, torch.tensor([1])).flatten().tolist()  # group 1's share of each token
+        [0.10000000149011612, 0.800000011920929]
     """
     index = repeat(chosen, "b -> b n 1 h w", n=assignment.shape[1], h=assignment.shape[3], w=assignment.shape[4])
     return torch.gather(assignment, 2, index)

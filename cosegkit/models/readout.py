@@ -28,6 +28,12 @@ def token_masks_to_images(masks: torch.Tensor, size: tuple[int, int], stride: in
 
     The model pads its input to ``stride``, so the token grid covers the padded image: the
     masks are resized to the padded size and the padding cropped off.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.models.readout import token_masks_to_images
+        >>> token_masks_to_images(torch.rand(3, 1, 2, 2), (60, 64), stride=32).shape  # grid of a 64 x 64 padded input
+        torch.Size([3, 1, 60, 64])
     """
     h, w = size
     padded = (h + (-h) % stride, w + (-w) % stride)
@@ -47,6 +53,16 @@ class GroupingReadoutOutput:
         set_class: ``(B,)`` long: the prompt the ``"clip"`` read-out matched; ``None`` for the
             other read-outs.
         valid: ``(B, N)`` boolean.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import GroupingReadout, LCCo
+        >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None, decoder_channels=(32, 32, 16, 16),
+        ...              use_correspondence=False, use_interaction=False, use_regularization=False,
+        ...              use_grouping=True, num_groups=4, heads=4)
+        >>> out = GroupingReadout(model, "coverage").eval()(torch.rand(1, 2, 3, 64, 64))
+        >>> out.probs.shape, out.chosen.shape, out.grouping.assignment.shape, out.set_class
+        (torch.Size([1, 2, 1, 64, 64]), torch.Size([1]), torch.Size([1, 2, 4, 2, 2]), None)
     """
 
     probs: torch.Tensor

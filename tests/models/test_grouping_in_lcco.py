@@ -181,7 +181,7 @@ def test_grouping_readout_on_a_model() -> None:
     owner = out.grouping.assignment.argmax(dim=2)  # (b, n, h, w): each token's group
     for b in range(2):
         owning = set(owner[b].unique().tolist())
-        best = max(owning, key=lambda g: float(out.grouping.scores[b, g]))
+        best = max(owning, key=lambda g: float(out.grouping.scores[b, g].detach()))
         assert int(out.chosen[b]) == best
     assert GroupingReadout(m, "coverage").eval()(x).probs.shape == (2, 3, 1, 40, 44)
     assert float(out.probs.min()) >= 0 and float(out.probs.max()) <= 1
