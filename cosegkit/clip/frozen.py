@@ -7,8 +7,10 @@ Axis legend (einops):
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +31,36 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 def _looks_like_path(s: str) -> bool:
     return os.sep in s or s.endswith(_WEIGHT_SUFFIXES) or os.path.exists(s)
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def weights_follow() -> Iterator[None]:
+    """Silence open_clip's "No pretrained weights loaded ... initialized randomly" notice.
+
+    For code that builds a CLIP with ``pretrained=None`` only to load trained weights into it
+    right after (:meth:`LCCo.from_pretrained <cosegkit.LCCo.from_pretrained>`): there the notice
+    says the opposite of what happens. open_clip logs it on the root logger; every other
+    record passes.
+
+    Example:
+        >>> import logging
+        >>> from cosegkit.clip.frozen import weights_follow
+        >>> with weights_follow():
+        ...     logging.getLogger().filters[-1].filter(logging.makeLogRecord({"msg": "No pretrained weights loaded for x"}))
+        False
+    """
+    root = logging.getLogger()
+    notice = _DropRandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 class FrozenClip(nn.Module):

@@ -368,6 +368,10 @@ def _train(
     from cosegkit.losses.lcco import LCCoLoss
 
     device = dist.device
+    if config.dataset != "synthetic":
+        from cosegkit.engine.config import train_groups
+
+        train_groups(config)  # a missing or wrong data folder fails here, before weights are fetched
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
         if not resume:

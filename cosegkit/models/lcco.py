@@ -20,7 +20,7 @@ from torch import nn
 
 from cosegkit import __version__
 from cosegkit._validation import check_image_set, is_compiling, resolve_valid
-from cosegkit.clip.frozen import FrozenClip
+from cosegkit.clip.frozen import FrozenClip, weights_follow
 from cosegkit.clip.vocabulary import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY
 from cosegkit.errors import CosegShapeError, CosegValueError, WeightsUnavailableError
 from cosegkit.layers.coarse_decoder import CoarseMaskDecoder
@@ -624,9 +624,10 @@ class LCCo(nn.Module):
             cfg_file = path / CLIP_CONFIG_DIR / f"{name}.json"
             if name not in open_clip.list_models() and cfg_file.is_file():
                 open_clip.add_model_config(cfg_file)
-            clip = FrozenClip.from_name(
-                name, pretrained=None, classnames=kwargs["classnames"], templates=kwargs["templates"]
-            )
+            with weights_follow():  # random init, then the checkpoint's weights: no "randomly" notice
+                clip = FrozenClip.from_name(
+                    name, pretrained=None, classnames=kwargs["classnames"], templates=kwargs["templates"]
+                )
             if not (path / CLIP_WEIGHTS_NAME).is_file():
                 raise WeightsUnavailableError(f"{str(path)!r} lacks {CLIP_WEIGHTS_NAME}")
             clip.model.load_state_dict(_read_safetensors(path / CLIP_WEIGHTS_NAME))

@@ -185,3 +185,17 @@ def test_a_run_with_grouping_and_superpixels_caches_them_and_resumes(tmp_path) -
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("grouping.") for k in a)
+
+
+def test_a_missing_data_folder_fails_before_the_model_is_built(tmp_path, monkeypatch) -> None:
+    """The data folder is checked first: offline, fetching ImageNet weights would fail first otherwise."""
+    import cosegkit.engine.trainer as trainer
+    from cosegkit.data.types import DataError
+
+    def no_model(config):
+        raise AssertionError("the model was built before the data folder was checked")
+
+    monkeypatch.setattr(trainer, "build_model", no_model)
+    config = TrainConfig(dataset="pascal_voc", root=str(tmp_path / "nonexistent"), encoder_weights="imagenet")
+    with pytest.raises(DataError, match="does not exist"):
+        train(config, tmp_path / "run", progress=False)

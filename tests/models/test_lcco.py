@@ -196,6 +196,21 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert loaded.clip.classnames == CLASSNAMES
 
 
+def test_loading_trained_weights_does_not_say_they_are_random(tmp_path, caplog) -> None:
+    """open_clip's "initialized randomly" notice is wrong while a checkpoint loads its CLIP."""
+    import logging
+
+    path = tiny_lcco().save_pretrained(tmp_path / "ckpt")
+    with caplog.at_level(logging.WARNING):
+        make_tiny_clip()  # a CLIP built with random weights on purpose: the notice stays
+    assert any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        LCCo.from_pretrained(path)
+    assert not any("No pretrained weights loaded" in r.getMessage() for r in caplog.records)
+    assert not any("No pretrained weights" in str(f) for f in logging.getLogger().filters)
+
+
 def test_round_trip_of_the_baseline(tmp_path) -> None:
     m = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False).eval()
     m.save_pretrained(tmp_path)
