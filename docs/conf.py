@@ -25,6 +25,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax ships with the build: equations render without internet
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
 ]

@@ -174,3 +174,38 @@ def test_inventories_are_readable(tmp_path) -> None:
     # autodoc spells torch.nn.Module by its defining module; both spellings link to one page
     assert "torch.nn.Module py:class 1 generated/torch.nn.Module.html#torch.nn.Module -" in torch_rows
     assert "torch.nn.modules.module.Module py:class 1 generated/torch.nn.Module.html#torch.nn.Module -" in torch_rows
+
+
+def _offline_check():
+    spec = importlib.util.spec_from_file_location("offline_check", DOCS / "_ext" / "offline_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_offline_check_finds_pages_that_load_from_other_hosts(tmp_path, capsys) -> None:
+    """CI runs docs/_ext/offline_check.py on the built HTML; here it is shown to catch a CDN script."""
+    check = _offline_check()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "index.html").write_text(
+        '<link rel="stylesheet" href="_static/furo.css"><link rel="canonical" href="https://example.org/">'
+        '<script src="_static/mathjax/tex-chtml.js"></script><a href="https://pytorch.org">torch</a>'
+    )
+    assert check.main([str(tmp_path)]) == 0
+    (tmp_path / "sub" / "equations.html").write_text(
+        '<script defer src="https://cdn.jsdelivr.net/npm/mathjax@4/tex-mml-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example.com/a.css">'
+    )
+    assert check.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "sub/equations.html" in out and "cdn.jsdelivr.net" in out and "fonts.example.com" in out
+    assert check.main([str(tmp_path / "missing")]) == 2
+
+
+def test_the_docs_ship_their_own_mathjax() -> None:
+    """The docs build copies MathJax into the pages (the docs extra installs it); no CDN."""
+    conf = (DOCS / "conf.py").read_text()
+    assert '"sphinx-mathjax-offline"' in conf
+    pyproject = (DOCS.parent / "pyproject.toml").read_text()
+    assert "sphinx-mathjax-offline" in pyproject.split("docs = [", 1)[1].split("]", 1)[0]
+    assert "offline_check.py" in (DOCS.parent / ".ci" / "run").read_text()
