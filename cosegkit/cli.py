@@ -559,6 +559,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cosegkit.engine.evaluate import evaluate
 
     _check_model_or_zero_shot(args)
+    if args.json:  # refuse a bad destination now, not after the evaluation has run
+        destination = Path(args.json)
+        if destination.is_dir():
+            raise _UsageError(
+                f"--json {args.json!r} is a folder; pass a file name, e.g. {str(destination / 'eval.json')!r}"
+            )
+        destination.parent.mkdir(parents=True, exist_ok=True)
     if args.zero_shot and "synthetic" in args.data:
         raise _UsageError("--data synthetic needs a trained model's run folder; --zero-shot takes reader=PATH datasets")
     device = _pick_device(args.device, 0)

@@ -42,6 +42,7 @@ from cosegkit.engine.config import TrainConfig, build_eval_sets
 from cosegkit.engine.evaluate import evaluate
 from cosegkit.engine.segment import binarize
 from cosegkit.engine.trainer import train
+from cosegkit.errors import CosegValueError
 from cosegkit.zeroshot import ZeroShotCoseg
 
 __all__ = ["ZERO_SHOT_SIZE", "DemoBudget", "demo_train_config", "demo_zero_shot", "run_demo"]
@@ -299,6 +300,8 @@ def run_demo(
     steps = steps or budget.steps
     clip_steps = clip_steps or budget.clip_steps
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CosegValueError(f"the demo's output folder {str(out)!r} is a file; pass a folder as --out")
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
 

@@ -44,6 +44,49 @@ def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def test_train_into_a_file_or_resuming_an_empty_folder_gives_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "empty").mkdir()
+    for argv, message in (
+        (["train", "--out", str(tmp_path / "afile"), "--steps", "1"], "is a file"),
+        (["train", "--out", str(tmp_path / "empty"), "--resume"], "not a run folder"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_segment_into_a_file_gives_one_line(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from tests._support import tiny_lcco
+
+    model = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False)
+    folder = model.save_pretrained(tmp_path / "model")
+    Image.new("RGB", (40, 32)).save(tmp_path / "a.png")
+    (tmp_path / "afile").write_text("")
+    argv = ["segment", "--model", str(folder), str(tmp_path / "a.png"), "--out", str(tmp_path / "afile")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file; pass a folder as --out" in err and len(err.splitlines()) == 1
+
+
+def test_demo_into_a_file_and_evaluate_json_into_a_folder_give_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "afile").write_text("")
+    assert main(["demo", "--quick", "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a file; pass a folder as --out" in err and len(err.splitlines()) == 1
+    from tests._support import tiny_lcco
+
+    folder = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False).save_pretrained(
+        tmp_path / "model"
+    )
+    argv = ["evaluate", "--model", str(folder), "--data", f"folder={tmp_path}", "--json", str(tmp_path)]
+    assert main(argv) == 2  # refused before any evaluation runs
+    err = capsys.readouterr().err.strip()
+    assert "is a folder; pass a file name" in err and len(err.splitlines()) == 1
+
+
 def test_variant_flags_reach_the_config() -> None:
     from cosegkit.cli import _config_from_args, build_parser
 

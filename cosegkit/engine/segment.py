@@ -16,8 +16,8 @@ from PIL import Image
 from cosegkit.data.io import is_image_file, load_image
 from cosegkit.data.sampling import eval_chunks
 from cosegkit.data.types import DataError
-from cosegkit.errors import CosegValueError
 from cosegkit.engine.evaluate import mask_probs
+from cosegkit.errors import CosegValueError
 from cosegkit.metrics.functional import get_preset, thresholds
 
 __all__ = ["binarize", "collect_images", "overlay", "segment_files"]
@@ -188,6 +188,8 @@ def segment_files(
     get_preset(preset)
     if not files:
         raise CosegValueError("no images to segment")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CosegValueError(f"the output folder {str(out_dir)!r} is a file; pass a folder as --out")
     images: list[torch.Tensor] = []
     kept: list[Path] = []
     skipped: list[tuple[Path, str]] = []

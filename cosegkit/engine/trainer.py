@@ -344,7 +344,16 @@ def train(
     """
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints"
+    if run.exists() and not run.is_dir():
+        raise CosegValueError(
+            f"the run folder {str(run)!r} is a file; pass a folder as --out (a new one, or a run to resume)"
+        )
     if resume:
+        if not (run / "config.json").is_file():
+            raise CosegValueError(
+                f"{str(run)!r} is not a run folder (no config.json): --resume continues a run that "
+                f"'cosegkit train --out {run}' started; start one without --resume"
+            )
         saved = TrainConfig.load(run / "config.json")
         if config is not None and config.to_dict() != saved.to_dict():
             diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)

@@ -199,3 +199,15 @@ def test_a_missing_data_folder_fails_before_the_model_is_built(tmp_path, monkeyp
     config = TrainConfig(dataset="pascal_voc", root=str(tmp_path / "nonexistent"), encoder_weights="imagenet")
     with pytest.raises(DataError, match="does not exist"):
         train(config, tmp_path / "run", progress=False)
+
+
+def test_a_file_as_run_folder_and_resuming_a_non_run_say_what_to_do(tmp_path) -> None:
+    from cosegkit.errors import CosegValueError
+
+    config = TrainConfig(**TINY, steps=1)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(CosegValueError, match="is a file; pass a folder as --out"):
+        train(config, tmp_path / "afile", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CosegValueError, match=r"not a run folder \(no config.json\).*start one without --resume"):
+        train(None, tmp_path / "empty", resume=True, progress=False)
