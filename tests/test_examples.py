@@ -188,3 +188,22 @@ def test_zero_shot_synthetic_prints_a_row_per_setting(tmp_path) -> None:
         ("32px", "yes", "given"), ("64px", "yes", "given"),
     ]  # fmt: skip
     assert all(r[5] == "100%" for r in rows if r[2] == "given")  # the true class, given, is always named
+
+
+def test_gpu_benchmark_driver_lists_its_tables_and_refuses_without_cuda(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", EXAMPLES.parent / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    assert gpu.main(["--dry-run", "--out", "b"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["fp32", "bf16", "compile", "ddp-nccl"]
+    assert "--dtype bf16" in lines[1] and "--options" in lines[2] and "--nproc-per-node 2" in lines[3]
+    assert "--device cuda" in lines[3] and all("--device cuda" in line for line in lines)
+    assert [n for n, _ in gpu.commands(Path("b"), quick=False, gpus=1)] == ["fp32", "bf16", "compile"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main(["--out", "b"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
