@@ -38,6 +38,23 @@ class _DropRandomInitNotice(logging.Filter):
         return not record.getMessage().startswith("No pretrained weights loaded")
 
 
+class _DropDownloadFailure(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to download weights")
+
+
+@contextlib.contextmanager
+def _quiet_download_failure() -> Iterator[None]:
+    """Drop open_clip's own "Failed to download weights" log line: the error raised after it says more."""
+    root = logging.getLogger()
+    drop = _DropDownloadFailure()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 @contextlib.contextmanager
 def weights_follow() -> Iterator[None]:
     """Silence open_clip's "No pretrained weights loaded ... initialized randomly" notice.
@@ -183,9 +200,10 @@ class FrozenClip(nn.Module):
                 f"tag such as 'openai', or None for random weights"
             )
         try:
-            model = open_clip.create_model(
-                model_name, pretrained=weights, cache_dir=cache_dir, device=device, weights_only=True
-            )
+            with _quiet_download_failure():  # the error raised below says it, with what to do
+                model = open_clip.create_model(
+                    model_name, pretrained=weights, cache_dir=cache_dir, device=device, weights_only=True
+                )
         except Exception as err:  # network, hub and file errors all land here
             if weights is None:
                 raise
@@ -194,7 +212,7 @@ class FrozenClip(nn.Module):
                 f"{err}). On a machine without internet access, download the weights elsewhere and "
                 f"pass the file: FrozenClip.from_name({model_name!r}, pretrained='/path/to/"
                 f"open_clip_model.safetensors') or LCCo(clip_pretrained='/path/...'); pass "
-                f"pretrained=None for random weights"
+                f"pretrained=None for random weights (on the command line: --clip-pretrained FILE or none)"
             ) from err
         clip = cls(
             model,

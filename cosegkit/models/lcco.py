@@ -159,7 +159,7 @@ def build_encoder(name: str, weights: str | os.PathLike[str] | None, depth: int)
             f"could not fetch {weights!r} weights for encoder {name!r} ({type(err).__name__}: {err}). "
             f"Offline, download the weights elsewhere and pass the file as "
             f"encoder_weights='/path/to/encoder.safetensors', or pass encoder_weights=None for a "
-            f"randomly initialised encoder"
+            f"randomly initialised encoder (cosegkit train: --encoder-weights FILE, or --encoder-weights none)"
         ) from err
     if local:
         if not os.path.isfile(weights):  # type: ignore[arg-type]

@@ -273,6 +273,29 @@ def test_unavailable_pretrained_weights_say_what_to_do() -> None:
         )
 
 
+def test_unavailable_weights_name_the_cli_flags_and_open_clip_logs_no_second_error(monkeypatch, caplog) -> None:
+    import logging
+
+    import open_clip
+
+    with pytest.raises(WeightsUnavailableError, match="--encoder-weights FILE"):
+        LCCo(encoder_name="resnet18", encoder_weights="imagenet", use_correspondence=False,
+             use_interaction=False, use_regularization=False)  # fmt: skip
+
+    def offline(*args, **kwargs):  # what open_clip does offline: log, then raise
+        logging.error("Failed to download weights for tag 'openai': no connection")
+        raise RuntimeError("Failed to download weights for tag 'openai'")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    from cosegkit.clip import FrozenClip
+
+    with caplog.at_level(logging.ERROR), pytest.raises(WeightsUnavailableError, match="--clip-pretrained FILE"):
+        FrozenClip.from_name(TINY_CLIP, pretrained="openai")
+    assert not any("Failed to download weights" in r.getMessage() for r in caplog.records)
+    logging.error("Failed to download weights elsewhere")  # outside the call the filter is gone
+    assert any("elsewhere" in r.getMessage() for r in caplog.records)
+
+
 def test_passing_a_ready_clip() -> None:
     clip = make_tiny_clip(classnames=["apple", "pear", "plum", "fig"])
     m = tiny_lcco(clip=clip, top_k=2)
