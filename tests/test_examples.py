@@ -118,6 +118,20 @@ def test_benchmark_harness_runs_and_records_json(tmp_path) -> None:
     assert record["text_bank_computations"] == 1
 
 
+def test_eq12_agreement_benchmark_runs_and_records_json(tmp_path) -> None:
+    script = EXAMPLES.parent / "benchmarks" / "eq12_target_agreement.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--sets", "6", "--clip-steps", "2", "--json", str(tmp_path / "agree.json")],
+        env={**cli_env(), "COSEGKIT_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    numbers = json.loads((tmp_path / "agree.json").read_text())
+    assert numbers["sets"] == 6 and all(
+        0 <= numbers[k] <= 1 for k in ("per_group_equals_per_set", "per_set_is_true_class", "per_group_is_true_class")
+    )
+    assert "per-group class == per-set class" in done.stdout
+
+
 SHARED_PASCAL = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pascal_voc_coseg").resolve()
 
 
