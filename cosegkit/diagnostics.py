@@ -475,6 +475,7 @@ def grouping_diagnostics(model: nn.Module, sets: Any, *, limit: int | None = Non
     """
     import torch.nn.functional as F
 
+    from cosegkit.layers.grouping import _hard
     from cosegkit.metrics import precision_jaccard
     from cosegkit.models.readout import GroupingReadout, token_masks_to_images
 
@@ -490,7 +491,7 @@ def grouping_diagnostics(model: nn.Module, sets: Any, *, limit: int | None = Non
         out = readout(images, valid)
         a = out.grouping.assignment[0][valid[0]]  # (v, g, h, w)
         g = a.shape[1]
-        hard = F.one_hot(a.argmax(dim=1), g).movedim(-1, 1).to(a.dtype)
+        hard = _hard(a[None])[0]
         target = F.interpolate(masks[0][valid[0]], size=a.shape[-2:], mode="area")[:, 0]  # (v, h, w)
         owned = (hard * target[:, None]).sum(dim=(0, 2, 3))  # object mass per group
         main = int(owned.argmax())

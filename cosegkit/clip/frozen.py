@@ -33,21 +33,20 @@ def _looks_like_path(s: str) -> bool:
     return os.sep in s or s.endswith(_WEIGHT_SUFFIXES) or os.path.exists(s)
 
 
-class _DropRandomInitNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("No pretrained weights loaded")
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
 
-
-class _DropDownloadFailure(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Failed to download weights")
+        return not record.getMessage().startswith(self.prefix)
 
 
 @contextlib.contextmanager
-def _quiet_download_failure() -> Iterator[None]:
-    """Drop open_clip's own "Failed to download weights" log line: the error raised after it says more."""
+def _drop_root_messages(prefix: str) -> Iterator[None]:
+    """Drop the root logger's records that start with ``prefix`` (where open_clip logs) while inside."""
     root = logging.getLogger()
-    drop = _DropDownloadFailure()
+    drop = _DropMessage(prefix)
     root.addFilter(drop)
     try:
         yield
@@ -55,8 +54,7 @@ def _quiet_download_failure() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-@contextlib.contextmanager
-def weights_follow() -> Iterator[None]:
+def weights_follow() -> contextlib.AbstractContextManager[None]:
     """Silence open_clip's "No pretrained weights loaded ... initialized randomly" notice.
 
     For code that builds a CLIP with ``pretrained=None`` only to load trained weights into it
@@ -71,13 +69,7 @@ def weights_follow() -> Iterator[None]:
         ...     logging.getLogger().filters[-1].filter(logging.makeLogRecord({"msg": "No pretrained weights loaded for x"}))
         False
     """
-    root = logging.getLogger()
-    notice = _DropRandomInitNotice()
-    root.addFilter(notice)
-    try:
-        yield
-    finally:
-        root.removeFilter(notice)
+    return _drop_root_messages("No pretrained weights loaded")
 
 
 class FrozenClip(nn.Module):
@@ -200,7 +192,7 @@ class FrozenClip(nn.Module):
                 f"tag such as 'openai', or None for random weights"
             )
         try:
-            with _quiet_download_failure():  # the error raised below says it, with what to do
+            with _drop_root_messages("Failed to download weights"):  # the error raised below says it, and more
                 model = open_clip.create_model(
                     model_name, pretrained=weights, cache_dir=cache_dir, device=device, weights_only=True
                 )

@@ -168,8 +168,3 @@ class SuperpixelSets(Dataset):
         ]
         item["superpixels"] = torch.stack(maps)
         return item
-
-    def __getattr__(self, name: str) -> Any:  # set_epoch, groups... of the wrapped sets
-        if name == "sets":
-            raise AttributeError(name)
-        return getattr(self.sets, name)

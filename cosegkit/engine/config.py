@@ -410,7 +410,9 @@ def train_groups(config: TrainConfig) -> list[Group]:
     return groups
 
 
-def build_train_sets(config: TrainConfig, length: int, *, pseudo_masks: Any = None) -> Dataset:
+def build_train_sets(
+    config: TrainConfig, length: int, *, pseudo_masks: Any = None, groups: Sequence[Group] | None = None
+) -> Dataset:
     """The training dataset of ``length`` items: synthetic sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups.
 
     With ``config.pseudo_masks`` set, ``pseudo_masks`` is the run's
@@ -418,6 +420,8 @@ def build_train_sets(config: TrainConfig, length: int, *, pseudo_masks: Any = No
     makes it) and the sets are :class:`~cosegkit.engine.pseudo.PseudoTrainSets`: the same
     sampling and augmentation, items with ``masks`` (the confident object pixels) and
     ``weights`` (0 where the pseudo label is not confident), and no ground truth read.
+    ``groups`` are the training groups when already read (:func:`train_groups`), so a
+    reader's files are listed once.
 
     Example:
         >>> import torch
@@ -441,7 +445,7 @@ def build_train_sets(config: TrainConfig, length: int, *, pseudo_masks: Any = No
     """
     if config.dataset == "synthetic":
         return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
-    groups = train_groups(config)
+    groups = list(groups) if groups is not None else train_groups(config)
     if config.pseudo_masks:
         from cosegkit.engine.pseudo import PseudoMaskLoader, PseudoTrainSets
 

@@ -377,10 +377,11 @@ def _train(
     from cosegkit.losses.lcco import LCCoLoss
 
     device = dist.device
+    data_groups = None
     if config.dataset != "synthetic":
         from cosegkit.engine.config import train_groups
 
-        train_groups(config)  # a missing or wrong data folder fails here, before weights are fetched
+        data_groups = train_groups(config)  # read once; a missing data folder fails here, before weights are fetched
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -388,7 +389,7 @@ def _train(
     model = build_model(config).to(device)
     store = None
     if config.pseudo_masks:
-        store = _pseudo_masks(config, model, run, device, dist, progress)
+        store = _pseudo_masks(config, data_groups, model, run, device, dist, progress)
     encoder_params = {id(p) for p in model.encoder.parameters()}
     groups = [
         {
@@ -426,7 +427,9 @@ def _train(
         distortion_weight=config.distortion_weight,
     )
 
-    dataset = build_train_sets(config, length=config.steps * config.batch_size * dist.world, pseudo_masks=store)
+    dataset = build_train_sets(
+        config, length=config.steps * config.batch_size * dist.world, pseudo_masks=store, groups=data_groups
+    )
     if config.superpixel_weight > 0:  # computed here, in the data pipeline, and cached in the run folder
         from cosegkit.data.superpixels import SuperpixelCache, SuperpixelSets
 
@@ -536,10 +539,9 @@ def _train(
     return TrainResult(run, config.steps, loss_value, evaluation)
 
 
-def _pseudo_masks(config: TrainConfig, model: torch.nn.Module, run: Path, device, dist, progress: bool):
+def _pseudo_masks(config: TrainConfig, groups, model: torch.nn.Module, run: Path, device, dist, progress: bool):
     """The run's pseudo masks, computed once before training (cached in ``run/pseudo_masks``)."""
     from cosegkit.clip.frozen import FrozenClip
-    from cosegkit.engine.config import train_groups
     from cosegkit.engine.pseudo import prepare_pseudo_masks
 
     clip = getattr(model, "clip", None)
@@ -549,9 +551,7 @@ def _pseudo_masks(config: TrainConfig, model: torch.nn.Module, run: Path, device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             clip = FrozenClip.from_name(config.clip_model, pretrained=config.clip_pretrained, **kwargs).to(device)
-    return prepare_pseudo_masks(
-        config, train_groups(config), clip, run / "pseudo_masks", device=device, dist=dist, progress=progress
-    )
+    return prepare_pseudo_masks(config, groups, clip, run / "pseudo_masks", device=device, dist=dist, progress=progress)
 
 
 def _can_evaluate(config: TrainConfig, dist: distributed.DistInfo) -> bool:

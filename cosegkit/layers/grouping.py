@@ -365,6 +365,11 @@ def _hard(assignment: torch.Tensor) -> torch.Tensor:
     return hard * (assignment.sum(dim=2, keepdim=True) > 0)
 
 
+def _owns_tokens(assignment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, G)``: whether each group is the largest share of at least one token of a valid image."""
+    return (_hard(assignment) * valid[:, :, None, None, None]).sum(dim=(1, 3, 4)) > 0
+
+
 def readout_masks(assignment: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """The chosen group's share of every token, ``(B, N, 1, h, w)`` in [0, 1].
 
@@ -446,8 +451,7 @@ def score_readout(
         raise CosegShapeError(
             f"expected scores of shape (B, G) = {(assignment.shape[0], assignment.shape[2])}, got {shape_str(scores)}"
         )
-    empty = (_hard(assignment) * valid[:, :, None, None, None]).sum(dim=(1, 3, 4)) == 0
-    chosen = scores.masked_fill(empty, -math.inf).argmax(dim=1)
+    chosen = scores.masked_fill(~_owns_tokens(assignment, valid), -math.inf).argmax(dim=1)
     return readout_masks(assignment, chosen), chosen
 
 
@@ -503,6 +507,5 @@ def clip_readout(
     a = a * valid[:, :, None, None, None].to(a.dtype)
     pooled = torch.einsum("bnghw,bndhw->bgd", a, clip_tokens)
     score = F.cosine_similarity(pooled, class_embedding[:, None, :].to(pooled.dtype), dim=-1)
-    empty = _hard(assignment).sum(dim=(1, 3, 4)) == 0
-    chosen = score.masked_fill(empty, -math.inf).argmax(dim=1)
+    chosen = score.masked_fill(~_owns_tokens(assignment, valid), -math.inf).argmax(dim=1)
     return readout_masks(assignment, chosen), chosen
