@@ -420,7 +420,7 @@ def build_train_sets(
     makes it) and the sets are :class:`~cosegkit.engine.pseudo.PseudoTrainSets`: the same
     sampling and augmentation, items with ``masks`` (the confident object pixels) and
     ``weights`` (0 where the pseudo label is not confident), and no ground truth read.
-    ``groups`` are the training groups when already read (:func:`train_groups`), so a
+    ``groups`` are the training groups when already read (``train_groups(config)``), so a
     reader's files are listed once.
 
     Example:
