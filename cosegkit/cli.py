@@ -134,6 +134,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--warmup", type=int, default=0, help="linear warm-up steps before the cosine schedule")
     o.add_argument("--lambda1", type=float, default=1.0, help="weight of the coarse segmentation loss (eq. 9)")
     o.add_argument("--lambda2", type=float, default=1.0, help="weight of the classification loss (eq. 9)")
+    o.add_argument(
+        "--class-targets",
+        choices=("cached", "per-set"),
+        default="cached",
+        help="eq. 12's target: cached (each image's masked embedding computed once, un-augmented; "
+        "cached in <out>/class_targets) or per-set (a second CLIP pass every step) (default cached)",
+    )
     o.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
     s = p.add_argument_group(
         "training without masks",
@@ -224,6 +231,7 @@ def _config_from_args(args: argparse.Namespace):
         warmup=args.warmup,
         lambda1=args.lambda1,
         lambda2=args.lambda2,
+        class_targets=args.class_targets,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,

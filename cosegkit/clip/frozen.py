@@ -8,6 +8,7 @@ Axis legend (einops):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -402,3 +403,25 @@ class FrozenClip(nn.Module):
     def clip_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped CLIP's weights (they are not part of :meth:`~torch.nn.Module.state_dict`)."""
         return self._clip.state_dict()
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the wrapped CLIP's weights (names, shapes, dtypes and bytes), for cache keys.
+
+        Example:
+            >>> from cosegkit.clip import FrozenClip
+            >>> from cosegkit.testing import register_tiny_clips, TINY_CLIP
+            >>> _ = register_tiny_clips()
+            >>> a = FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat"])
+            >>> len(a.weights_sha256()), a.weights_sha256() == a.weights_sha256()
+            (64, True)
+            >>> b = FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat"])  # other random weights
+            >>> a.weights_sha256() == b.weights_sha256()
+            False
+        """
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self._clip.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()

@@ -260,6 +260,29 @@ class TrainSets(Dataset):
             masks.append(mask)
         return _padded_item(images, masks, chosen, gi, self.set_size, self.image_size)
 
+    def unaugmented(self, group: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``index`` of group ``group`` and its mask as an item would hold them without augmentation.
+
+        The loader's pair resized to ``image_size x image_size`` (what ``augment=None`` gives);
+        :class:`~cosegkit.engine.class_targets.ClassTargetCache` embeds it once per image.
+
+        Example:
+            >>> import torch
+            >>> from cosegkit.data import Group, TrainSets
+            >>> fake = lambda g, i: (torch.full((3, 40, 30), i / 10), torch.ones(1, 40, 30))
+            >>> groups = [Group("cats", tuple(f"{i}.jpg" for i in range(4)), tuple(f"{i}.png" for i in range(4)))]
+            >>> image, mask = TrainSets(groups, set_size=2, image_size=16, loader=fake).unaugmented(0, 3)
+            >>> image.shape, mask.shape, round(float(image.mean()), 3)
+            (torch.Size([3, 16, 16]), torch.Size([1, 16, 16]), 0.3)
+        """
+        g = self.groups[group]
+        if not 0 <= index < len(g):
+            raise IndexError(f"image {index} out of range for group {g.name!r} of {len(g)} images")
+        image, mask = self.loader(g, index)
+        if mask is None:
+            raise DataError(f"image {g.images[index]} of group {g.name!r} has no mask")
+        return _resize_pair(image, mask, self.image_size)
+
 
 def interleave(length: int, set_size: int) -> list[int]:
     """UFO's image order for chunked evaluation (``test.py``, before it cuts groups).

@@ -168,3 +168,7 @@ class SuperpixelSets(Dataset):
         ]
         item["superpixels"] = torch.stack(maps)
         return item
+
+    def unaugmented(self, group: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped sets' :meth:`~cosegkit.data.TrainSets.unaugmented` (an ``AttributeError`` without one)."""
+        return self.sets.unaugmented(group, index)  # type: ignore[attr-defined]

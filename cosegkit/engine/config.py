@@ -69,6 +69,12 @@ class TrainConfig:
     are the zero-shot prompts (default: CLIP-ES's, or the synthetic CLIP's own template);
     further zero-shot settings go under ``extra["zero_shot"]``.
 
+    Eq. (12)'s target: ``class_targets="cached"`` (the default) embeds each training image's
+    masked view once, un-augmented, and reuses it (:mod:`cosegkit.engine.class_targets`, cached
+    in ``<run>/class_targets``); ``"per-set"`` sends the augmented masked images through CLIP
+    at every step. The synthetic world, whose images never recur, is always per set. A config
+    written before the setting existed reads as ``"per-set"``.
+
     The CLIP vocabulary is the synthetic world's class names (with the template ``"a {}"``)
     when the dataset is synthetic or the CLIP is the synthetic one
     (:data:`~cosegkit.clip.pretrain.SYNTHETIC_CLIP`), else the default vocabulary.
@@ -155,6 +161,7 @@ class TrainConfig:
     warmup: int = 0
     lambda1: float = 1.0
     lambda2: float = 1.0
+    class_targets: str = "cached"
     seed: int = 0
     # run
     checkpoint_every: int = 500
@@ -209,6 +216,10 @@ class TrainConfig:
             raise CosegValueError(
                 f"superpixel_method must be one of {sorted(SUPERPIXEL_METHODS)}, got {self.superpixel_method!r}"
             )
+        from cosegkit.engine.class_targets import CLASS_TARGETS
+
+        if self.class_targets not in CLASS_TARGETS:
+            raise CosegValueError(f"class_targets must be one of {list(CLASS_TARGETS)}, got {self.class_targets!r}")
         from cosegkit.models.lcco import get_variant
 
         get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
@@ -261,6 +272,8 @@ class TrainConfig:
             from cosegkit.models.lcco import LEGACY_SETTINGS
 
             data = {**LEGACY_SETTINGS, **data}
+        if "class_targets" not in data:  # written when eq. (12)'s target was always computed per set
+            data = {**data, "class_targets": "per-set"}
         return cls(**data)
 
     @classmethod

@@ -218,16 +218,6 @@ def build_zero_shot(config, clip):
     return ZeroShotCoseg(clip, classnames=None, **zero_shot_settings(config))
 
 
-def _weights_digest(clip) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(clip.clip_state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
     """The cache key of a config's pseudo masks and the description it hashes.
 
@@ -259,7 +249,7 @@ def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
         "clip": {
             "model": config.clip_model,
             "pretrained": config.clip_pretrained,
-            "weights_sha256": _weights_digest(zs.clip),
+            "weights_sha256": zs.clip.weights_sha256(),
         },
         "prompts": {
             "classnames": list(zs.classnames),
@@ -604,6 +594,11 @@ class PseudoTrainSets(Dataset):
             raise DataError(f"pseudo-mask items need a label and a weight channel, got masks of {tuple(both.shape)}")
         item["masks"], item["weights"] = both[:, :1].contiguous(), both[:, 1:].contiguous()
         return item
+
+    def unaugmented(self, group: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The wrapped sets' un-augmented image and its binary pseudo label (the weight dropped)."""
+        image, both = self.sets.unaugmented(group, index)
+        return image, both[:1].contiguous()
 
     def set_epoch(self, epoch: int) -> None:
         with contextlib.suppress(AttributeError):

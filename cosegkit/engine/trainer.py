@@ -9,6 +9,8 @@ A run folder holds::
     eval.json            the held-out evaluation at the end of the run, when there is one
     pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo)
     superpixels/         with superpixel_weight > 0: the cached superpixel maps (cosegkit.data.superpixels)
+    class_targets/       with class_targets="cached": each training image's masked CLIP embedding (eq. 12),
+                         computed once (cosegkit.engine.class_targets)
 
 Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
 ``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
@@ -434,6 +436,7 @@ def _train(
         from cosegkit.data.superpixels import SuperpixelCache, SuperpixelSets
 
         dataset = SuperpixelSets(dataset, SuperpixelCache(run / "superpixels", config.superpixel_method))
+    targets = _class_target_cache(config, model, dataset, data_groups, store, run, dist)
     loader = DataLoader(
         dataset,
         batch_sampler=StepBatches(start, config.steps, config.batch_size, dist.rank, dist.world),
@@ -443,6 +446,8 @@ def _train(
     )
 
     def checkpoint(step: int) -> Path | None:
+        if targets is not None:
+            targets.save()  # every rank its own file
         if not dist.is_main:
             return None
         state = {
@@ -465,8 +470,11 @@ def _train(
                 images = batch["images"].to(device, non_blocking=True)
                 masks = batch["masks"].to(device, non_blocking=True)
                 valid = batch["valid"].to(device, non_blocking=True)
+                given = {"masks": masks}
+                if targets is not None:  # eq. (12)'s target from the cache: no second CLIP pass
+                    given = {"class_targets": targets.targets(batch["group"], batch["indices"], batch["valid"])}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = forward(images, valid=valid, masks=masks)
+                    out = forward(images, valid=valid, **given)
                 extra = {}
                 if "weights" in batch:  # pseudo masks: unconfident pixels do not count
                     extra["weight"] = batch["weights"].to(device, non_blocking=True)
@@ -537,6 +545,22 @@ def _train(
         if dist.is_main:
             (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
     return TrainResult(run, config.steps, loss_value, evaluation)
+
+
+def _class_target_cache(config: TrainConfig, model, dataset, groups, store, run: Path, dist):
+    """The run's eq. (12) embedding cache, or ``None`` where the target is computed per set.
+
+    Per set: ``class_targets="per-set"``, a model without the regularization module (no target),
+    and the synthetic world, whose images are all new (nothing to reuse).
+    """
+    if config.class_targets != "cached" or not model.use_regularization or groups is None:
+        return None
+    if not hasattr(dataset, "unaugmented"):
+        return None
+    from cosegkit.engine.class_targets import ClassTargetCache, cache_key
+
+    key, description = cache_key(config, model.clip, groups, store)
+    return ClassTargetCache(model.clip, dataset, run / "class_targets" / key, description=description, rank=dist.rank)
 
 
 def _pseudo_masks(config: TrainConfig, groups, model: torch.nn.Module, run: Path, device, dist, progress: bool):

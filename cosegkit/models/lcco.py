@@ -439,6 +439,7 @@ class LCCo(nn.Module):
         images: torch.Tensor,
         valid: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
+        class_targets: torch.Tensor | None = None,
     ) -> LCCoOutput:
         """Co-segment batches of image sets.
 
@@ -450,6 +451,11 @@ class LCCo(nn.Module):
             masks: optional ground-truth masks ``(B, N, 1, H, W)`` (training). With the
                 regularization module on, the masked images go through CLIP in the same call
                 as the images and ``class_targets`` is filled in for the loss.
+            class_targets: optional ``(B,)`` long: eq. (12)'s target class of each set, computed
+                elsewhere (:class:`~cosegkit.engine.class_targets.ClassTargetCache` takes it from
+                cached embeddings of the masked images). It is passed through to the output's
+                ``class_targets``, and the masked images do not go through CLIP (``masks`` is
+                then ignored).
 
         Returns:
             An :class:`~cosegkit.models.output.LCCoOutput`.
@@ -461,13 +467,19 @@ class LCCo(nn.Module):
             raise CosegShapeError(
                 f"expected ground-truth masks of shape {(b, n, 1, h, w)} to match the images, got {tuple(masks.shape)}"
             )
+        if class_targets is not None and not is_compiling() and tuple(class_targets.shape) != (b,):
+            raise CosegShapeError(
+                f"expected class_targets of shape {(b,)}, one class index per set, got {tuple(class_targets.shape)}"
+            )
         out = LCCoOutput(masks=images.new_empty(0), valid=valid)
+        if class_targets is not None and self.use_regularization:
+            out.class_targets = class_targets.long()
 
         # one CLIP pass for everything CLIP has to see in this forward
         emb = tokens = text = None
         if self.clip is not None:
             clip_in = images
-            with_targets = masks is not None and self.use_regularization
+            with_targets = masks is not None and class_targets is None and self.use_regularization
             if with_targets:
                 clip_in = torch.cat([images, masked_images(images, masks)], dim=1)
             if self.has_coarse:
