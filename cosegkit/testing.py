@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["TINY_CLIP", "TINY_CLIP_CONFIGS", "TINY_CLIP_RN", "register_tiny_clips"]
+__all__ = ["TINY_CLIP", "TINY_CLIP_CONFIGS", "TINY_CLIP_RN", "register_tiny_clips", "tiny_model"]
 
 TINY_CLIP = "coseg-test-tiny"
 TINY_CLIP_RN = "coseg-test-tiny-rn"
@@ -82,3 +83,46 @@ def register_tiny_clips(folder: str | Path | None = None) -> list[str]:
             path.write_text(json.dumps(TINY_CLIP_CONFIGS[name]))
             open_clip.add_model_config(path)
     return list(TINY_CLIP_CONFIGS)
+
+
+def tiny_model(seed: int = 0, **kwargs: Any) -> Any:
+    """A tiny random :class:`~cosegkit.LCCo` in eval mode (timm's test ConvNeXt, the tiny ViT CLIP).
+
+    For examples and smoke tests of whatever takes a model (export, evaluation, segmentation);
+    ``kwargs`` override the constructor's arguments.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.testing import tiny_model
+        >>> model = tiny_model()
+        >>> model.training, model.predict(torch.rand(1, 3, 3, 32, 32)).shape
+        (False, torch.Size([1, 3, 1, 32, 32]))
+    """
+    import torch
+
+    from cosegkit.models.lcco import LCCo
+
+    register_tiny_clips()
+    torch.manual_seed(seed)
+    settings: dict[str, Any] = dict(
+        encoder_name="tu-test_convnext",
+        encoder_weights=None,
+        clip_model=TINY_CLIP,
+        clip_pretrained=None,
+        classnames=("cat", "dog", "car", "bird"),
+        decoder_channels=(32, 32, 16, 16),
+        heads=4,
+        clip_heads=4,
+        top_k=2,
+    )
+    settings.update(kwargs)
+    with _quiet_random_clip():
+        model = LCCo(**settings)
+    return model.eval()
+
+
+def _quiet_random_clip() -> Any:
+    """open_clip's "initialized randomly" notice, expected here, left out."""
+    from cosegkit.clip.frozen import _drop_root_messages
+
+    return _drop_root_messages("No pretrained weights loaded")
