@@ -11,8 +11,12 @@ What is measured (random weights, nothing downloaded):
   Baseline, for every image size and set size ``N`` (``B = 1``). The Baseline is the same
   encoder and decoder with the three modules off *plus the same CLIP image pass* (dense tokens
   included), i.e. the unavoidable work; ``ratio`` is LCCo / Baseline.
-- ``train``: one training step (forward with masks, loss, backward, AdamW step) at ``B = 2``
-  sets of ``N = 5``, for both.
+- ``train``: one training step (forward, loss, backward, AdamW step) at ``B = 2`` sets of
+  ``N = 5``: the Baseline plus one CLIP pass of the same images, LCCo with eq. (12)'s target
+  per set (the masked images through CLIP every step) and LCCo with the cached target
+  (:mod:`cosegkit.engine.class_targets`, warm as in every epoch after the first), with
+  images trained per second; the calls are interleaved so that the machine's noise spreads
+  over all three.
 - ``modules``: each set-aware module alone on the feature shapes LCCo gives it (ISFC at
   stride 32, interaction at 16, regularization at 8, the decoder's default widths).
 - ``isfc-loop``: the vectorised ImageSetCorrespondence against a per-pair Python loop of the
@@ -281,39 +285,120 @@ def model_table(args, full, base, clip, sizes, set_sizes, device, amp, results) 
         print()
 
 
+class _FixedSets:
+    """The benchmark's fixed training sets as a dataset with un-augmented images, for the eq. (12) cache."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        self.images, self.masks = images.cpu(), masks.cpu()
+
+    def unaugmented(self, group: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[group, index], self.masks[group, index]
+
+
+def measure_side_by_side(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, dict]:
+    """:func:`measure` for several calls in turn: one warm-up each, then ``repeats`` rounds of one call each.
+
+    Interleaving spreads the machine's slow and fast moments over all the calls alike.
+    """
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for fn in fns.values():
+        fn()
+        sync()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    peaks: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            with PeakMemory(device) as mem:
+                sync()
+                start = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - start)
+            peaks[name].append(mem.peak / 2**20)
+    return {
+        name: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "max_s": max(t),
+            "peak_mib": max(peaks[name]),
+            "repeats": repeats,
+        }
+        for name, t in times.items()
+    }
+
+
 def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
-    """One training step, B = 2 sets of N = 5."""
+    """One training step, B = 2 sets of N = 5: LCCo with eq. (12)'s target per set and cached, and the Baseline."""
     from cosegkit import LCCoLoss
+    from cosegkit.engine.class_targets import ClassTargetCache
 
     criterion = LCCoLoss()
-    print("training step (forward with masks, loss, backward, AdamW), B = 2, N = 5")
+    b, n = 2, 5
+    print(f"training step (forward, loss, backward, AdamW), B = {b}, N = {n}; calls interleaved, median of {args.repeats}")
+    print("  Baseline: the modules off, plus one CLIP pass of the same images (dense tokens included)")
+    print("  LCCo, per-set target: the masked images through CLIP every step (class_targets='per-set')")
+    print("  LCCo, cached target: each image's masked embedding from the cache (class_targets='cached'; ")
+    print("    filled on the warm-up step, as in every epoch after the first)")
+    widths = [5, 24, 9, 9, 9, 10, 9, 15]
+    print(fmt_row(["size", "model", "step s", "min s", "max s", "images/s", "MiB", "x Baseline+CLIP"], widths))
     results["train"] = []
     for size in sizes:
-        images = torch.rand(2, 5, 3, size, size, device=device)
-        masks = (torch.rand(2, 5, 1, size, size, device=device) > 0.5).float()
-        row = {"size": size}
-        for name, model in (("lcco", full), ("baseline", base)):
+        images = torch.rand(b, n, 3, size, size, device=device)
+        masks = (torch.rand(b, n, 1, size, size, device=device) > 0.5).float()
+        valid = torch.ones(b, n, dtype=torch.bool)
+        cache = ClassTargetCache(clip, _FixedSets(images, masks))
+        group_ids, indices = torch.arange(b), torch.arange(n).expand(b, n)
+        optimizers = {
+            name: torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+            for name, model in (("full", full), ("base", base))
+        }
+
+        def step(model, opt, given, with_clip=False):
             model.train()
-            opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+            with amp():
+                out = model(images, **given)
+                if with_clip:
+                    clip.encode_images(images, dense=True)
+            loss = criterion(out, masks).total
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-            def step(model=model, opt=opt, images=images, masks=masks):
-                with amp():
-                    out = model(images, masks=masks)
-                    if model is base:
-                        clip.encode_images(images, dense=True)
-                loss = criterion(out, masks).total
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-
-            row[name] = measure(step, device, args.repeats)
-            model.eval()
-        row["ratio"] = row["lcco"]["median_s"] / row["baseline"]["median_s"]
+        calls = {
+            "Baseline + CLIP pass": lambda: step(base, optimizers["base"], {"masks": masks}, with_clip=True),
+            "LCCo, per-set target": lambda: step(full, optimizers["full"], {"masks": masks}),
+            "LCCo, cached target": lambda: step(
+                full, optimizers["full"], {"class_targets": cache.targets(group_ids, indices, valid)}
+            ),
+        }
+        timed = measure_side_by_side(calls, device, args.repeats)
+        full.eval(), base.eval()
+        reference = timed["Baseline + CLIP pass"]["median_s"]
+        row: dict[str, Any] = {"size": size, "B": b, "N": n, "cache_embedded": cache.computed}
+        for name, m in timed.items():
+            m = {**m, "images_per_s": b * n / m["median_s"], "ratio": m["median_s"] / reference}
+            row[name] = m
+            print(
+                fmt_row(
+                    [
+                        size,
+                        name,
+                        f"{m['median_s']:.3f}",
+                        f"{m['min_s']:.3f}",
+                        f"{m['max_s']:.3f}",
+                        f"{m['images_per_s']:.2f}",
+                        f"{m['peak_mib']:.0f}",
+                        f"{m['ratio']:.3f}",
+                    ],
+                    widths,
+                )
+            )
         results["train"].append(row)
-        print(
-            f"  {size} px: LCCo {row['lcco']['median_s']:.3f} s ({row['lcco']['peak_mib']:.0f} MiB), "
-            f"Baseline {row['baseline']['median_s']:.3f} s ({row['baseline']['peak_mib']:.0f} MiB), ratio {row['ratio']:.3f}"
-        )
+        print(f"  (the cache embedded {cache.computed} images, all on the warm-up step)")
 
 
 def module_tables(args, full, clip, sizes, set_sizes, device, results) -> None:

@@ -5,9 +5,10 @@
     python benchmarks/train_flops.py --quick              # resnet18 + a small CLIP (seconds)
 
 What is counted: ``torch.utils.flop_counter.FlopCounterMode`` (with attention run in its plain
-matmul form, which the counter sees; the fused kernels it would otherwise miss) runs one training step (forward with
-masks, the LCCo loss, backward; random weights, nothing downloaded) on ONE set of ``N`` images and
-one evaluation forward, and counts the FLOPs of every matrix multiply and convolution (2 per
+matmul form, which the counter sees; the fused kernels it would otherwise miss) runs one training step (forward, the LCCo
+loss, backward; random weights, nothing downloaded) on ONE set of ``N`` images, with eq. (12)'s
+target computed per set (the masked images through CLIP) and cached (given to the model, as
+``class_targets="cached"`` does once every image is embedded), and one evaluation forward, and counts the FLOPs of every matrix multiply and convolution (2 per
 multiply-add; element-wise work is not counted, so these are lower bounds). Work is linear in the
 number of sets, so a step of ``--batch-size`` sets costs that many times the counted set; the
 optimizer update is element-wise and not counted.
@@ -51,6 +52,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sets per step (default 8)")
     parser.add_argument("--steps", type=int, default=40000, help="optimizer steps per run (default 40000)")
     parser.add_argument("--mfu", type=float, default=0.3, help="assumed fraction of peak reached (default 0.3)")
+    parser.add_argument(
+        "--class-targets",
+        choices=("cached", "per-set"),
+        default="cached",
+        help="eq. 12's target in the totals: cached (the default; no masked images through CLIP once "
+        "every image is cached) or per-set (the masked images through CLIP every step)",
+    )
     args = parser.parse_args()
     if not 0 < args.mfu <= 1:
         parser.error(f"--mfu must be in (0, 1], got {args.mfu}")
@@ -67,9 +75,9 @@ def main() -> None:
     images = torch.rand(1, n, 3, s, s)
     masks = (torch.rand(1, n, 1, s, s) > 0.5).float()
 
-    def train_step() -> None:
+    def train_step(given: dict) -> None:
         model.train()
-        loss = criterion(model(images, masks=masks), masks).total
+        loss = criterion(model(images, **given), masks).total
         loss.backward()
 
     def eval_forward() -> None:
@@ -77,14 +85,23 @@ def main() -> None:
         with torch.no_grad():
             model(images)
 
-    per_set_train = count(train_step)
+    from cosegkit.losses import set_class_targets
+
+    targets = set_class_targets(model.clip, images, masks)  # what the cache holds, computed outside the count
+    per_set_train_both = {
+        "per-set": count(lambda: train_step({"masks": masks})),
+        "cached": count(lambda: train_step({"class_targets": targets})),
+    }
+    per_set_train = per_set_train_both[args.class_targets]
     per_set_eval = count(eval_forward)
     per_step = per_set_train * args.batch_size
     total = per_step * args.steps
 
     print(f"{encoder} + CLIP {clip}, {s} px, sets of N = {n}")
-    print(f"  one training set (forward with masks, loss, backward): {per_set_train / 1e9:.1f} GFLOP")
-    print(f"  one evaluation set (forward):                          {per_set_eval / 1e9:.1f} GFLOP")
+    print(f"  one training set (forward, loss, backward), eq. 12's target per set: {per_set_train_both['per-set'] / 1e9:.1f} GFLOP")
+    print(f"  one training set, eq. 12's target cached:                          {per_set_train_both['cached'] / 1e9:.1f} GFLOP")
+    print(f"  one evaluation set (forward):                                      {per_set_eval / 1e9:.1f} GFLOP")
+    print(f"  totals below with the target {args.class_targets} (--class-targets)")
     print(
         f"  one step of {args.batch_size} sets: {per_step / 1e12:.2f} TFLOP; "
         f"{args.steps} steps: {total / 1e15:.1f} PFLOP"

@@ -116,20 +116,44 @@ def test_benchmark_harness_runs_and_records_json(tmp_path) -> None:
     assert all(r["lcco"]["median_s"] > 0 and r["baseline"]["peak_mib"] > 0 for r in record["model"])
     assert all(r["same_output"] for r in record["isfc_loop"])
     assert record["text_bank_computations"] == 1
+    (train,) = record["train"]
+    names = ("Baseline + CLIP pass", "LCCo, per-set target", "LCCo, cached target")
+    assert all(train[n]["median_s"] > 0 and train[n]["images_per_s"] > 0 for n in names)
+    assert train["Baseline + CLIP pass"]["ratio"] == 1.0 and train["cache_embedded"] == 2 * 5
+    assert "images/s" in done.stdout
+
+
+def test_export_benchmark_runs_and_records_json(tmp_path) -> None:
+    script = EXAMPLES.parent / "benchmarks" / "export_bench.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--encoder", "resnet18", "--image-size", "32", "--repeats", "1",
+         "--json", str(tmp_path / "export.json")],
+        env=cli_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "export.json").read_text())
+    assert set(record["rows"]) == {"eager PyTorch", "onnxruntime"} and record["rows"]["eager PyTorch"]["ratio"] == 1.0
+    assert record["max_abs_diff"] < 1e-4 and record["probs_std"] > 0.01 and record["size_mib"] > 0
+    assert "| onnxruntime |" in done.stdout
 
 
 def test_eq12_agreement_benchmark_runs_and_records_json(tmp_path) -> None:
     script = EXAMPLES.parent / "benchmarks" / "eq12_target_agreement.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--sets", "6", "--clip-steps", "2", "--json", str(tmp_path / "agree.json")],
+        [sys.executable, str(script), "--sets", "6", "--clip-steps", "2", "--images-per-group", "5", "--draws", "2",
+         "--passless", "--data", str(tmp_path / "data"), "--json", str(tmp_path / "agree.json")],
         env={**cli_env(), "COSEGKIT_CACHE": str(tmp_path / "cache")}, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     numbers = json.loads((tmp_path / "agree.json").read_text())
-    assert numbers["sets"] == 6 and all(
-        0 <= numbers[k] <= 1 for k in ("per_group_equals_per_set", "per_set_is_true_class", "per_group_is_true_class")
-    )
-    assert "per-group class == per-set class" in done.stdout
+    assert numbers["sets"] == 6 and len(list((tmp_path / "data" / "images").iterdir())) == 16
+    plain, augmented = numbers["no_augmentation"], numbers["augmentation"]
+    assert plain["cached_equals_per_set"] == 1.0  # without augmentation the cache is the per-set computation
+    assert all(0 <= v <= 1 for v in augmented.values())
+    assert {"per_set_again_equals_per_set", "most_frequent_equals_per_set"} <= set(augmented)
+    passless = {"unmasked", "pooled_tokens", "masked_cls_1", "masked_cls_2", "masked_cls_3"}
+    assert {f"{k}_equals_per_set" for k in passless} <= set(plain)
+    assert "| trainer's augmentation | cached: per image, un-augmented |" in done.stdout
 
 
 SHARED_PASCAL = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pascal_voc_coseg").resolve()
