@@ -287,6 +287,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.out:
             raise _UsageError("--resume needs the run folder: --out RUN_DIR")
+        defaults = vars(build_parser().parse_args(["train"]))
+        given = [
+            "--" + k.replace("_", "-")
+            for k, v in vars(args).items()
+            if k not in ("resume", "out", "no_progress", "func", "command") and defaults.get(k) != v
+        ]
+        if given:
+            raise _UsageError(
+                f"--resume continues the run with the settings in its config.json; drop {' '.join(given)} "
+                f"(other settings need a new run: a new --out)"
+            )
         config = None
     else:
         config = _config_from_args(args)
@@ -299,7 +310,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train(config, out, resume=args.resume, progress=not args.no_progress)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, the main process reports
-    print(f"run folder: {result.run_dir}  (steps {result.steps}, last loss {result.last_loss:.4f})")
+    if args.resume and result.last_loss != result.last_loss:  # NaN: no step was left to run
+        print(f"run folder: {result.run_dir}  (all {result.steps} steps were already done; nothing was trained)")
+    else:
+        print(f"run folder: {result.run_dir}  (steps {result.steps}, last loss {result.last_loss:.4f})")
     if result.evaluation is not None:
         ev = result.evaluation
         print(f"held-out evaluation ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
@@ -576,34 +590,42 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         destination.parent.mkdir(parents=True, exist_ok=True)
     if args.zero_shot and "synthetic" in args.data:
         raise _UsageError("--data synthetic needs a trained model's run folder; --zero-shot takes reader=PATH datasets")
-    device = _pick_device(args.device, 0)
-    if args.zero_shot:
-        model, folder = _load_zero_shot(args, device), None
-    else:
-        model, folder = _load_model(args.model, device)
-    results = {}
+    # every dataset is read and checked before the model is loaded
+    datasets = []
     for spec in args.data:
         name, _, root = spec.partition("=")
         if name == "synthetic":
-            run_config = folder.parent / "config.json"
+            run_config = _model_folder(args.model).parent / "config.json"
             if not run_config.is_file():
                 raise _UsageError(
                     "--data synthetic needs a model inside a run folder (its config.json names the world)"
                 )
             config = TrainConfig.load(run_config)
             config.eval_set_size = args.set_size or config.set_size
-            dataset = build_eval_sets(config)
-            names = config.world().class_names
-        else:
-            if not root:
-                raise _UsageError(f"--data {spec!r}: give the folder as {name}=PATH")
-            groups = get_reader(name)(root)
-            if args.classes:
-                groups = [g for g in groups if g.name in set(args.classes)]
-                if not groups:
-                    raise _UsageError(f"none of {args.classes} is a group of {spec!r}")
-            dataset = EvalSets(groups, args.set_size, args.image_size, chunking=args.chunking)
-            names = [g.name for g in groups]
+            datasets.append((name, build_eval_sets(config), config.world().class_names))
+            continue
+        if not root:
+            raise _UsageError(f"--data {spec!r}: give the folder as {name}=PATH")
+        groups = get_reader(name)(root)
+        if args.classes:
+            groups = [g for g in groups if g.name in set(args.classes)]
+            if not groups:
+                raise _UsageError(f"none of {args.classes} is a group of {spec!r}")
+        unlabelled = [g.name for g in groups if g.masks is None and "segmentations" not in g.meta]
+        if unlabelled:
+            raise _UsageError(
+                f"--data {spec!r}: P and J need ground-truth masks, and these groups have none: {unlabelled[:10]}; "
+                f"evaluate labelled data, or co-segment these images with 'cosegkit segment'"
+            )
+        dataset = EvalSets(groups, args.set_size, args.image_size, chunking=args.chunking)
+        datasets.append((name, dataset, [g.name for g in groups]))
+    device = _pick_device(args.device, 0)
+    if args.zero_shot:
+        model = _load_zero_shot(args, device)
+    else:
+        model, _ = _load_model(args.model, device)
+    results = {}
+    for name, dataset, names in datasets:
         result = evaluate(
             model, dataset, preset=args.preset, batch_size=args.batch_size, group_names=names, device=device
         )

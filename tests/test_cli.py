@@ -18,7 +18,7 @@ from tests.engine.test_trainer import TINY_ARGS, cli_env
 MODEL_ARGS = TINY_ARGS[TINY_ARGS.index("--encoder") :]  # the model and run flags, without the synthetic data flags
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["segment"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["segment"], ["export"]])
 def test_every_help_has_examples(command, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -36,6 +36,10 @@ def test_every_help_has_examples(command, capsys) -> None:
         (["train", "--superpixel-weight", "1"], "turn the layer on"),
         (["evaluate", "--model", "/nonexistent", "--data", "synthetic"], "not a model folder"),
         (["segment", "--model", "/nonexistent", "/no/such/*.jpg", "--out", "x"], "neither a file"),
+        (["train", "--classes", "cat"], "the synthetic world trains on all its classes"),
+        (["train", "--eval-classes", "cat"], "select groups of a dataset on disk"),
+        (["train", "--device", "gpu", "--steps", "1", "--out", "/nonexistent/run"], "unknown device 'gpu'"),
+        (["export", "--model", "/nonexistent", "--out", "m.pt2"], "not a model folder"),
     ],
 )
 def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
@@ -85,6 +89,51 @@ def test_demo_into_a_file_and_evaluate_json_into_a_folder_give_one_line(tmp_path
     assert main(argv) == 2  # refused before any evaluation runs
     err = capsys.readouterr().err.strip()
     assert "is a folder; pass a file name" in err and len(err.splitlines()) == 1
+
+
+def test_cuda_without_a_cuda_device_gives_one_line(tmp_path, capsys, monkeypatch) -> None:
+    from cosegkit.engine.distributed import _pick_device
+    from cosegkit.errors import CosegValueError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", *TINY_ARGS, "--device", "cuda", "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no CUDA device is available here" in err and "--device cpu" in err and len(err.splitlines()) == 1
+    with pytest.raises(CosegValueError, match="'cuda:1': no CUDA device"):
+        _pick_device("cuda:1", 0)
+    assert _pick_device("auto", 0) == torch.device("cpu")
+
+
+def test_evaluating_images_without_masks_is_refused_before_the_model_loads(tmp_path, capsys) -> None:
+    from cosegkit.data.types import DataError
+    from cosegkit.engine import evaluate
+    from cosegkit.data import EvalSets, read_folder
+    from tests._support import tiny_lcco
+
+    world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=(2, 2))
+    write_folder_dataset(world, tmp_path / "data", 3)
+    import shutil
+
+    shutil.rmtree(tmp_path / "data" / "masks")
+    argv = ["evaluate", "--model", str(tmp_path / "no-model"), "--data", f"folder={tmp_path / 'data'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "P and J need ground-truth masks" in err and "cosegkit segment" in err and len(err.splitlines()) == 1
+    groups = read_folder(tmp_path / "data", masks=False)
+    model = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False)
+    with pytest.raises(DataError, match=r"P and J need ground-truth masks, and the groups \['"):
+        evaluate(model, EvalSets(groups, 3, 32), group_names=[g.name for g in groups])
+
+
+def test_resume_refuses_other_settings_and_says_when_nothing_is_left(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *TINY_ARGS, "--steps", "2", "--eval-sets", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "5", "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "drop --steps --lr" in err and "a new --out" in err and len(err.splitlines()) == 1
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 0
+    assert "all 2 steps were already done; nothing was trained" in capsys.readouterr().out
 
 
 def test_variant_flags_reach_the_config() -> None:
@@ -210,7 +259,8 @@ def test_a_corrupt_model_folder_is_refused_in_one_line(tmp_path, capsys) -> None
     folder = tiny_lcco().save_pretrained(tmp_path / "model")
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    argv = ["evaluate", "--model", str(folder), "--data", "synthetic", "--device", "cpu"]
+    write_folder_dataset(SyntheticWorld(num_classes=3, image_size=32, objects_per_image=(2, 2)), tmp_path / "data", 2)
+    argv = ["evaluate", "--model", str(folder), "--data", f"folder={tmp_path / 'data'}", "--device", "cpu"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "model.safetensors" in err and "not a complete safetensors file" in err and len(err.splitlines()) == 1

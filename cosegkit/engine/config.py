@@ -187,6 +187,12 @@ class TrainConfig:
             raise KeyError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
         if self.dataset != "synthetic" and not self.root:
             raise CosegValueError(f"dataset {self.dataset!r} needs its folder: pass root (--root PATH)")
+        if self.dataset == "synthetic" and (self.classes or self.eval_classes):
+            raise CosegValueError(
+                "classes and eval_classes (--classes, --eval-classes) select groups of a dataset on disk; the "
+                "synthetic world trains on all its classes (--world-classes sets how many) and is scored on "
+                "held-out sets of them"
+            )
         for name in ("steps", "set_size", "batch_size", "image_size", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as torch_dist
 
+from cosegkit.errors import CosegValueError
+
 __all__ = ["DistInfo", "all_gather_cat", "cleanup", "setup"]
 
 
@@ -47,9 +49,21 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise CosegValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:<index>") from err
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise CosegValueError(
+                f"device {device!r}: no CUDA device is available here (torch.cuda.is_available() is False); "
+                f"use --device cpu, or auto"
+            )
+        if dev.index >= count:
+            raise CosegValueError(f"device {str(dev)!r}: this machine has {count} CUDA device(s), 0 to {count - 1}")
     return dev
 
 

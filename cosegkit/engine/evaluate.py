@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cosegkit.data.sampling import collate_sets
+from cosegkit.data.types import DataError
 from cosegkit.engine.distributed import DistInfo, all_gather_cat
 from cosegkit.metrics.functional import precision_jaccard, reduce_scores
 
@@ -151,6 +152,13 @@ def evaluate(
     p_all, j_all, g_all = [], [], []
     iterator = progress(loader) if progress is not None else loader
     for batch in iterator:
+        if "has_mask" in batch and not bool(batch["has_mask"].all()):
+            ids = sorted({int(g) for g, ok in zip(batch["group"], batch["has_mask"], strict=True) if not ok})
+            bad = [group_names[i] if group_names is not None and i < len(group_names) else i for i in ids]
+            raise DataError(
+                f"P and J need ground-truth masks, and the groups {bad} have images without one; evaluate "
+                f"labelled groups only, or co-segment these images with 'cosegkit segment'"
+            )
         images = batch["images"].to(device)
         valid = batch["valid"].to(device)
         score = batch.get("score", batch["valid"]).to(device) & valid
