@@ -198,7 +198,9 @@ def passless_agreement(clip, sets, count, per_set, truth) -> dict[str, float]:
             emb, tokens = clip._dense_forward(x)  # the images' own pass
             found["unmasked"].append(cls(emb))
             grid = tokens.shape[-1]
-            share = rearrange(F.interpolate(item["masks"].float(), size=(grid, grid), mode="area"), "n 1 h w -> n (h w)")
+            share = rearrange(
+                F.interpolate(item["masks"].float(), size=(grid, grid), mode="area"), "n 1 h w -> n (h w)"
+            )
             flat = rearrange(tokens, "n d h w -> n (h w) d")
             pooled = (share[..., None] * flat).sum(1) / share.sum(1, keepdim=True).clamp_min(1e-6)
             found["pooled_tokens"].append(cls(pooled))
@@ -215,7 +217,9 @@ def passless_agreement(clip, sets, count, per_set, truth) -> dict[str, float]:
                     if b >= start:
                         mask = torch.zeros(n, length + 1, length + 1)
                         mask[:, :length, length] = float("-inf")
-                        allowed = torch.cat([torch.zeros(n, 1, dtype=torch.bool), keep, torch.ones(n, 1, dtype=torch.bool)], 1)
+                        allowed = torch.cat(
+                            [torch.zeros(n, 1, dtype=torch.bool), keep, torch.ones(n, 1, dtype=torch.bool)], 1
+                        )
                         mask[:, length] = torch.where(allowed, 0.0, float("-inf"))
                         mask = mask.repeat_interleave(heads, 0)
                     h = block(h, attn_mask=mask)

@@ -331,6 +331,36 @@ def measure_side_by_side(fns: dict[str, Callable[[], Any]], device: torch.device
     }
 
 
+def _train_calls(full, base, clip, criterion, cache, images, masks, amp) -> dict[str, Callable[[], None]]:
+    """The three training steps of the table, on the same images and masks."""
+    b, n = images.shape[:2]
+    valid = torch.ones(b, n, dtype=torch.bool)
+    group_ids, indices = torch.arange(b), torch.arange(n).expand(b, n)
+    optimizers = {
+        name: torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+        for name, model in (("full", full), ("base", base))
+    }
+
+    def step(model, opt, given, with_clip=False):
+        model.train()
+        with amp():
+            out = model(images, **given)
+            if with_clip:
+                clip.encode_images(images, dense=True)
+        loss = criterion(out, masks).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return {
+        "Baseline + CLIP pass": lambda: step(base, optimizers["base"], {"masks": masks}, with_clip=True),
+        "LCCo, per-set target": lambda: step(full, optimizers["full"], {"masks": masks}),
+        "LCCo, cached target": lambda: step(
+            full, optimizers["full"], {"class_targets": cache.targets(group_ids, indices, valid)}
+        ),
+    }
+
+
 def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
     """One training step, B = 2 sets of N = 5: LCCo with eq. (12)'s target per set and cached, and the Baseline."""
     from cosegkit import LCCoLoss
@@ -338,7 +368,9 @@ def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
 
     criterion = LCCoLoss()
     b, n = 2, 5
-    print(f"training step (forward, loss, backward, AdamW), B = {b}, N = {n}; calls interleaved, median of {args.repeats}")
+    print(
+        f"training step (forward, loss, backward, AdamW), B = {b}, N = {n}; calls interleaved, median of {args.repeats}"
+    )
     print("  Baseline: the modules off, plus one CLIP pass of the same images (dense tokens included)")
     print("  LCCo, per-set target: the masked images through CLIP every step (class_targets='per-set')")
     print("  LCCo, cached target: each image's masked embedding from the cache (class_targets='cached'; ")
@@ -349,32 +381,8 @@ def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
     for size in sizes:
         images = torch.rand(b, n, 3, size, size, device=device)
         masks = (torch.rand(b, n, 1, size, size, device=device) > 0.5).float()
-        valid = torch.ones(b, n, dtype=torch.bool)
         cache = ClassTargetCache(clip, _FixedSets(images, masks))
-        group_ids, indices = torch.arange(b), torch.arange(n).expand(b, n)
-        optimizers = {
-            name: torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
-            for name, model in (("full", full), ("base", base))
-        }
-
-        def step(model, opt, given, with_clip=False):
-            model.train()
-            with amp():
-                out = model(images, **given)
-                if with_clip:
-                    clip.encode_images(images, dense=True)
-            loss = criterion(out, masks).total
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        calls = {
-            "Baseline + CLIP pass": lambda: step(base, optimizers["base"], {"masks": masks}, with_clip=True),
-            "LCCo, per-set target": lambda: step(full, optimizers["full"], {"masks": masks}),
-            "LCCo, cached target": lambda: step(
-                full, optimizers["full"], {"class_targets": cache.targets(group_ids, indices, valid)}
-            ),
-        }
+        calls = _train_calls(full, base, clip, criterion, cache, images, masks, amp)
         timed = measure_side_by_side(calls, device, args.repeats)
         full.eval(), base.eval()
         reference = timed["Baseline + CLIP pass"]["median_s"]

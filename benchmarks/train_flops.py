@@ -98,8 +98,12 @@ def main() -> None:
     total = per_step * args.steps
 
     print(f"{encoder} + CLIP {clip}, {s} px, sets of N = {n}")
-    print(f"  one training set (forward, loss, backward), eq. 12's target per set: {per_set_train_both['per-set'] / 1e9:.1f} GFLOP")
-    print(f"  one training set, eq. 12's target cached:                          {per_set_train_both['cached'] / 1e9:.1f} GFLOP")
+    print(
+        f"  one training set (forward, loss, backward), eq. 12's target per set: {per_set_train_both['per-set'] / 1e9:.1f} GFLOP"
+    )
+    print(
+        f"  one training set, eq. 12's target cached:                          {per_set_train_both['cached'] / 1e9:.1f} GFLOP"
+    )
     print(f"  one evaluation set (forward):                                      {per_set_eval / 1e9:.1f} GFLOP")
     print(f"  totals below with the target {args.class_targets} (--class-targets)")
     print(

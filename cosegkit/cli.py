@@ -779,7 +779,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         formatter_class=_FORMATTER,
         description="Exports images (B, N, 3, S, S) in [0, 1] -> masks (B, N, 1, S, S) object "
         "probabilities, at a fixed B, N and S, with everything inside (normalisation, CLIP image tower, "
-        "text bank). A .onnx file needs the export extra (pip install \"cosegkit[export]\") and is "
+        'text bank). A .onnx file needs the export extra (pip install "cosegkit[export]") and is '
         "checked against the eager model with onnxruntime; a .pt2 file is a torch.export program "
         "(torch.export.load(path).module()(images)).",
         epilog="""examples:
@@ -814,9 +814,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         import torch
 
         tic = time.perf_counter()
-        program = export_program(
-            model, set_size=args.set_size, image_size=args.image_size, batch_size=args.batch_size
-        )
+        program = export_program(model, set_size=args.set_size, image_size=args.image_size, batch_size=args.batch_size)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(out))
         print(f"wrote {out} (torch.export, input {shape}, {time.perf_counter() - tic:.1f} s) from {folder}")
@@ -829,6 +827,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         verify=not args.no_verify,
     )
+    if report.max_abs_diff is not None and not report.max_abs_diff <= 1e-4:
+        raise _UsageError(
+            f"wrote {report.path}, but onnxruntime's masks differ from eager PyTorch's by up to "
+            f"{report.max_abs_diff:.2e} (more than 1e-4): do not deploy this file; export the .pt2 program instead"
+        )
     check = (
         f"; onnxruntime vs eager PyTorch: max |difference| {report.max_abs_diff:.2e}"
         if report.max_abs_diff is not None

@@ -112,6 +112,13 @@ class ExportReport:
         size_mib: the file's size.
         max_abs_diff: the largest difference between onnxruntime's and eager PyTorch's
             probabilities on a random input, or ``None`` without verification.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from cosegkit.export import ExportReport
+        >>> report = ExportReport(Path("lcco.onnx"), (1, 5, 3, 224, 224), 17.5, 469.0, 4e-7)
+        >>> report.input_shape[1], report.max_abs_diff < 1e-4
+        (5, True)
     """
 
     path: Path
@@ -213,7 +220,26 @@ def _quiet_exporter(quiet: bool):
 
 
 def onnx_session(path: str | os.PathLike[str], *, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for an exported file (``threads``: intra-op threads, default onnxruntime's)."""
+    """An onnxruntime CPU session for an exported file (``threads``: intra-op threads, default onnxruntime's).
+
+    Example:
+        A stand-in for an exported file: a one-node graph with the same input and output names.
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import onnx
+        >>> from onnx import TensorProto, helper
+        >>> from cosegkit.export import onnx_session
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Sigmoid", ["images"], ["masks"])], "stand-in",
+        ...     [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 2, 3, 8, 8])],
+        ...     [helper.make_tensor_value_info("masks", TensorProto.FLOAT, [1, 2, 3, 8, 8])])
+        >>> path = Path(tempfile.mkdtemp()) / "stand-in.onnx"
+        >>> onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+        >>> session = onnx_session(path, threads=1)
+        >>> [i.name for i in session.get_inputs()], session.get_inputs()[0].shape
+        (['images'], [1, 2, 3, 8, 8])
+    """
     _require_onnx()
     import onnxruntime as ort
 
@@ -228,6 +254,28 @@ def run_onnx(session: Any, images: Any) -> Any:
 
     Raises:
         CosegValueError: the input's shape is not the one the file was exported for.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import onnx
+        >>> import torch
+        >>> from onnx import TensorProto, helper
+        >>> from cosegkit.export import onnx_session, run_onnx
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Sigmoid", ["images"], ["masks"])], "stand-in",
+        ...     [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 2, 3, 8, 8])],
+        ...     [helper.make_tensor_value_info("masks", TensorProto.FLOAT, [1, 2, 3, 8, 8])])
+        >>> path = Path(tempfile.mkdtemp()) / "stand-in.onnx"
+        >>> onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+        >>> session = onnx_session(path)
+        >>> images = torch.zeros(1, 2, 3, 8, 8)
+        >>> run_onnx(session, images).shape, float(run_onnx(session, images).max())
+        ((1, 2, 3, 8, 8), 0.5)
+        >>> run_onnx(session, torch.zeros(1, 4, 3, 8, 8))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: this ONNX file was exported for images of shape (1, 2, 3, 8, 8) ...
     """
     array = images.detach().cpu().float().numpy() if isinstance(images, torch.Tensor) else images
     expected = tuple(session.get_inputs()[0].shape)

@@ -67,6 +67,12 @@ def main() -> None:
     parser.add_argument("--pseudo-margin", type=float, default=0.1, help="adaptive rule: ignored band half-width")
     parser.add_argument("--pseudo-low", type=float, default=0.25, help="background where the map is <= this")
     parser.add_argument("--pseudo-high", type=float, default=0.55, help="object where the map is >= this")
+    parser.add_argument(
+        "--class-targets",
+        choices=("cached", "per-set"),
+        default="cached",
+        help="eq. 12's target: once per image (the default) or per set every step",
+    )
     parser.add_argument("--eval-sets", type=int, default=60, help="held-out sets (the demo's 60)")
     parser.add_argument("--out", default="runs/without-masks", help="output folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -97,6 +103,7 @@ def main() -> None:
         root=str(data),
         pseudo_masks="zero-shot",
         augment=args.augment,
+        class_targets=args.class_targets,
         pseudo_rule=args.pseudo_rule,
         pseudo_margin=args.pseudo_margin,
         pseudo_low=args.pseudo_low,

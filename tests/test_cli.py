@@ -40,6 +40,7 @@ def test_every_help_has_examples(command, capsys) -> None:
         (["train", "--eval-classes", "cat"], "select groups of a dataset on disk"),
         (["train", "--device", "gpu", "--steps", "1", "--out", "/nonexistent/run"], "unknown device 'gpu'"),
         (["export", "--model", "/nonexistent", "--out", "m.pt2"], "not a model folder"),
+        (["train", "--workers", "-1"], "workers must be a non-negative integer"),
     ],
 )
 def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
@@ -105,9 +106,9 @@ def test_cuda_without_a_cuda_device_gives_one_line(tmp_path, capsys, monkeypatch
 
 
 def test_evaluating_images_without_masks_is_refused_before_the_model_loads(tmp_path, capsys) -> None:
+    from cosegkit.data import EvalSets, read_folder
     from cosegkit.data.types import DataError
     from cosegkit.engine import evaluate
-    from cosegkit.data import EvalSets, read_folder
     from tests._support import tiny_lcco
 
     world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=(2, 2))
@@ -123,6 +124,13 @@ def test_evaluating_images_without_masks_is_refused_before_the_model_loads(tmp_p
     model = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False)
     with pytest.raises(DataError, match=r"P and J need ground-truth masks, and the groups \['"):
         evaluate(model, EvalSets(groups, 3, 32), group_names=[g.name for g in groups])
+
+
+def test_an_encoder_depth_the_encoder_lacks_gives_one_line(tmp_path, capsys) -> None:
+    argv = [a for a in TINY_ARGS if a != "--no-progress"]
+    assert main(["train", *argv, "--encoder-depth", "9", "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "encoder_depth=9 (--encoder-depth)" in err and len(err.splitlines()) == 1
 
 
 def test_resume_refuses_other_settings_and_says_when_nothing_is_left(tmp_path, capsys) -> None:

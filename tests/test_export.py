@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,8 @@ def test_the_cli_writes_an_onnx_file_whose_masks_equal_eager_within_1e4(tmp_path
         env=cli_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "onnxruntime vs eager PyTorch: max |difference|" in done.stdout and out.is_file()
+    printed = re.search(r"onnxruntime vs eager PyTorch: max \|difference\| (\S+)", done.stdout)
+    assert printed and float(printed.group(1)) < 1e-4 and out.is_file()
     assert "initialized randomly" not in done.stderr
     session = onnx_session(out)
     assert [i.name for i in session.get_inputs()] == ["images"] and [o.name for o in session.get_outputs()] == ["masks"]
@@ -72,6 +74,26 @@ def test_the_cli_writes_an_onnx_file_whose_masks_equal_eager_within_1e4(tmp_path
     assert np.abs(run_onnx(session, images) - model.predict(images).numpy()).max() > 1e-4
     with pytest.raises(CosegValueError, match=r"exported for images of shape \(1, 4, 3, 32, 32\).*--set-size"):
         run_onnx(session, fresh_images(5, 32))
+
+
+def test_the_command_refuses_a_file_that_differs_from_eager(tmp_path, capsys, monkeypatch) -> None:
+    from cosegkit import export
+    from cosegkit.cli import main
+
+    tiny_model().save_pretrained(tmp_path / "model")
+    real = export.export_onnx
+
+    def drifted(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report.max_abs_diff = 0.3
+        return report
+
+    monkeypatch.setattr(export, "export_onnx", drifted)
+    argv = ["export", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx"), "--set-size", "2",
+            "--image-size", "32"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "differ from eager PyTorch's by up to 3.00e-01 (more than 1e-4): do not deploy" in err
 
 
 def test_a_pt2_file_loads_back_and_segments(tmp_path) -> None:

@@ -197,6 +197,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CosegValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise CosegValueError(
+                f"workers must be a non-negative integer (0: load in the main process), got {self.workers!r}"
+            )
         if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr < 0):
             raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]

@@ -152,8 +152,10 @@ def build_encoder(name: str, weights: str | os.PathLike[str] | None, depth: int)
         )
     try:
         encoder = smp.encoders.get_encoder(name, in_channels=3, depth=depth, weights=None if local else weights)
-    except (KeyError, ValueError):
+    except KeyError:
         raise
+    except ValueError as err:  # e.g. a depth the encoder does not have
+        raise CosegValueError(f"encoder {name!r} with encoder_depth={depth} (--encoder-depth): {err}") from err
     except Exception as err:
         raise WeightsUnavailableError(
             f"could not fetch {weights!r} weights for encoder {name!r} ({type(err).__name__}: {err}). "

@@ -72,6 +72,32 @@ def test_without_augmentation_the_cached_target_is_the_per_set_target() -> None:
     assert (emb[~valid] == 0).all() and (~valid).any()  # the group of 2 is padded
 
 
+def test_the_set_class_sums_sigma_over_the_valid_images() -> None:
+    from types import SimpleNamespace
+
+    votes = SimpleNamespace(text_bank=torch.eye(3), embed_dim=3)  # sigma of a one-hot embedding is one vote
+    sets = TrainSets(fake_groups((4,)), set_size=4, image_size=32, length=1, loader=fake_loader)
+    cache = ClassTargetCache(votes, sets)
+    cache._append([(0, 0), (0, 1), (0, 2), (0, 3)], torch.eye(3)[[1, 0, 0, 2]])  # images of classes 1, 0, 0, 2
+    groups = torch.tensor([0, 0, 0])
+    indices = torch.tensor([[0, 1, 2, 3], [0, 3, 1, 2], [1, 3, 2, 0]])
+    valid = torch.tensor([[True, True, True, True], [True, False, False, False], [False, True, False, False]])
+    assert cache.targets(groups, indices, valid).tolist() == [0, 1, 2]  # the majority; image 0 alone; image 3 alone
+    assert cache.computed == 0  # everything came from the table
+
+
+def test_the_unaugmented_pair_is_the_item_without_augmentation() -> None:
+    augmented = TrainSets(fake_groups(), set_size=3, image_size=32, length=6, loader=fake_loader)
+    plain = TrainSets(fake_groups(), set_size=3, image_size=32, length=6, augment=None, loader=fake_loader)
+    for k in range(6):
+        item = plain[k]
+        for j, ok in enumerate(item["valid"]):
+            if ok:
+                image, mask = augmented.unaugmented(int(item["group"]), int(item["indices"][j]))
+                assert torch.equal(image, item["images"][j]) and torch.equal(mask, item["masks"][j])
+    assert not torch.equal(augmented[0]["images"], plain[0]["images"])  # the augmentation is on
+
+
 def test_each_image_is_embedded_once_and_a_hit_makes_no_clip_call() -> None:
     clip = make_tiny_clip()
     sets = TrainSets(fake_groups(), set_size=3, image_size=32, length=40, loader=fake_loader)
@@ -201,7 +227,7 @@ def drawn_images(config: TrainConfig, first: int, last: int) -> set[tuple[int, i
     drawn = set()
     for item in range(first * config.batch_size, last * config.batch_size):
         entry = sets[item]
-        drawn |= {(int(entry["group"]), int(i)) for i, ok in zip(entry["indices"], entry["valid"]) if ok}
+        drawn |= {(int(entry["group"]), int(i)) for i, ok in zip(entry["indices"], entry["valid"], strict=True) if ok}
     return drawn
 
 
@@ -266,4 +292,3 @@ def test_cli_flag_reaches_the_config(tmp_path) -> None:
     assert args.class_targets == "per-set"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--class-targets", "per-group", "--out", str(tmp_path)])
-
