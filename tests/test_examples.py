@@ -215,6 +215,22 @@ def test_train_without_masks(tmp_path) -> None:
 
 
 @pytest.mark.slow
+def test_class_targets_example_trains_both_readings(tmp_path) -> None:
+    out = run(
+        "class_targets.py", "--seeds", "0", "--steps", "2", "--clip-steps", "2", "--images-per-group", "6",
+        "--eval-sets", "2", "--out", "ct", "--no-progress",
+        cwd=tmp_path, env_extra={"COSEGKIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert "| per-set |" in out and "| cached |" in out
+    results = json.loads((tmp_path / "ct" / "results.json").read_text())
+    assert [(r["reading"], r["seed"]) for r in results] == [("per-set", 0), ("cached", 0)]
+    assert (tmp_path / "ct" / "cached-seed0" / "class_targets").is_dir()
+    assert not (tmp_path / "ct" / "per-set-seed0" / "class_targets").exists()
+    config = json.loads((tmp_path / "ct" / "cached-seed0" / "config.json").read_text())
+    assert config["augment"] is True and config["dataset"] == "folder"
+
+
+@pytest.mark.slow
 def test_zero_shot_synthetic_prints_a_row_per_setting(tmp_path) -> None:
     out = run(
         "zero_shot_synthetic.py", "--clip-steps", "2", "--sizes", "32", "64", "--sets", "2",
