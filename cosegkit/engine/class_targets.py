@@ -38,13 +38,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cosegkit.engine._files import atomic_write
 from cosegkit.errors import CosegValueError
 
 __all__ = ["CLASS_TARGETS", "ClassTargetCache", "cache_key", "data_fingerprint"]
@@ -275,21 +275,15 @@ class ClassTargetCache:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.description is not None and not (self.folder / "key.json").is_file():
-            _atomic_write(self.folder / "key.json", json.dumps(self.description, indent=2).encode())
+            text = json.dumps(self.description, indent=2) + "\n"
+            atomic_write(self.folder / "key.json", lambda tmp: Path(tmp).write_text(text))
         state = {
             "format": CACHE_FORMAT,
             "keys": torch.tensor(list(self._rows), dtype=torch.long).reshape(-1, 2),
             "embeddings": self._table[: len(self._rows)].clone(),
         }
         path = self.folder / f"rank{self.rank}.pt"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
         self._saved = len(self._rows)
         return path
 
@@ -307,14 +301,3 @@ class ClassTargetCache:
             if new:
                 self._append([k for _, k in new], emb[[j for j, _ in new]].float())
         self._saved = len(self._rows) if (self.folder / f"rank{self.rank}.pt").is_file() else 0
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -45,8 +45,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +56,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cosegkit.data.types import DataError, Group
+from cosegkit.engine._files import atomic_write
 from cosegkit.errors import CosegValueError
 
 __all__ = [
@@ -275,17 +274,6 @@ def _group_file(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:16] + ".safetensors"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_meta(path: Path) -> dict[str, str] | None:
     from safetensors import safe_open
 
@@ -451,7 +439,7 @@ def prepare_pseudo_masks(
     folder = Path(cache_root) / key
     folder.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not (folder / "key.json").is_file():
-        _atomic_write_text(folder / "key.json", json.dumps(description, indent=2) + "\n")
+        atomic_write(folder / "key.json", lambda tmp: Path(tmp).write_text(json.dumps(description, indent=2) + "\n"))
     names = [g.name for g in groups]
     if len(set(names)) != len(names):
         raise DataError(f"two training groups share a name: {sorted({n for n in names if names.count(n) > 1})}")
@@ -486,16 +474,8 @@ def prepare_pseudo_masks(
                         "top": json.dumps(_top(result.class_scores, zs.classnames)),
                         "rerun": str(result.rerun),
                     }
-                    target = files[group.name]
-                    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-                    os.close(fd)
-                    try:
-                        tensors = {"probs": probs, "scores": result.class_scores.float().contiguous()}
-                        save_file(tensors, tmp, metadata=meta)
-                        os.replace(tmp, target)
-                    except BaseException:
-                        Path(tmp).unlink(missing_ok=True)
-                        raise
+                    tensors = {"probs": probs, "scores": result.class_scores.float().contiguous()}
+                    atomic_write(files[group.name], lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
                     computed.append(group.name)
         finally:
             if bar is not None:
@@ -515,7 +495,7 @@ def prepare_pseudo_masks(
             "top": json.loads(meta.get("top", "[]")),
         }
     if rank == 0:
-        _atomic_write_text(folder / "classes.json", json.dumps(classes, indent=2) + "\n")
+        atomic_write(folder / "classes.json", lambda tmp: Path(tmp).write_text(json.dumps(classes, indent=2) + "\n"))
         if world == 1 and len(computed) < len(groups):
             log.info("pseudo masks: reused the cached maps of %d group(s) in %s", len(groups) - len(computed), folder)
         for name, c in classes.items():

@@ -555,8 +555,6 @@ def _class_target_cache(config: TrainConfig, model, dataset, groups, store, run:
     """
     if config.class_targets != "cached" or not model.use_regularization or groups is None:
         return None
-    if not hasattr(dataset, "unaugmented"):
-        return None
     from cosegkit.engine.class_targets import ClassTargetCache, cache_key
 
     key, description = cache_key(config, model.clip, groups, store)
