@@ -30,14 +30,31 @@ class ConvFFN(nn.Sequential):
         )
 
 
-class MLP(nn.Sequential):
-    """Two-layer perceptron on the last axis: Linear, GELU, Linear."""
+class QuickGELU(nn.Module):
+    r""":math:`x \cdot \sigma(1.702 x)`: the GELU approximation that OpenAI's CLIP and SegCLIP were trained with."""
 
-    def __init__(self, in_features: int, out_features: int, hidden_features: int | None = None) -> None:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+"""Activations by name: ``"gelu"`` (exact, :class:`torch.nn.GELU`) or ``"quick_gelu"``."""
+
+
+class MLP(nn.Sequential):
+    """Two-layer perceptron on the last axis: Linear, activation (GELU by default), Linear."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+    ) -> None:
         hidden = hidden_features or max(in_features, out_features)
         super().__init__(
             nn.Linear(in_features, hidden),
-            nn.GELU(),
+            act_layer(),
             nn.Linear(hidden, out_features),
         )
 

@@ -17,6 +17,7 @@ from torch import nn
 from cosegkit._validation import check_feature_set, resolve_valid
 from cosegkit.errors import CosegValueError
 from cosegkit.layers._blocks import ConvFFN
+from cosegkit.layers.variants import resolve_settings
 
 __all__ = ["ImageSetCorrespondence", "partner_index"]
 
@@ -93,11 +94,23 @@ class ImageSetCorrespondence(nn.Module):
     Padded images (``valid`` False) neither send nor receive messages: their output equals
     their input.
 
+    Built with its defaults, the module is the one ``LCCo()`` builds (the ``"default"``
+    variant of :data:`~cosegkit.layers.variants.VARIANTS`, which adds the residual
+    :math:`F_i + \hat F_i`); ``variant="paper"`` gives eq. (2) as printed.
+
     Args:
         channels: channels ``C`` of the feature maps.
         heads: attention heads; must divide ``channels``.
         ffn_ratio: hidden width of :math:`\mathrm{FFN}_1` as a multiple of ``channels``.
         kernel_size: kernel of the final :math:`\mathrm{Conv}` (odd).
+        variant: ``"default"`` or ``"paper"``, the same names and settings as
+            :class:`~cosegkit.LCCo`'s ``variant``; ``residual`` overrides it.
+        residual: add the input features to the output of eq. (2). ``None`` takes the
+            variant's ``correspondence_residual`` (True in ``"default"``, False in
+            ``"paper"``). The module has one residual, so it is called ``residual`` here;
+            :class:`~cosegkit.LCCo` sets it as ``correspondence_residual``, because there
+            ``residual`` is the CLIP modules' own.
+        temperature: temperature of the softmax over the partners in eq. (2).
 
     Shape:
         - features: :math:`(B, N, C, h, w)`
@@ -110,6 +123,8 @@ class ImageSetCorrespondence(nn.Module):
         >>> isfc = ImageSetCorrespondence(32, heads=4)
         >>> isfc(torch.randn(2, 5, 32, 7, 7)).shape
         torch.Size([2, 5, 32, 7, 7])
+        >>> isfc.residual, ImageSetCorrespondence(32, heads=4, variant="paper").residual
+        (True, False)
     """
 
     def __init__(
@@ -119,7 +134,8 @@ class ImageSetCorrespondence(nn.Module):
         *,
         ffn_ratio: float = 2.0,
         kernel_size: int = 3,
-        residual: bool = False,
+        variant: str = "default",
+        residual: bool | None = None,
         temperature: float = 1.0,
     ) -> None:
         super().__init__()
@@ -134,7 +150,7 @@ class ImageSetCorrespondence(nn.Module):
             raise CosegValueError(f"temperature must be positive, got {temperature}")
         self.channels = channels
         self.heads = heads
-        self.residual = residual
+        self.residual: bool = resolve_settings(variant, correspondence_residual=residual)["correspondence_residual"]
         self.temperature = temperature
         self.to_q = nn.Linear(channels, channels)
         self.to_kv = nn.Linear(channels, 2 * channels)

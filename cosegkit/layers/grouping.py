@@ -21,7 +21,7 @@ from torch import nn
 
 from cosegkit._validation import check_feature_set, is_compiling, resolve_valid, shape_str
 from cosegkit.errors import CosegShapeError, CosegValueError
-from cosegkit.layers._blocks import MLP, masked_mean
+from cosegkit.layers._blocks import ACTIVATIONS, MLP, masked_mean
 
 __all__ = [
     "READOUTS",
@@ -169,7 +169,7 @@ def set_coverage(assignment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 class _CentreBlock(nn.Module):
     """Pre-norm cross-attention of the centres to [centres; tokens], then an MLP, both residual."""
 
-    def __init__(self, channels: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, channels: int, heads: int, mlp_ratio: float, act_layer: type[nn.Module] = nn.GELU) -> None:
         super().__init__()
         self.heads = heads
         self.norm_q = nn.LayerNorm(channels)
@@ -178,7 +178,7 @@ class _CentreBlock(nn.Module):
         self.to_kv = nn.Linear(channels, 2 * channels)
         self.to_out = nn.Linear(channels, channels)
         self.norm_mlp = nn.LayerNorm(channels)
-        self.mlp = MLP(channels, channels, int(mlp_ratio * channels))
+        self.mlp = MLP(channels, channels, int(mlp_ratio * channels), act_layer)
 
     def forward(self, centres: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """``centres`` (b, g, c), ``tokens`` (b, l, c), ``keep`` (b, g + l): the keys that take part."""
@@ -231,6 +231,13 @@ class SetGrouping(nn.Module):
         tau: Gumbel-softmax temperature (SegCLIP's 0.9).
         mlp_ratio: hidden width of the MLPs as a multiple of ``channels``.
         logit_scale: factor on the logits :math:`\ell` (SegCLIP's 1).
+        activation: ``"gelu"`` (the default) or ``"quick_gelu"``
+            (:math:`x \cdot \sigma(1.702 x)`), the activation of the centres' MLPs and the
+            last one of the group embeddings (:math:`E_g`'s outer activation). SegCLIP's group
+            blocks use QuickGELU: pass ``"quick_gelu"`` to run weights trained by SegCLIP. The
+            MLP inside :math:`E_g` keeps GELU in both, as SegCLIP's ``Mlp`` does. The default
+            stays GELU: the layer trains from scratch, no SegCLIP weights are loaded into it,
+            and its measured results (the equations page) were made with GELU.
 
     Shape:
         - features: :math:`(B, N, C, h, w)`
@@ -258,6 +265,7 @@ class SetGrouping(nn.Module):
         tau: float = 0.9,
         mlp_ratio: float = 4.0,
         logit_scale: float = 1.0,
+        activation: str = "gelu",
     ) -> None:
         super().__init__()
         if not isinstance(num_groups, int) or num_groups < 1:
@@ -273,17 +281,24 @@ class SetGrouping(nn.Module):
             raise CosegValueError(f"tau must be positive, got {tau}")
         if logit_scale <= 0:
             raise CosegValueError(f"logit_scale must be positive, got {logit_scale}")
+        if activation not in ACTIVATIONS:
+            raise CosegValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}; 'quick_gelu' is "
+                f"SegCLIP's, 'gelu' the default"
+            )
         self.channels, self.num_groups, self.heads, self.tau = channels, num_groups, heads, tau
+        self.activation = activation
+        act_layer = ACTIVATIONS[activation]
         self.logit_scale = logit_scale
         self.centres = nn.Parameter(nn.init.trunc_normal_(torch.empty(num_groups, channels), std=0.02))
-        self.blocks = nn.ModuleList(_CentreBlock(channels, heads, mlp_ratio) for _ in range(layers))
+        self.blocks = nn.ModuleList(_CentreBlock(channels, heads, mlp_ratio, act_layer) for _ in range(layers))
         self.norm_centres = nn.LayerNorm(channels)
         self.norm_tokens = nn.LayerNorm(channels)
         self.to_k = nn.Conv1d(channels, channels, kernel_size=1, groups=heads, bias=False)
         self.norm_k = nn.LayerNorm(channels)
         self.to_v = nn.Conv1d(channels, channels, kernel_size=1, groups=heads, bias=False)
         self.embed = nn.Sequential(
-            nn.LayerNorm(channels), MLP(channels, channels, int(mlp_ratio * channels)), nn.GELU()
+            nn.LayerNorm(channels), MLP(channels, channels, int(mlp_ratio * channels)), act_layer()
         )
         self.to_out = nn.Linear(channels + 1, channels)
         self.score = nn.Linear(channels + 1, 1)
@@ -344,7 +359,7 @@ class SetGrouping(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, num_groups={self.num_groups}, heads={self.heads}, "
-            f"layers={len(self.blocks)}, tau={self.tau}"
+            f"layers={len(self.blocks)}, tau={self.tau}, activation={self.activation!r}"
         )
 
 

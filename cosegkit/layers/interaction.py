@@ -26,6 +26,7 @@ from cosegkit._validation import (
 )
 from cosegkit.errors import CosegValueError
 from cosegkit.layers._blocks import MLP, ConvFFN, masked_mean, masked_sum, unit_rms
+from cosegkit.layers.variants import resolve_settings
 
 __all__ = ["ClipInteraction", "ClipInteractionOutput", "clip_similarity", "distill_text"]
 
@@ -137,13 +138,22 @@ class ClipInteraction(nn.Module):
     The module is permutation-equivariant over the images of a set; padded images (``valid``
     False) do not count in :math:`\bar h^{img}` or :math:`\sigma` and are not attended to.
 
+    Built with its defaults, the module is the one ``LCCo()`` builds (the ``"default"``
+    variant of :data:`~cosegkit.layers.variants.VARIANTS`: residual, unit-RMS :math:`z_i`);
+    ``variant="paper"`` gives eq. (5) as printed, with :math:`z_i` at unit RMS.
+
     Args:
         channels: channels ``C`` of the feature maps.
         clip_dim: CLIP embedding width ``D``.
         top_k: number ``K`` of distilled text embeddings (the paper uses 5).
         heads: attention heads of eq. (4); must divide ``clip_dim``.
-        residual: add the input features to the output of eq. (5). The paper has no residual
-            here; the assembled :class:`~cosegkit.LCCo` leaves it off.
+        variant: ``"default"`` or ``"paper"``, the same names and settings as
+            :class:`~cosegkit.LCCo`'s ``variant``; ``residual`` and ``unit_scale`` override it.
+        residual: add the input features to the output of eq. (5), :math:`F_i + \hat F_i`
+            (not in the paper). ``None`` takes the variant's (True in ``"default"``, False in
+            ``"paper"``). The same setting as :class:`~cosegkit.LCCo`'s ``residual``.
+        unit_scale: scale :math:`z_i` to a root mean square of 1 before it modulates the
+            features. ``None`` takes the variant's (True in both).
 
     Shape:
         - features: :math:`(B, N, C, h, w)`
@@ -159,6 +169,8 @@ class ClipInteraction(nn.Module):
         >>> out = inter(torch.randn(2, 4, 32, 8, 8), torch.randn(2, 4, 16), torch.randn(10, 16))
         >>> out.features.shape, out.similarity.shape, out.topk_indices.shape
         (torch.Size([2, 4, 32, 8, 8]), torch.Size([2, 4, 10]), torch.Size([2, 3]))
+        >>> inter.residual, ClipInteraction(32, clip_dim=16, variant="paper").residual
+        (True, False)
     """
 
     def __init__(
@@ -168,8 +180,9 @@ class ClipInteraction(nn.Module):
         top_k: int = 5,
         heads: int = 8,
         *,
-        residual: bool = False,
-        unit_scale: bool = False,
+        variant: str = "default",
+        residual: bool | None = None,
+        unit_scale: bool | None = None,
     ) -> None:
         super().__init__()
         if top_k < 1:
@@ -180,8 +193,9 @@ class ClipInteraction(nn.Module):
         self.clip_dim = clip_dim
         self.top_k = top_k
         self.heads = heads
-        self.residual = residual
-        self.unit_scale = unit_scale
+        settings = resolve_settings(variant, residual=residual, unit_scale=unit_scale)
+        self.residual: bool = settings["residual"]
+        self.unit_scale: bool = settings["unit_scale"]
         self.mlp1 = MLP(2 * clip_dim, clip_dim)
         self.to_q = nn.Linear(clip_dim, clip_dim)
         self.to_kv = nn.Linear(clip_dim, 2 * clip_dim)

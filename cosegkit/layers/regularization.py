@@ -7,7 +7,8 @@ Axis legend (einops):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import warnings
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +18,26 @@ from torch import nn
 from cosegkit._validation import check_feature_set, check_set_vectors, check_text_bank, resolve_valid
 from cosegkit.errors import CosegShapeError, CosegValueError
 from cosegkit.layers._blocks import MLP, ConvFFN, masked_max, masked_mean, unit_rms
+from cosegkit.layers.variants import resolve_settings
 
 __all__ = ["POOLS", "ClipRegularization", "ClipRegularizationOutput"]
 
 POOLS = {"max": masked_max, "mean": masked_mean}
 """How eq. (7) pools the per-image class scores over a set: ``"max"`` (the paper's global max
 pooling) or ``"mean"``."""
+
+
+_RENAMED = "ClipRegularization's {old!r} is deprecated and will be removed in the next release; use {new!r}"
+
+
+def _renamed(old: str, old_value: Any, new: str, new_value: Any) -> Any:
+    """The value of a renamed keyword: the new one, or the old one with a DeprecationWarning."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise CosegValueError(f"got both {old}={old_value!r} and {new}={new_value!r}; pass {new} only")
+    warnings.warn(_RENAMED.format(old=old, new=new), DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 class ClipRegularizationOutput(NamedTuple):
@@ -66,19 +81,37 @@ class ClipRegularization(nn.Module):
         i^* = \arg\max_p v_p, \qquad
         \hat F_i = \mathrm{FFN}_5\big(\mathrm{FFN}_4(F_i) \odot \mathrm{PAD}(h^{txt}_{i^*})\big)
 
-    where :math:`s_i` is row :math:`i` of the image-text similarity matrix :math:`S`. The max
-    pool runs over the (valid) images of a set, so :math:`v` and :math:`i^*` do not depend on
+    where :math:`s_i` is row :math:`i` of the image-text similarity matrix :math:`S` (the
+    printed form; ``class_pool`` and ``class_prior`` below give the default's). The pool
+    runs over the (valid) images of a set, so :math:`v` and :math:`i^*` do not depend on
     the order of the images. :math:`\mathrm{MLP}_3` starts with a LayerNorm over the ``P``
     similarities: raw CLIP cosines differ by a few hundredths between classes, and the norm
     makes the MLP see their ranking at a usable scale. The argmax passes no gradient; :math:`v`
     is trained by the classification loss of eq. (12).
+
+    Built with its defaults, the module is the one ``LCCo()`` builds (the ``"default"``
+    variant of :data:`~cosegkit.layers.variants.VARIANTS`: mean pool, CLIP's ranking with
+    weight 3, residual, unit-RMS :math:`h^{txt}_{i^*}`); ``variant="paper"`` gives eq. (7)
+    and (8) as printed, with MLP_3 and the size of :math:`h^{txt}_{i^*}` read as in the default.
 
     Args:
         channels: channels ``C`` of the feature maps.
         clip_dim: CLIP embedding width ``D``.
         num_prompts: vocabulary size ``P`` (rows of the text bank).
         hidden: hidden width of :math:`\mathrm{MLP}_3` (default ``P``).
-        residual: add the input features to the output of eq. (8); off in the paper.
+        variant: ``"default"`` or ``"paper"``, the same names and settings as
+            :class:`~cosegkit.LCCo`'s ``variant``; the four settings below override it one by
+            one, and each one left ``None`` takes the variant's.
+        residual: add the input features to the output of eq. (8), :math:`F_i + \hat F_i`
+            (not in the paper; True in ``"default"``).
+        unit_scale: scale :math:`h^{txt}_{i^*}` to a root mean square of 1 before it
+            modulates the features (True in both variants).
+        class_pool: how eq. (7) pools the per-image class scores over the set, ``"max"``
+            (the paper, ``"paper"``) or ``"mean"`` (``"default"``).
+        class_prior: weight :math:`\tau` of CLIP's own ranking in eq. (7),
+            :math:`\mathrm{MLP}_3(s_i) + \tau\,\mathrm{LN}(s_i)` (3 in both variants).
+        pool: deprecated name of ``class_pool`` (warns; removed in the next release).
+        prior: deprecated name of ``class_prior`` (warns; removed in the next release).
 
     Shape:
         - features: :math:`(B, N, C, h, w)`
@@ -94,6 +127,8 @@ class ClipRegularization(nn.Module):
         >>> out = reg(torch.randn(2, 4, 32, 8, 8), torch.randn(2, 4, 10), torch.randn(10, 16))
         >>> out.features.shape, out.class_probs.shape, out.common_class.shape
         (torch.Size([2, 4, 32, 8, 8]), torch.Size([2, 10]), torch.Size([2]))
+        >>> reg.class_pool, ClipRegularization(32, 16, 10, variant="paper").class_pool
+        ('mean', 'max')
     """
 
     def __init__(
@@ -103,33 +138,53 @@ class ClipRegularization(nn.Module):
         num_prompts: int,
         *,
         hidden: int | None = None,
-        residual: bool = False,
-        unit_scale: bool = False,
-        pool: str = "max",
-        prior: float = 0.0,
+        variant: str = "default",
+        residual: bool | None = None,
+        unit_scale: bool | None = None,
+        class_pool: str | None = None,
+        class_prior: float | None = None,
+        pool: str | None = None,
+        prior: float | None = None,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.clip_dim = clip_dim
         self.num_prompts = num_prompts
-        if pool not in POOLS:
-            raise CosegValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
-        if prior < 0:
-            raise CosegValueError(f"prior must be non-negative, got {prior}")
-        self.residual = residual
-        self.unit_scale = unit_scale
-        self.pool = pool
-        self.prior = prior
+        class_pool = _renamed("pool", pool, "class_pool", class_pool)
+        class_prior = _renamed("prior", prior, "class_prior", class_prior)
+        settings = resolve_settings(
+            variant, residual=residual, unit_scale=unit_scale, class_pool=class_pool, class_prior=class_prior
+        )
+        if settings["class_pool"] not in POOLS:
+            raise CosegValueError(f"class_pool must be one of {list(POOLS)}, got {settings['class_pool']!r}")
+        if settings["class_prior"] < 0:
+            raise CosegValueError(f"class_prior must be non-negative, got {settings['class_prior']}")
+        self.residual: bool = settings["residual"]
+        self.unit_scale: bool = settings["unit_scale"]
+        self.class_pool: str = settings["class_pool"]
+        self.class_prior: float = settings["class_prior"]
         self.mlp3 = nn.Sequential(nn.LayerNorm(num_prompts), MLP(num_prompts, num_prompts, hidden or num_prompts))
         self.ffn4 = ConvFFN(channels, clip_dim)
         self.ffn5 = ConvFFN(clip_dim, channels)
 
+    @property
+    def pool(self) -> str:
+        """Deprecated name of :attr:`class_pool` (warns; removed in the next release)."""
+        warnings.warn(_RENAMED.format(old="pool", new="class_pool"), DeprecationWarning, stacklevel=2)
+        return self.class_pool
+
+    @property
+    def prior(self) -> float:
+        """Deprecated name of :attr:`class_prior` (warns; removed in the next release)."""
+        warnings.warn(_RENAMED.format(old="prior", new="class_prior"), DeprecationWarning, stacklevel=2)
+        return self.class_prior
+
     def classify(self, similarity: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. (6)-(7): class logits (before the softmax) and :math:`i^*`, ``(b, p)`` and ``(b,)``."""
         scores = self.mlp3(similarity)
-        if self.prior:
-            scores = scores + self.prior * F.layer_norm(similarity, similarity.shape[-1:])  # CLIP's own ranking
-        logits = POOLS[self.pool](scores, valid)
+        if self.class_prior:
+            scores = scores + self.class_prior * F.layer_norm(similarity, similarity.shape[-1:])  # CLIP's own ranking
+        logits = POOLS[self.class_pool](scores, valid)
         return logits, logits.argmax(dim=-1)
 
     def forward(
@@ -179,5 +234,6 @@ class ClipRegularization(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, clip_dim={self.clip_dim}, num_prompts={self.num_prompts}, "
-            f"pool={self.pool!r}, prior={self.prior}, residual={self.residual}, unit_scale={self.unit_scale}"
+            f"class_pool={self.class_pool!r}, class_prior={self.class_prior}, residual={self.residual}, "
+            f"unit_scale={self.unit_scale}"
         )

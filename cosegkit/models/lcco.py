@@ -28,6 +28,7 @@ from cosegkit.layers.correspondence import ImageSetCorrespondence
 from cosegkit.layers.grouping import SetGrouping
 from cosegkit.layers.interaction import ClipInteraction, clip_similarity
 from cosegkit.layers.regularization import ClipRegularization
+from cosegkit.layers.variants import VARIANTS, get_variant, resolve_settings
 from cosegkit.losses.classification import masked_images, targets_from_embeddings
 from cosegkit.models.decoder import ConvBNReLU, DecoderBlock, feature_levels
 from cosegkit.models.output import LCCoOutput
@@ -43,29 +44,6 @@ CLIP_WEIGHTS_NAME = "clip.safetensors"
 CLIP_CONFIG_DIR = "open_clip_config"
 
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {
-        "residual": True,
-        "correspondence_residual": True,
-        "unit_scale": True,
-        "class_pool": "mean",
-        "class_prior": 3.0,
-    },
-    "paper": {
-        "residual": False,
-        "correspondence_residual": False,
-        "unit_scale": True,
-        "class_pool": "max",
-        "class_prior": 3.0,
-    },
-}
-"""The readings of the three modules that :class:`LCCo` can be built with, by name.
-
-``"paper"`` is eq. (2), (5), (7) and (8) as printed, with the two things they leave open (the
-size of the CLIP vectors in eq. 5 and 8, the form of MLP_3) read as in the default;
-``"default"`` is what trains best. The equations page gives each difference and the
-measurement behind it."""
-
 LEGACY_SETTINGS: dict[str, Any] = {
     "variant": "paper",
     "correspondence_residual": False,
@@ -75,35 +53,6 @@ LEGACY_SETTINGS: dict[str, Any] = {
 }
 """What a config or checkpoint written before the variants existed was built with (its
 ``residual`` is stored): the printed equations with the open choices at their most literal."""
-
-
-_SETTING_TYPES = {
-    "residual": bool,
-    "correspondence_residual": bool,
-    "unit_scale": bool,
-    "class_pool": str,
-    "class_prior": float,
-}
-
-
-def get_variant(name: str) -> dict[str, Any]:
-    """The module settings of a variant of :data:`VARIANTS` (a copy).
-
-    Raises:
-        KeyError: an unknown name; the message lists the valid ones.
-
-    Example:
-        >>> from cosegkit.models import get_variant
-        >>> get_variant("paper")["class_pool"], get_variant("default")["class_pool"]
-        ('max', 'mean')
-        >>> get_variant("best")
-        Traceback (most recent call last):
-            ...
-        KeyError: "unknown LCCo variant 'best'; choose one of ['default', 'paper']"
-    """
-    if name not in VARIANTS:
-        raise KeyError(f"unknown LCCo variant {name!r}; choose one of {sorted(VARIANTS)}")
-    return dict(VARIANTS[name])
 
 
 def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
@@ -237,6 +186,9 @@ class LCCo(nn.Module):
             module: 1 (:math:`\mathcal F^1`, with ISFC; the default), 2 or 3.
         num_groups: the grouping layer's centres ``G``.
         grouping_layers: the grouping layer's cross-attention blocks.
+        grouping_activation: the grouping layer's ``activation``, ``"gelu"`` or
+            ``"quick_gelu"`` (SegCLIP's); stored in the config, and a config written before
+            the setting existed loads as ``"gelu"``.
         micro_batch: in eval mode, run the per-image stages (encoder, CLIP pass) on at most
             this many images at a time. Large batches are slower per image on CPUs (a
             ResNet-50 forward on 32 images takes about 1.5x the time of four forwards on 8), and
@@ -244,8 +196,8 @@ class LCCo(nn.Module):
             Training mode always runs the encoder on the whole batch, so batch norm keeps
             its batch statistics.
         variant: ``"default"`` (what trains best) or ``"paper"`` (eq. 2, 5, 7 and 8 as
-            printed); see :data:`~cosegkit.models.lcco.VARIANTS`. The five settings below default
-            to the variant's and override it one by one.
+            printed); see :data:`~cosegkit.layers.variants.VARIANTS`, the same table the layers
+            read. The five settings below default to the variant's and override it one by one.
         residual: add each CLIP module's input features to its output (eq. 5 and 8 become
             :math:`F + \hat F`).
         correspondence_residual: add ISFC's input features to its output (eq. 2 becomes
@@ -293,6 +245,7 @@ class LCCo(nn.Module):
         grouping_level: int = 1,
         num_groups: int = 8,
         grouping_layers: int = 2,
+        grouping_activation: str = "gelu",
         variant: str = "default",
         residual: bool | None = None,
         correspondence_residual: bool | None = None,
@@ -302,16 +255,14 @@ class LCCo(nn.Module):
         micro_batch: int | None = 8,
     ) -> None:
         super().__init__()
-        settings = get_variant(variant)
-        given = {
-            "residual": residual,
-            "correspondence_residual": correspondence_residual,
-            "unit_scale": unit_scale,
-            "class_pool": class_pool,
-            "class_prior": class_prior,
-        }
-        settings.update({k: v for k, v in given.items() if v is not None})
-        settings = {k: _SETTING_TYPES[k](v) for k, v in settings.items()}
+        settings = resolve_settings(
+            variant,
+            residual=residual,
+            correspondence_residual=correspondence_residual,
+            unit_scale=unit_scale,
+            class_pool=class_pool,
+            class_prior=class_prior,
+        )
         self.encoder = build_encoder(encoder_name, encoder_weights, encoder_depth)
         enc_channels = list(self.encoder.out_channels)
         self.levels = feature_levels(enc_channels)
@@ -387,8 +338,8 @@ class LCCo(nn.Module):
                 p,
                 residual=settings["residual"],
                 unit_scale=settings["unit_scale"],
-                pool=settings["class_pool"],
-                prior=settings["class_prior"],
+                class_pool=settings["class_pool"],
+                class_prior=settings["class_prior"],
             )
             if use_regularization
             else nn.Identity()
@@ -402,7 +353,11 @@ class LCCo(nn.Module):
         self.grouping_level = grouping_level
         self.grouping: nn.Module = (
             SetGrouping(
-                decoder_channels[grouping_level - 1], num_groups=num_groups, heads=heads, layers=grouping_layers
+                decoder_channels[grouping_level - 1],
+                num_groups=num_groups,
+                heads=heads,
+                layers=grouping_layers,
+                activation=grouping_activation,
             )
             if use_grouping
             else nn.Identity()
@@ -430,6 +385,7 @@ class LCCo(nn.Module):
             "grouping_level": grouping_level,
             "num_groups": num_groups,
             "grouping_layers": grouping_layers,
+            "grouping_activation": grouping_activation,
             "variant": variant,
             **settings,
             "micro_batch": micro_batch,

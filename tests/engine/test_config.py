@@ -12,14 +12,14 @@ from tests.engine.test_trainer import TINY
 
 def test_the_variant_and_its_overrides_reach_the_model() -> None:
     paper = build_model(TrainConfig(**TINY, variant="paper"))
-    assert paper.regularization.pool == "max" and not paper.interaction.residual
-    assert not paper.correspondence.residual and paper.regularization.prior == 3.0
+    assert paper.regularization.class_pool == "max" and not paper.interaction.residual
+    assert not paper.correspondence.residual and paper.regularization.class_prior == 3.0
     default = build_model(TrainConfig(**TINY))
-    assert default.regularization.pool == "mean" and default.interaction.residual
+    assert default.regularization.class_pool == "mean" and default.interaction.residual
     assert default.correspondence.residual and default.interaction.unit_scale
     mixed = build_model(TrainConfig(**TINY, variant="paper", residual=True, class_prior=2.0))
-    assert mixed.interaction.residual and mixed.regularization.residual and mixed.regularization.prior == 2.0
-    assert mixed.regularization.pool == "max" and not mixed.correspondence.residual
+    assert mixed.interaction.residual and mixed.regularization.residual and mixed.regularization.class_prior == 2.0
+    assert mixed.regularization.class_pool == "max" and not mixed.correspondence.residual
     with pytest.raises(KeyError, match="unknown LCCo variant"):
         TrainConfig(**TINY, variant="literal")
 
@@ -34,13 +34,13 @@ def test_a_config_from_before_variants_is_the_paper(tmp_path) -> None:
     assert old.variant == "paper" and old.residual is True
     assert (old.unit_scale, old.class_pool, old.class_prior, old.correspondence_residual) == (False, "max", 0.0, False)
     model = build_model(old)
-    assert model.interaction.residual and model.regularization.pool == "max"
-    assert model.regularization.prior == 0.0 and not model.interaction.unit_scale
+    assert model.interaction.residual and model.regularization.class_pool == "max"
+    assert model.regularization.class_prior == 0.0 and not model.interaction.unit_scale
     assert TrainConfig.from_dict(TrainConfig(**TINY).to_dict()).variant == "default"
 
 
 def test_every_override_reaches_the_model_through_the_config() -> None:
     m = build_model(TrainConfig(**TINY, class_pool="max", unit_scale=False, correspondence_residual=False))
-    assert m.regularization.pool == "max"
+    assert m.regularization.class_pool == "max"
     assert not m.interaction.unit_scale and not m.regularization.unit_scale
     assert not m.correspondence.residual and m.interaction.residual

@@ -92,9 +92,9 @@ def regularization_reference(module, features, similarity, text, valid=None):
         if valid[i]:
             s = similarity[i]
             standardised = (s - s.mean()) / torch.sqrt(s.var(unbiased=False) + 1e-5)
-            rows.append(module.mlp3(s) + module.prior * standardised)
+            rows.append(module.mlp3(s) + module.class_prior * standardised)
     stacked = torch.stack(rows)
-    pooled = stacked.max(dim=0).values if module.pool == "max" else stacked.mean(dim=0)  # over the set
+    pooled = stacked.max(dim=0).values if module.class_pool == "max" else stacked.mean(dim=0)  # over the set
     v = torch.softmax(pooled, dim=0)  # eq. (7)
     best = int(torch.argmax(v))  # eq. (6)
     t = text[best] / text[best].square().mean().sqrt() if module.unit_scale else text[best]

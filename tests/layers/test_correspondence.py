@@ -17,8 +17,8 @@ def make(channels: int = 8, heads: int = 2, seed: int = 0, **kwargs) -> ImageSet
     return ImageSetCorrespondence(channels, heads=heads, **kwargs).eval()
 
 
-#: the paper's eq. (2), cosegkit's default reading, and a softmax temperature
-OPTIONS = [{}, {"residual": True}, {"residual": True, "temperature": 0.5}]
+#: the paper's eq. (2), cosegkit's default reading (the layer's defaults), and a softmax temperature
+OPTIONS = [{"residual": False}, {}, {"residual": True, "temperature": 0.5}, {"variant": "paper"}]
 
 
 @pytest.mark.parametrize("options", OPTIONS)

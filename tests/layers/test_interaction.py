@@ -24,8 +24,10 @@ def inputs(b: int, n: int, h: int = 3, w: int = 4, seed: int = 0):
     return torch.randn(b, n, C, h, w, generator=g), torch.randn(b, n, D, generator=g), torch.randn(P, D, generator=g)
 
 
-#: the paper's eq. (5), cosegkit's default reading, and each change alone
-OPTIONS = [{}, {"residual": True, "unit_scale": True}, {"unit_scale": True}, {"residual": True}]
+#: the paper's eq. (5) at its most literal
+LITERAL = {"residual": False, "unit_scale": False}
+#: the literal eq. (5), cosegkit's default reading (the layer's defaults), each change alone, the paper variant
+OPTIONS = [LITERAL, {}, {**LITERAL, "unit_scale": True}, {**LITERAL, "residual": True}, {"variant": "paper"}]
 
 
 @pytest.mark.parametrize("options", OPTIONS)
@@ -108,7 +110,7 @@ def test_padding_and_batch_independence(n: int, pad: int, seed: int) -> None:
 
 
 def test_residual_option_adds_the_input() -> None:
-    plain, res = make(seed=3), make(seed=3, residual=True)
+    plain, res = make(seed=3, residual=False), make(seed=3, residual=True)
     feats, emb, text = inputs(1, 3)
     torch.testing.assert_close(res(feats, emb, text).features, plain(feats, emb, text).features + feats)
 

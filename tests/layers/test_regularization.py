@@ -23,14 +23,17 @@ def inputs(b: int, n: int, h: int = 3, w: int = 2, seed: int = 0):
     return torch.randn(b, n, C, h, w, generator=g), torch.randn(b, n, P, generator=g), torch.randn(P, D, generator=g)
 
 
-#: the paper's eq. (7)-(8), cosegkit's default reading, and each change alone
+#: the paper's eq. (7)-(8) at their most literal
+LITERAL = {"residual": False, "unit_scale": False, "class_pool": "max", "class_prior": 0.0}
+#: the literal eq. (7)-(8), cosegkit's default reading (the layer's defaults), each change alone, the paper variant
 OPTIONS = [
+    LITERAL,
     {},
-    {"residual": True, "unit_scale": True, "pool": "mean", "prior": 3.0},
-    {"pool": "mean"},
-    {"prior": 3.0},
-    {"unit_scale": True},
-    {"residual": True},
+    {**LITERAL, "class_pool": "mean"},
+    {**LITERAL, "class_prior": 3.0},
+    {**LITERAL, "unit_scale": True},
+    {**LITERAL, "residual": True},
+    {"variant": "paper"},
 ]
 
 
@@ -78,7 +81,7 @@ def test_shapes_permutation_and_probabilities(b: int, n: int, h: int, w: int, se
 
 @given(n=st.integers(1, 4), pad=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_padding_and_batch_independence(n: int, pad: int, seed: int) -> None:
-    module = make()
+    module = make(class_pool="max")
     feats, sim, text = inputs(2, n + pad, seed=seed)
     sim[0, n:] = 100.0  # padded rows would dominate the max pool if they counted
     valid = torch.tensor([[True] * n + [False] * pad, [True] * (n + pad)])

@@ -54,8 +54,7 @@ def test_correspondence_depends_on_the_rest_of_the_set(n: int, seed: int, residu
 def test_interaction_depends_on_the_rest_of_the_set(n: int, seed: int, variant: str) -> None:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    v = VARIANTS[variant]
-    module = ClipInteraction(C, D, top_k=3, heads=4, residual=v["residual"], unit_scale=v["unit_scale"]).eval()
+    module = ClipInteraction(C, D, top_k=3, heads=4, variant=variant).eval()
     feats, emb, text = torch.randn(2, n, C, 3, 4, generator=g), torch.randn(2, n, D, generator=g), torch.randn(P, D)
     with torch.no_grad():
         # only the other images' CLIP embeddings change: image 0's own inputs are the same
@@ -63,11 +62,8 @@ def test_interaction_depends_on_the_rest_of_the_set(n: int, seed: int, variant: 
 
 
 def regularization(variant: str, seed: int) -> ClipRegularization:
-    v = VARIANTS[variant]
     torch.manual_seed(seed)
-    return ClipRegularization(
-        C, D, P, residual=v["residual"], unit_scale=v["unit_scale"], pool=v["class_pool"], prior=v["class_prior"]
-    ).eval()
+    return ClipRegularization(C, D, P, variant=variant).eval()
 
 
 @given(n=st.integers(2, 5), seed=st.integers(0, 2**16), variant=st.sampled_from(sorted(VARIANTS)))

@@ -421,8 +421,8 @@ def module_settings(m: LCCo) -> dict:
         "residual": (m.interaction.residual, m.regularization.residual),
         "correspondence_residual": m.correspondence.residual,
         "unit_scale": (m.interaction.unit_scale, m.regularization.unit_scale),
-        "class_pool": m.regularization.pool,
-        "class_prior": m.regularization.prior,
+        "class_pool": m.regularization.class_pool,
+        "class_prior": m.regularization.class_prior,
     }
 
 
@@ -476,7 +476,7 @@ def test_a_checkpoint_from_before_variants_loads_as_it_was_built(tmp_path, resid
     (path / "config.json").write_text(json.dumps(config))
     loaded = LCCo.from_pretrained(path).eval()
     assert module_settings(loaded) == module_settings(m)
-    assert loaded.regularization.prior == 0.0 and not loaded.interaction.unit_scale
+    assert loaded.regularization.class_prior == 0.0 and not loaded.interaction.unit_scale
     x = rand_images(1, 2)
     assert torch.equal(m(x).masks, loaded(x).masks)
 
