@@ -163,3 +163,45 @@ def grouping_reference(module, features: torch.Tensor, valid: list[bool] | None 
             assignment[i] = assign[:, j * h * w : (j + 1) * h * w].reshape(-1, h, w)
             j += 1
     return out, assignment, emb, coverage, scores, distortion
+
+
+def segclip_semantic_learner(module, x: torch.Tensor, noise: torch.Tensor | None = None, tau: float = 0.9):
+    """SegCLIP's ``SemanticLearnerModule.forward`` (ArrowLuo/SegCLIP, ``modules/module_seg_vit.py``) on tokens ``(L, C)``.
+
+    Re-stated from SegCLIP's code, step by step, reading the weights of a
+    :class:`~cosegkit.SetGrouping`: its ``CrossAttentionBlock`` (``q + Att(ln_x(q), ln_k([q; x]),
+    ln_k([q; x]))``, then ``q + c_proj(QuickGELU(c_fc(ln_2(q))))``), ``cross_ln``, the grouped
+    ``k_conv`` / ``v_conv`` on ``norm(x)``, ``k_ln``, the logits ``q . k``, its ``gumbel_softmax``
+    over the groups with ``hard=True`` (the one-hot of ``softmax((logits + noise) / tau)`` in
+    training; of ``softmax(logits)`` without ``noise``, as in its eval), the hard-assignment
+    average of the values, and ``proj_o = LN, Mlp (fc1, GELU, fc2), QuickGELU``. QuickGELU is
+    written out, ``x * sigmoid(1.702 x)``; SegCLIP's ``Mlp`` keeps ``nn.GELU``, its default.
+
+    Returns:
+        ``outputs`` (G, C), ``hard_attn`` (G, L), ``soft_attn`` (G, L), ``q_feat`` (G, C) and the
+        logits ``attn`` (G, L).
+    """
+
+    def quick_gelu(t: torch.Tensor) -> torch.Tensor:
+        return t * torch.sigmoid(1.702 * t)
+
+    heads = module.heads
+    in_feature = module.norm_tokens(x)  # self.norm(inputs)
+    q_feat = module.centres
+    for block in module.blocks:  # CrossAttentionBlock(q_feat, cat([q_feat, org_inputs]))
+        kv = block.norm_kv(torch.cat([q_feat, x]))  # ln_k
+        q_feat = q_feat + attention(block.to_q, block.to_kv, block.to_out, heads, block.norm_q(q_feat), kv)
+        hidden = quick_gelu(block.mlp[0](block.norm_mlp(q_feat)))  # c_fc, QuickGELU
+        q_feat = q_feat + block.mlp[2](hidden)  # c_proj
+    q_feat = module.norm_centres(q_feat)  # cross_ln
+    k_feat = F.conv1d(in_feature.T[None], module.to_k.weight, groups=heads)[0].T  # k_conv
+    k_feat = module.norm_k(k_feat)  # k_ln
+    v_feat = F.conv1d(in_feature.T[None], module.to_v.weight, groups=heads)[0].T  # v_conv
+    attn = q_feat @ k_feat.T  # einsum("...si,...di->...sd")
+    y_soft = ((attn + noise) / tau).softmax(dim=0) if noise is not None else attn.softmax(dim=0)
+    hard_attn = torch.zeros_like(attn).scatter_(0, y_soft.argmax(dim=0, keepdim=True), 1.0)
+    soft_attn = attn.softmax(dim=0)
+    outputs = (hard_attn @ v_feat) / hard_attn.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    ln, mlp = module.embed[0], module.embed[1]
+    outputs = quick_gelu(mlp[2](F.gelu(mlp[0](ln(q_feat + outputs)))))  # proj_o: ln, mlp (GELU inside), act
+    return outputs, hard_attn, soft_attn, q_feat, attn

@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 import cosegkit.layers.grouping as grouping_module
 from cosegkit import CosegShapeError, CosegValueError, SetGrouping
 from cosegkit.layers import gumbel_assignment, set_coverage
-from tests.layers.reference import grouping_reference
+from tests.layers.reference import grouping_reference, segclip_semantic_learner
 
 
-def make(channels: int = 8, groups: int = 4, heads: int = 2, layers: int = 2, seed: int = 0) -> SetGrouping:
+def make(
+    channels: int = 8, groups: int = 4, heads: int = 2, layers: int = 2, seed: int = 0, activation: str = "gelu"
+) -> SetGrouping:
     torch.manual_seed(seed)
-    module = SetGrouping(channels, num_groups=groups, heads=heads, layers=layers).eval()
+    module = SetGrouping(channels, num_groups=groups, heads=heads, layers=layers, activation=activation).eval()
     with torch.no_grad():  # centres away from their tiny init, so groups differ clearly
         module.centres.normal_()
     return module
@@ -34,10 +36,62 @@ def check_against_reference(module, x, valid=None, hard=False):
         torch.testing.assert_close(out.distortion[b], distortion, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
 @pytest.mark.parametrize("layers", [0, 1, 2])
 @pytest.mark.parametrize("n", [1, 2, 4])
-def test_matches_reference_loop(n: int, layers: int) -> None:
-    check_against_reference(make(8, groups=3, heads=2, layers=layers), torch.randn(2, n, 8, 3, 4))
+def test_matches_reference_loop(n: int, layers: int, activation: str) -> None:
+    module = make(8, groups=3, heads=2, layers=layers, activation=activation)
+    check_against_reference(module, torch.randn(2, n, 8, 3, 4))
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("layers", [0, 2])
+def test_quick_gelu_matches_segclips_semantic_learner(monkeypatch, n: int, layers: int) -> None:
+    """With ``activation="quick_gelu"``, SetGrouping is SegCLIP's ``SemanticLearnerModule`` on the set's tokens.
+
+    Training forward with the same Gumbel noise on both sides; for one image (``n = 1``) the
+    set is SegCLIP's input, for several their tokens concatenated image by image. With the
+    default GELU the same weights give other group embeddings.
+    """
+    real = grouping_module.gumbel_assignment
+    c, g, h, w = 16, 4, 3, 4
+    noise = -torch.empty(g, n * h * w).exponential_(generator=torch.Generator().manual_seed(7)).log()
+    monkeypatch.setattr(
+        grouping_module,
+        "gumbel_assignment",
+        lambda logits, tau, dim: real(logits + noise, tau, dim=dim, noise=False),
+    )
+    quick = make(c, groups=g, heads=4, layers=layers, activation="quick_gelu").train()
+    with torch.no_grad():
+        for p in quick.parameters():  # away from the LayerNorms' ones and zeros, so every step shows
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(1, n, c, h, w)
+    tokens = torch.cat([x[0, i].reshape(c, -1).T for i in range(n)])  # (L, C), image by image
+    out = quick(x)
+    outputs, hard_attn, _, _, attn = segclip_semantic_learner(quick, tokens, noise=noise, tau=quick.tau)
+    as_groups = out.assignment[0].permute(1, 0, 2, 3).reshape(g, -1)  # (G, n h w)
+    torch.testing.assert_close(out.logits[0].permute(1, 0, 2, 3).reshape(g, -1), attn, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(as_groups, hard_attn, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.group_embeddings[0], outputs, atol=1e-5, rtol=1e-4)
+
+    gelu = make(c, groups=g, heads=4, layers=layers, activation="gelu").train()
+    gelu.load_state_dict(quick.state_dict())  # the activation has no weights: the same module otherwise
+    assert not torch.allclose(gelu(x).group_embeddings[0], outputs, atol=1e-3)
+
+
+def test_activation_is_a_validated_setting() -> None:
+    from cosegkit.layers._blocks import QuickGELU
+
+    quick, gelu = SetGrouping(8, heads=2, activation="quick_gelu"), SetGrouping(8, heads=2)
+    assert gelu.activation == "gelu" and "activation='quick_gelu'" in repr(quick)
+    for block in quick.blocks:
+        assert isinstance(block.mlp[1], QuickGELU)
+    assert isinstance(quick.embed[-1], QuickGELU) and isinstance(quick.embed[1][1], torch.nn.GELU)  # SegCLIP's Mlp
+    assert all(isinstance(block.mlp[1], torch.nn.GELU) for block in gelu.blocks)
+    assert isinstance(gelu.embed[-1], torch.nn.GELU)
+    assert list(quick.state_dict()) == list(gelu.state_dict())  # weights load across the two
+    with pytest.raises(CosegValueError, match=r"activation must be one of \['gelu', 'quick_gelu'\], got 'relu'"):
+        SetGrouping(8, heads=2, activation="relu")
 
 
 def test_matches_reference_with_padding() -> None:

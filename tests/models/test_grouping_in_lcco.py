@@ -73,6 +73,30 @@ def test_round_trip_keeps_the_grouping(tmp_path) -> None:
     assert torch.equal(m(x).masks, loaded(x).masks)
 
 
+def test_the_grouping_activation_is_saved_and_an_older_config_reads_as_gelu(tmp_path) -> None:
+    import json
+
+    m = tiny_lcco(use_grouping=True, num_groups=3, grouping_activation="quick_gelu").eval()
+    assert m.grouping.activation == "quick_gelu" and m.config["grouping_activation"] == "quick_gelu"
+    with torch.no_grad():
+        m.grouping.centres.add_(torch.randn_like(m.grouping.centres))
+    path = m.save_pretrained(tmp_path / "quick")
+    loaded = LCCo.from_pretrained(path).eval()
+    assert loaded.grouping.activation == "quick_gelu"
+    x = rand_images(1, 3)
+    assert torch.equal(m(x).masks, loaded(x).masks)
+    assert tiny_lcco(use_grouping=True).grouping.activation == "gelu"  # the default
+
+    config = json.loads((path / "config.json").read_text())
+    del config["model"]["grouping_activation"]  # what an older cosegkit wrote
+    (path / "config.json").write_text(json.dumps(config))
+    older = LCCo.from_pretrained(path).eval()
+    assert older.grouping.activation == "gelu" and older.config["grouping_activation"] == "gelu"
+    assert not torch.equal(older(x).masks, m(x).masks)  # the same weights through GELU
+    with pytest.raises(CosegValueError, match="activation must be one of"):
+        tiny_lcco(use_grouping=True, grouping_activation="relu")
+
+
 def test_a_checkpoint_without_grouping_settings_loads_without_the_layer(tmp_path) -> None:
     import json
 
