@@ -169,13 +169,13 @@ class ClipRegularization(nn.Module):
 
     @property
     def pool(self) -> str:
-        """Deprecated name of :attr:`class_pool` (warns; removed in the next release)."""
+        """Deprecated name of ``class_pool`` (warns; removed in the next release)."""
         warnings.warn(_RENAMED.format(old="pool", new="class_pool"), DeprecationWarning, stacklevel=2)
         return self.class_pool
 
     @property
     def prior(self) -> float:
-        """Deprecated name of :attr:`class_prior` (warns; removed in the next release)."""
+        """Deprecated name of ``class_prior`` (warns; removed in the next release)."""
         warnings.warn(_RENAMED.format(old="prior", new="class_prior"), DeprecationWarning, stacklevel=2)
         return self.class_prior
 
