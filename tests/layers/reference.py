@@ -166,9 +166,9 @@ def grouping_reference(module, features: torch.Tensor, valid: list[bool] | None 
 
 
 def segclip_semantic_learner(module, x: torch.Tensor, noise: torch.Tensor | None = None, tau: float = 0.9):
-    """SegCLIP's ``SemanticLearnerModule.forward`` (ArrowLuo/SegCLIP, ``modules/module_seg_vit.py``) on tokens ``(L, C)``.
+    """SegCLIP's ``SemanticLearnerModule.forward`` on tokens ``(L, C)`` (``modules/module_seg_vit.py``).
 
-    Re-stated from SegCLIP's code, step by step, reading the weights of a
+    Re-stated from SegCLIP's code (ArrowLuo/SegCLIP), step by step, reading the weights of a
     :class:`~cosegkit.SetGrouping`: its ``CrossAttentionBlock`` (``q + Att(ln_x(q), ln_k([q; x]),
     ln_k([q; x]))``, then ``q + c_proj(QuickGELU(c_fc(ln_2(q))))``), ``cross_ln``, the grouped
     ``k_conv`` / ``v_conv`` on ``norm(x)``, ``k_ln``, the logits ``q . k``, its ``gumbel_softmax``

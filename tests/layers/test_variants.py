@@ -61,9 +61,8 @@ def assert_same_modules(m, alone: dict[str, torch.nn.Module]) -> None:
             args = (feats, torch.randn(2, 3, p, generator=g), text)
         with torch.no_grad():
             ours, theirs = layer(*args, valid), inside(*args, valid)
-        for a, b in zip(
-            ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,), strict=True
-        ):
+        as_tuple = lambda out: out if isinstance(out, tuple) else (out,)  # noqa: E731
+        for a, b in zip(as_tuple(ours), as_tuple(theirs), strict=True):
             assert torch.equal(a, b), name
 
 
