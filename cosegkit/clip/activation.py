@@ -47,6 +47,11 @@ class ArchitectureChoice:
             (a TorchScript archive, or a state dict in OpenAI's format, stripped of
             :data:`OPENAI_ONLY_KEYS`); ``None`` when open_clip loads the weights itself.
         note: one line saying what was corrected and why; ``None`` when nothing was.
+
+    Example:
+        >>> from cosegkit.clip.activation import ArchitectureChoice
+        >>> ArchitectureChoice("RN50")
+        ArchitectureChoice(name='RN50', note=None)
     """
 
     name: str
