@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,9 @@ def _read_openai_format(path: str) -> tuple[dict[str, torch.Tensor] | None, str 
     if path.endswith((".npz", ".npy")):
         return None, None
     if _is_torchscript(path):
-        state = dict(torch.jit.load(path, map_location="cpu").state_dict())
+        with warnings.catch_warnings():  # torch.jit is deprecated; OpenAI's downloads are TorchScript all the same
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")
+            state = dict(torch.jit.load(path, map_location="cpu").state_dict())
         if any(key in state for key in OPENAI_ONLY_KEYS):
             return state, "OpenAI's TorchScript archive format"
         return state, None  # a TorchScript archive of some other CLIP: open_clip cannot read these

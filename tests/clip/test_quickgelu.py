@@ -34,12 +34,16 @@ from cosegkit.clip import FrozenClip
 from cosegkit.clip.activation import OPENAI_ONLY_KEYS, quick_gelu_architecture, trained_architecture
 from cosegkit.errors import CosegValueError
 from cosegkit.zeroshot import ZeroShotCoseg
-from tests.engine.test_trainer import TINY_ARGS, cli_env
 from tests._support import TINY_CLIP, tiny_lcco
+from tests.engine.test_trainer import TINY_ARGS, cli_env
 
 TWIN = TINY_CLIP + "-quickgelu"
 CLASSNAMES = ("cat", "dog", "car", "bird")
-OPENAI_EXTRAS = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(16), "vocab_size": torch.tensor(49408)}
+OPENAI_EXTRAS = {
+    "input_resolution": torch.tensor(32),
+    "context_length": torch.tensor(16),
+    "vocab_size": torch.tensor(49408),
+}
 SAME = 1e-6  # QuickGELU build against the reference
 APART = 1e-3  # GELU build against the reference: at least this far
 
