@@ -347,3 +347,22 @@ def test_cli_train_builds_quickgelu_from_an_openai_file(weights, tmp_path) -> No
     clip = model.clip
     clip.set_vocabulary(CLASSNAMES, weights["reference"].templates)  # the run's own are the synthetic world's
     assert gap(clip, weights["reference"]) < SAME
+
+
+def test_cached_clip_outputs_are_keyed_by_the_architecture_built(weights) -> None:
+    """Same weights, same name in the run's config, another activation: another cache."""
+    from cosegkit.data import Group
+    from cosegkit.engine import TrainConfig, class_targets, pseudo
+
+    file = weights["files"]["open_clip"]
+    gelu = FrozenClip.from_name(TINY_CLIP, file, classnames=CLASSNAMES)
+    quick = FrozenClip.from_name(quick_gelu_architecture(TINY_CLIP), file, classnames=CLASSNAMES)
+    assert gelu.weights_sha256() == quick.weights_sha256()
+    config = TrainConfig(
+        dataset="folder", root="photos", image_size=32, clip_model=TINY_CLIP, pseudo_masks="zero-shot"
+    )
+    groups = [Group("cats", ("photos/a.png",), ("photos/a_mask.png",))]
+    keys = [class_targets.cache_key(config, clip, groups)[0] for clip in (gelu, quick)]
+    assert keys[0] != keys[1]
+    keys = [pseudo.cache_key(config, pseudo.build_zero_shot(config, clip))[0] for clip in (gelu, quick)]
+    assert keys[0] != keys[1]
