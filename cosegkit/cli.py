@@ -566,7 +566,7 @@ def _load_zero_shot(args: argparse.Namespace, device):
     zs = ZeroShotCoseg(clip, **settings).to(device)
     caa = "no CAA (ResNet tower)" if zs.tower == "resnet" else "CAA" if zs.refine else "no CAA"
     print(
-        f"zero-shot: {name} ({pretrained or 'random weights'}), {zs.tower} tower, "
+        f"zero-shot: {clip.source['model_name']} ({pretrained or 'random weights'}), {zs.tower} tower, "
         f"{_plural(len(zs.classnames), 'class name')}, {_plural(len(zs.background), 'background word')}, "
         f"{_plural(len(zs.templates), 'template')}, {caa}" + (f", class {zs.class_name!r}" if zs.class_name else "")
     )

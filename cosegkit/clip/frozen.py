@@ -20,6 +20,7 @@ from einops import rearrange
 from torch import nn
 
 from cosegkit._validation import check_image_set
+from cosegkit.clip.activation import trained_architecture
 from cosegkit.clip.vocabulary import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY
 from cosegkit.errors import CosegValueError, WeightsUnavailableError
 
@@ -28,6 +29,7 @@ __all__ = ["FrozenClip"]
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+log = logging.getLogger(__name__)
 
 
 def _looks_like_path(s: str) -> bool:
@@ -53,6 +55,23 @@ def _drop_root_messages(prefix: str) -> Iterator[None]:
         yield
     finally:
         root.removeFilter(drop)
+
+
+def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a CLIP state dict read by cosegkit as open_clip's ``load_checkpoint`` loads a file's.
+
+    The logit scale's shape follows the model's; position embeddings are resized to the model's
+    grid and context length; every other key must match.
+    """
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    state = dict(state)
+    scale = getattr(model, "logit_scale", None)
+    if "logit_scale" in state and scale is not None and state["logit_scale"].ndim != scale.ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(scale.shape)
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
 
 
 def weights_follow() -> contextlib.AbstractContextManager[None]:
@@ -161,24 +180,53 @@ class FrozenClip(nn.Module):
         cache_dir: str | None = None,
         device: str | torch.device = "cpu",
     ) -> FrozenClip:
-        """Build an open_clip model by name and freeze it.
+        """Build an open_clip model by name and freeze it, in the activation its weights were trained with.
+
+        open_clip's ``"ViT-B-16"``, ``"RN50"``, ... use GELU; OpenAI trained its weights with
+        QuickGELU (open_clip's ``"ViT-B-16-quickgelu"``, ...). Where the weights say QuickGELU
+        and ``model_name`` is a GELU architecture, the QuickGELU architecture is built instead,
+        with one logged warning that says so (see :func:`~cosegkit.clip.activation.trained_architecture`):
+
+        - a weights tag whose open_clip pretrained config says ``quick_gelu`` (``"openai"``,
+          and e.g. ``"metaclip_400m"``, ``"dfn2b"``);
+        - a local file in OpenAI's formats: the TorchScript archive OpenAI distributes
+          (``ViT-B-16.pt``), or a state dict with OpenAI's ``input_resolution``,
+          ``context_length`` and ``vocab_size`` entries (dropped on loading, as open_clip's
+          own OpenAI loader drops them);
+        - a local file inside the Hugging Face cache folder of such a tag's weights.
+
+        Weights in open_clip's format carry no sign of their activation: for OpenAI's weights
+        saved that way, pass the ``"-quickgelu"`` name. ``source`` records the architecture
+        built (``"model_name"``) and the one asked for (``"requested_model_name"``).
 
         Args:
             model_name: an open_clip architecture name (``open_clip.list_models()``), e.g.
                 ``"ViT-B-16"`` (the paper's) or ``"RN50"``.
             pretrained: an open_clip weights tag such as ``"openai"`` (downloaded on first
-                use), a path to a local weights file (``.pt``, ``.bin``, ``.safetensors``), or
-                ``None`` for random weights (tests, offline smoke runs).
+                use), a path to a local weights file (``.pt``, ``.bin``, ``.safetensors``, or
+                OpenAI's TorchScript ``.pt``), or ``None`` for random weights (tests, offline
+                smoke runs).
             classnames: the vocabulary.
             templates: the prompt templates.
             cache_dir: where open_clip caches downloaded weights.
             device: where to build the model.
 
         Raises:
-            CosegValueError: unknown model name, or a weights path that does not exist.
+            CosegValueError: unknown model name, a weights path that does not exist, or OpenAI
+                weights under an architecture that has no QuickGELU setting.
             WeightsUnavailableError: the weights tag could not be downloaded or read.
+
+        Example:
+            >>> import torch
+            >>> from cosegkit.clip import FrozenClip
+            >>> from cosegkit.testing import register_tiny_clips
+            >>> _ = register_tiny_clips()
+            >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat"])
+            >>> clip.source["model_name"], type(clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__
+            ('coseg-test-tiny', 'GELU')
         """
         import open_clip
+        from open_clip.pretrained import get_pretrained_cfg
 
         if model_name not in open_clip.list_models() and not model_name.startswith(("hf-hub:", "local-dir:")):
             raise CosegValueError(
@@ -192,11 +240,41 @@ class FrozenClip(nn.Module):
                 f"CLIP weights file {weights!r} does not exist; pass an existing file, an open_clip "
                 f"tag such as 'openai', or None for random weights"
             )
+        requested = model_name
+        try:
+            choice = trained_architecture(model_name, weights)
+        except CosegValueError:
+            raise
+        except Exception as err:  # a TorchScript archive torch.jit.load cannot read
+            raise WeightsUnavailableError(
+                f"could not read CLIP weights {weights!r} ({type(err).__name__}: {err}); pass a state dict "
+                f"(.pt, .bin) or a .safetensors file, or None for random weights"
+            ) from err
+        if choice.note is not None:
+            log.warning(choice.note)
+        model_name = choice.name
         try:
             with _drop_root_messages("Failed to download weights"):  # the error raised below says it, and more
-                model = open_clip.create_model(
-                    model_name, pretrained=weights, cache_dir=cache_dir, device=device, weights_only=True
-                )
+                if choice.state_dict is not None:  # read here already: OpenAI's formats, TorchScript
+                    with weights_follow():
+                        model = open_clip.create_model(model_name, pretrained=None, device=device)
+                    _load_state_dict(model, choice.state_dict)
+                elif model_name != requested and get_pretrained_cfg(requested, weights or ""):
+                    # a QuickGELU tag of a GELU name: the twin when open_clip lists the tag under
+                    # it (all of open_clip's own), else the GELU name with open_clip's QuickGELU switch
+                    tagged = model_name if get_pretrained_cfg(model_name, weights) else requested
+                    model = open_clip.create_model(
+                        tagged,
+                        pretrained=weights,
+                        cache_dir=cache_dir,
+                        device=device,
+                        weights_only=True,
+                        force_quick_gelu=True,
+                    )
+                else:
+                    model = open_clip.create_model(
+                        model_name, pretrained=weights, cache_dir=cache_dir, device=device, weights_only=True
+                    )
         except Exception as err:  # network, hub and file errors all land here
             if weights is None:
                 raise
@@ -215,6 +293,7 @@ class FrozenClip(nn.Module):
             model_name=model_name,
         )
         clip.source["pretrained"] = weights
+        clip.source["requested_model_name"] = requested
         return clip
 
     @staticmethod

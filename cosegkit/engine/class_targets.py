@@ -138,7 +138,7 @@ def cache_key(config: Any, clip: Any, groups: Sequence[Any], pseudo_masks: Any =
     description = {
         "format": CACHE_FORMAT,
         "clip": {
-            "model": config.clip_model,
+            "model": clip.source.get("model_name") or config.clip_model,  # the architecture built
             "pretrained": config.clip_pretrained,
             "weights_sha256": clip.weights_sha256(),
             "input_size": list(clip.image_size),

@@ -246,7 +246,7 @@ def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
         "format": CACHE_FORMAT,
         "method": config.pseudo_masks,
         "clip": {
-            "model": config.clip_model,
+            "model": zs.clip.source.get("model_name") or config.clip_model,  # the architecture built
             "pretrained": config.clip_pretrained,
             "weights_sha256": zs.clip.weights_sha256(),
         },
