@@ -65,11 +65,14 @@ class GradientReport(NamedTuple):
         features: for an smp model, each encoder feature (negative index) and the norm of the
             gradient the output sends to it: 0 for a feature the decoder does not read.
         strides: each encoder feature's stride in the probe.
+        submodules: for a module inserted after a named submodule, each of that submodule's
+            siblings (by name) and the norm of the gradient the output sends to its output.
     """
 
     modules: dict[str, float]
     features: dict[int, float]
     strides: dict[int, int]
+    submodules: dict[str, float]
 
 
 def default_modules(
@@ -515,36 +518,41 @@ class SetAwareNetwork(nn.Module):
         features = {k[1]: v for k, v in sorted(per_probe.items(), key=str) if k[0] == "feature"}
         shapes = {k[1]: probes[k][0].shape[-1] for k in keys if k[0] == "feature" and probes[k]}
         strides = {f: max(1, round(probe_size / w)) for f, w in shapes.items()}
-        self._siblings = {k[1]: v for k, v in per_probe.items() if k[0] == "submodule"}
-        return GradientReport(modules, dict(sorted(features.items())), dict(sorted(strides.items())))
+        submodules = {k[1]: v for k, v in per_probe.items() if k[0] == "submodule"}
+        return GradientReport(modules, dict(sorted(features.items())), dict(sorted(strides.items())), submodules)
 
     def _refuse_unreached(self, report: GradientReport) -> None:
-        unreached = [(i, label) for i, label in enumerate(self.labels()) if report.modules[label] == 0.0]
+        unreached = [i for i, label in enumerate(self.labels()) if report.modules[label] == 0.0]
         if not unreached:
             return
-        channels = _encoder_channels(self.net)
-        lines = []
-        for i, label in unreached:
+        name = type(self.net).__name__
+        labels = self.labels()
+        parts = []
+        by_feature = [i for i in unreached if isinstance(self.points[i], int)]
+        if by_feature:
+            channels = _encoder_channels(self.net) or []
+            read = [f for f, norm in report.features.items() if norm > 0]
+            levels = " and ".join(f"{f} (stride {report.strides[f]}, {channels[f]} channels)" for f in read)
+            parts.append(
+                f"{_join([labels[i] for i in by_feature])} {'gets' if len(by_feature) == 1 else 'get'} a gradient "
+                f"of 0 from the output: {name}'s decoder reads only encoder features {levels}. Insert "
+                f"{'it' if len(by_feature) == 1 else 'them'} at those features (several modules can share "
+                f"one, as a list: {{{read[-1] if read else -1}: [module_a, module_b]}}), or by name after a "
+                f"decoder submodule that returns one feature map per image"
+            )
+        for i in unreached:
             point = self.points[i]
-            if isinstance(point, int) and channels is not None:
-                read = [f for f, norm in report.features.items() if norm > 0]
-                levels = ", ".join(f"{f} (stride {report.strides[f]}, {channels[f]} channels)" for f in read)
-                lines.append(
-                    f"{label} gets a gradient of 0 from the output: {type(self.net).__name__}'s decoder does "
-                    f"not read that feature. It reads encoder features {levels}; insert the module at one of "
-                    f"those (several modules can share one, as a list) or after a decoder submodule by name"
-                )
-            else:
-                parent = point.rpartition(".")[0] if isinstance(point, str) else ""
-                reach = [n for n, norm in self._siblings.items() if norm > 0 and n != point]
-                lines.append(
-                    f"{label} gets a gradient of 0 from the output: the forward of "
-                    f"{type(self.net).__name__} does not use that output. Of the submodules of "
-                    f"{parent or 'the network'!r}, these reach the output: {reach[:8]}; insert the module "
-                    f"after one of them"
+            if isinstance(point, str):
+                parent = point.rpartition(".")[0]
+                reach = [n for n, norm in report.submodules.items() if norm > 0 and n != point]
+                reach = [n for n in reach if n.rpartition(".")[0] == parent]
+                parts.append(
+                    f"{labels[i]} gets a gradient of 0 from the output: the forward of {name} does not "
+                    f"use that output. Of the submodules of {repr(parent) if parent else 'the network'}, "
+                    f"these reach the output: {reach[:8]}; insert the module after one of them"
                 )
         raise CosegValueError(
-            "; ".join(lines) + " (or pass check=False to build it anyway; SetAwareNetwork.check_gradients "
+            "; ".join(parts) + ". Or pass check=False to build it anyway (SetAwareNetwork.check_gradients "
             "measures every module's gradient)"
         )
 
@@ -557,6 +565,10 @@ def _probe(x: torch.Tensor, store: list[torch.Tensor]) -> torch.Tensor:
     leaf = torch.zeros_like(x, requires_grad=True)
     store.append(leaf)
     return x + leaf
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _encoder_channels(net: nn.Module) -> list[int] | None:
