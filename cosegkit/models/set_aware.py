@@ -46,7 +46,7 @@ class SetAwareOutput(NamedTuple):
             returns with one row per image becomes ``(B, N, ...)`` (an smp model's masks:
             ``(B, N, classes, H, W)``); padded images' rows are 0.
         class_probs: the last :class:`~cosegkit.ClipRegularization`'s class probabilities
-            :math:`v`, ``(B, P)``, for :func:`~cosegkit.classification_loss`; ``None`` without one.
+            :math:`v`, ``(B, P)``, for :func:`~cosegkit.losses.classification_loss`; ``None`` without one.
         module_outputs: each insertion point's module output (a tuple of them where the
             mapping gave several modules), e.g. the full :class:`~cosegkit.ClipInteractionOutput`.
     """
@@ -57,7 +57,7 @@ class SetAwareOutput(NamedTuple):
 
 
 class GradientReport(NamedTuple):
-    """What :meth:`SetAwareNetwork.check_gradients` measured in one backward pass.
+    """What :meth:`~cosegkit.SetAwareNetwork.check_gradients` measured in one backward pass.
 
     Attributes:
         modules: each inserted module (by its label, e.g. ``"ClipInteraction at encoder feature
@@ -172,14 +172,14 @@ class SetAwareNetwork(nn.Module):
     At construction one forward and one backward pass on random images check that every
     inserted module reaches the output: a module whose parameters get a gradient of exactly 0
     (an encoder feature the decoder does not read, a branch the forward does not use) is
-    refused with a :class:`~cosegkit.CosegValueError` that names it and the features the
+    refused with a :class:`~cosegkit.errors.CosegValueError` that names it and the features the
     decoder does read (:meth:`check_gradients`). The check leaves the network as it was: it
     runs in eval mode and writes no ``.grad``.
 
     Args:
         net: the per-image network, ``(M, 3, H, W) -> (M, ...)``.
         modules: insertion point to module (or a sequence of modules, applied in order);
-            default :func:`default_modules` (an smp model and a ``clip`` needed).
+            default :func:`~cosegkit.models.default_modules` (an smp model and a ``clip`` needed).
         clip: the frozen CLIP of the CLIP modules.
         mean: per-channel mean the images are normalised with before ``net`` (ImageNet's, what
             smp encoders are trained with); ``None`` with ``std=None`` passes [0, 1] RGB.
@@ -209,8 +209,8 @@ class SetAwareNetwork(nn.Module):
 
     def __init__(
         self,
-        net: nn.Module,
-        modules: Mapping[InsertionPoint, nn.Module | Sequence[nn.Module]] | None = None,
+        net: torch.nn.Module,
+        modules: Mapping[InsertionPoint, torch.nn.Module | Sequence[torch.nn.Module]] | None = None,
         *,
         clip: FrozenClip | None = None,
         mean: Sequence[float] | None = IMAGENET_MEAN,
@@ -412,7 +412,9 @@ class SetAwareNetwork(nn.Module):
                 for at, f in enumerate(features[first:], start=first):
                     if isinstance(f, torch.Tensor) and f.is_floating_point() and f.ndim == 4 and f.shape[1] > 0:
                         features[at] = _probe(f, call.probes.setdefault(("feature", at - len(features)), []))
-            return (features, *result[1:]) if nested else type(result)(features) if isinstance(result, tuple) else features
+            if nested:
+                return (features, *result[1:])
+            return tuple(features) if isinstance(result, tuple) else features
 
         return hook
 
@@ -443,7 +445,7 @@ class SetAwareNetwork(nn.Module):
 
         Random images (one set of two, ``probe_size`` pixels square, a fixed seed) go through
         the network in eval mode; the output is reduced with random weights (so that no
-        gradient cancels) and differentiated once with :func:`torch.autograd.grad`, for the
+        gradient cancels) and differentiated once with ``torch.autograd.grad``, for the
         inserted modules' parameters and for a zero probe added to every encoder feature.
         Nothing changes: no ``.grad`` is written, the train/eval modes and the global random
         state are restored.
@@ -452,7 +454,7 @@ class SetAwareNetwork(nn.Module):
             probe_size: side of the probe images; a multiple of the encoder's output stride.
 
         Returns:
-            A :class:`GradientReport`.
+            A :class:`~cosegkit.models.GradientReport`.
 
         Example:
             >>> import segmentation_models_pytorch as smp
