@@ -45,8 +45,8 @@ class SetAwareOutput(NamedTuple):
         output: the per-image network's output with the set axis restored: every tensor it
             returns with one row per image becomes ``(B, N, ...)`` (an smp model's masks:
             ``(B, N, classes, H, W)``); padded images' rows are 0.
-        class_probs: the last :class:`~cosegkit.ClipRegularization`'s class probabilities
-            :math:`v`, ``(B, P)``, for :func:`~cosegkit.losses.classification_loss`; ``None`` without one.
+        class_probs: the class probabilities of the last :class:`~cosegkit.ClipRegularization` to run,
+            :math:`v` ``(B, P)``, for :func:`~cosegkit.losses.classification_loss`; ``None`` without one.
         module_outputs: each insertion point's module output (a tuple of them where the
             mapping gave several modules), e.g. the full :class:`~cosegkit.ClipInteractionOutput`.
     """
@@ -233,11 +233,14 @@ class SetAwareNetwork(nn.Module):
         self.net = net
         self.clip = clip
         self.points: list[InsertionPoint] = []
-        self.grouped: dict[InsertionPoint, bool] = {}
+        self._grouped: dict[InsertionPoint, bool] = {}
         inserted = []
         for point, value in modules.items():
-            group = list(value) if isinstance(value, Sequence) and not isinstance(value, nn.Module) else [value]
-            self.grouped[point] = len(group) != 1 or group[0] is not value
+            several = isinstance(value, nn.ModuleList) or (
+                isinstance(value, Sequence) and not isinstance(value, (nn.Module, str))
+            )
+            group = list(value) if several else [value]
+            self._grouped[point] = several
             for module in group:
                 self._check_point(point, module)
                 self.points.append(point)
@@ -341,13 +344,14 @@ class SetAwareNetwork(nn.Module):
         with self._hooks(call, outputs):
             result = self.net(x)
         m = b * n if keep is None else keep.numel()
-        module_outputs: dict[InsertionPoint, Any] = {}
         class_probs = None
-        for i, point in enumerate(self.points):
-            out = outputs.get(i)
+        for out in outputs.values():  # in the order the modules ran
             if isinstance(out, tuple) and hasattr(out, "class_probs"):
                 class_probs = out.class_probs
-            if self.grouped[point]:
+        module_outputs: dict[InsertionPoint, Any] = {}
+        for i, point in enumerate(self.points):
+            out = outputs.get(i)
+            if self._grouped[point]:
                 module_outputs[point] = (*module_outputs.get(point, ()), out)
             else:
                 module_outputs[point] = out
@@ -389,10 +393,10 @@ class SetAwareNetwork(nn.Module):
             indices = [i for i, p in enumerate(self.points) if p == point]
             handles.append(names[point].register_forward_hook(self._module_hook(point, indices, call, outputs)))
         if call.probes is not None:  # the siblings of each named point, to say which of them reach
-            for point in dict.fromkeys(p for p in self.points if isinstance(p, str)):
-                parent = names[point.rpartition(".")[0]]
-                for name, child in parent.named_children():
-                    full = f"{point.rpartition('.')[0]}.{name}".lstrip(".")
+            parents = dict.fromkeys(p.rpartition(".")[0] for p in self.points if isinstance(p, str))
+            for parent in parents:
+                for name, child in names[parent].named_children():
+                    full = f"{parent}.{name}" if parent else name
                     handles.append(child.register_forward_hook(self._sibling_hook(full, call)))
         try:
             yield
@@ -469,9 +473,11 @@ class SetAwareNetwork(nn.Module):
             >>> [(f, report.strides[f]) for f, norm in report.features.items() if norm > 0]  # what the decoder reads
             [(-4, 4), (-1, 16)]
         """
-        device = next((p.device for p in self.parameters()), torch.device("cpu"))
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        device = param.device if param is not None else torch.device("cpu")
         generator = torch.Generator(device=device).manual_seed(0)
         images = torch.rand(1, 2, 3, probe_size, probe_size, generator=generator, device=device)
+        images = images.to(param.dtype if param is not None else images.dtype)
         modes = {m: m.training for m in self.modules()}
         probes: dict[Any, list[torch.Tensor]] = {}
         self.eval()
@@ -549,8 +555,8 @@ class SetAwareNetwork(nn.Module):
                 reach = [n for n, norm in report.submodules.items() if norm > 0 and n != point]
                 reach = [n for n in reach if n.rpartition(".")[0] == parent]
                 parts.append(
-                    f"{labels[i]} gets a gradient of 0 from the output: the forward of {name} does not "
-                    f"use that output. Of the submodules of {repr(parent) if parent else 'the network'}, "
+                    f"{labels[i]} gets a gradient of 0 from the output: that output does not reach {name}'s "
+                    f"(its forward does not use it, or never calls {point!r}). Of the submodules of {repr(parent) if parent else 'the network'}, "
                     f"these reach the output: {reach[:8]}; insert the module after one of them"
                 )
         raise CosegValueError(

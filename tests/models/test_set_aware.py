@@ -132,6 +132,15 @@ def test_plain_module_named_points(tiny_clip) -> None:
     assert all(norm > 0 for norm in gradient_norms(model, 32))
 
 
+def test_module_list_at_one_point(tiny_clip) -> None:
+    d, p = tiny_clip.embed_dim, tiny_clip.num_prompts
+    group = nn.ModuleList([ClipInteraction(16, d, top_k=3, heads=2), ClipRegularization(16, d, p)])
+    model = SetAwareNetwork(TinyNet(), {"body": group}, clip=tiny_clip)
+    out = model(torch.rand(1, 2, 3, 32, 32))
+    assert [type(o).__name__ for o in out.module_outputs["body"]] == ["ClipInteractionOutput", "ClipRegularizationOutput"]
+    assert model.labels() == ["ClipInteraction at the output of 'body'", "ClipRegularization at the output of 'body'"]
+
+
 def test_plain_module_unused_branch_is_refused(tiny_clip) -> None:
     with pytest.raises(CosegValueError) as err:
         SetAwareNetwork(TinyNet(), {"unused": ImageSetCorrespondence(16, heads=2)}, mean=None, std=None)
