@@ -555,9 +555,10 @@ class SetAwareNetwork(nn.Module):
                 reach = [n for n, norm in report.submodules.items() if norm > 0 and n != point]
                 reach = [n for n in reach if n.rpartition(".")[0] == parent]
                 parts.append(
-                    f"{labels[i]} gets a gradient of 0 from the output: that output does not reach {name}'s "
-                    f"(its forward does not use it, or never calls {point!r}). Of the submodules of {repr(parent) if parent else 'the network'}, "
-                    f"these reach the output: {reach[:8]}; insert the module after one of them"
+                    f"{labels[i]} gets a gradient of 0 from the output: {name}'s forward does not use the "
+                    f"output of {point!r} (or never calls it). Of the submodules of "
+                    f"{repr(parent) if parent else 'the network'}, these reach the output: {reach[:8]}; insert "
+                    f"the module after one of them"
                 )
         raise CosegValueError(
             "; ".join(parts) + ". Or pass check=False to build it anyway (SetAwareNetwork.check_gradients "

@@ -137,7 +137,8 @@ def test_module_list_at_one_point(tiny_clip) -> None:
     group = nn.ModuleList([ClipInteraction(16, d, top_k=3, heads=2), ClipRegularization(16, d, p)])
     model = SetAwareNetwork(TinyNet(), {"body": group}, clip=tiny_clip)
     out = model(torch.rand(1, 2, 3, 32, 32))
-    assert [type(o).__name__ for o in out.module_outputs["body"]] == ["ClipInteractionOutput", "ClipRegularizationOutput"]
+    names = [type(o).__name__ for o in out.module_outputs["body"]]
+    assert names == ["ClipInteractionOutput", "ClipRegularizationOutput"]
     assert model.labels() == ["ClipInteraction at the output of 'body'", "ClipRegularization at the output of 'body'"]
 
 
