@@ -251,7 +251,6 @@ class SetAwareNetwork(nn.Module):
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         else:
             self.mean = self.std = None
-        self._call: _Call | None = None
         if check:
             self._refuse_unreached(self.check_gradients(probe_size))
 
@@ -309,8 +308,16 @@ class SetAwareNetwork(nn.Module):
         return f"encoder feature {point}" if isinstance(point, int) else f"the output of {point!r}"
 
     def labels(self) -> list[str]:
-        """One label per inserted module, e.g. ``"ClipInteraction at encoder feature -2"``."""
-        return [f"{type(m).__name__} at {self._where(p)}" for p, m in zip(self.points, self.inserted)]
+        """One label per inserted module, e.g. ``"ClipInteraction at encoder feature -2"``.
+
+        A second module of the same class at the same point gets `` (2)``, and so on.
+        """
+        labels: list[str] = []
+        for point, module in zip(self.points, self.inserted):
+            label = f"{type(module).__name__} at {self._where(point)}"
+            count = sum(existing == label or existing.startswith(label + " (") for existing in labels)
+            labels.append(label if count == 0 else f"{label} ({count + 1})")
+        return labels
 
     # ---------------------------------------------------------------- the call
     def forward(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> SetAwareOutput:

@@ -142,6 +142,13 @@ def test_module_list_at_one_point(tiny_clip) -> None:
     assert model.labels() == ["ClipInteraction at the output of 'body'", "ClipRegularization at the output of 'body'"]
 
 
+def test_two_modules_of_one_class_at_one_point_are_told_apart() -> None:
+    model = SetAwareNetwork(build("fpn"), {-1: [ImageSetCorrespondence(512), ImageSetCorrespondence(512)]})
+    labels = ["ImageSetCorrespondence at encoder feature -1", "ImageSetCorrespondence at encoder feature -1 (2)"]
+    assert model.labels() == labels
+    assert list(model.check_gradients().modules) == labels
+
+
 def test_plain_module_unused_branch_is_refused(tiny_clip) -> None:
     with pytest.raises(CosegValueError) as err:
         SetAwareNetwork(TinyNet(), {"unused": ImageSetCorrespondence(16, heads=2)}, mean=None, std=None)
