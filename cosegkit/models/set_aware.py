@@ -49,6 +49,16 @@ class SetAwareOutput(NamedTuple):
             :math:`v` ``(B, P)``, for :func:`~cosegkit.losses.classification_loss`; ``None`` without one.
         module_outputs: each insertion point's module output (a tuple of them where the
             mapping gave several modules), e.g. the full :class:`~cosegkit.ClipInteractionOutput`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from cosegkit import ImageSetCorrespondence, SetAwareNetwork
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))  # per image
+        >>> model = SetAwareNetwork(net, {"0": ImageSetCorrespondence(8, heads=2)})  # after the first conv
+        >>> out = model(torch.rand(2, 3, 3, 16, 16))  # B = 2 sets of N = 3 images
+        >>> out.output.shape, out.class_probs, out.module_outputs["0"].shape
+        (torch.Size([2, 3, 2, 16, 16]), None, torch.Size([2, 3, 8, 16, 16]))
     """
 
     output: Any
@@ -67,6 +77,17 @@ class GradientReport(NamedTuple):
         strides: each encoder feature's stride in the probe.
         submodules: for a module inserted after a named submodule, each of that submodule's
             siblings (by name) and the norm of the gradient the output sends to its output.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from cosegkit import ImageSetCorrespondence, SetAwareNetwork
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+        >>> report = SetAwareNetwork(net, {"0": ImageSetCorrespondence(8, heads=2)}).check_gradients(16)
+        >>> [(label, norm > 0) for label, norm in report.modules.items()]
+        [("ImageSetCorrespondence at the output of '0'", True)]
+        >>> sorted(name for name, norm in report.submodules.items() if norm > 0)  # the siblings that reach
+        ['0', '1', '2']
     """
 
     modules: dict[str, float]
