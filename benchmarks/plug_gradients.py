@@ -76,6 +76,7 @@ def main() -> None:
     args = parser.parse_args()
 
     register_tiny_clips()
+    torch.manual_seed(0)  # the tiny CLIP's random weights too
     clip = FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat", "dog", "car", "bird"])
     print(f"{'architecture':<14} {'module':<24} {'old recipe':>12} {'SetAwareNetwork':>16}")
     for arch in args.archs:
