@@ -174,6 +174,13 @@ def test_any_n_per_call(tiny_clip) -> None:
         assert out.class_probs.shape == (2, tiny_clip.num_prompts)
 
 
+def test_every_per_image_output_gets_the_set_axis(tiny_clip) -> None:
+    torch.manual_seed(0)
+    net = smp.FPN("resnet18", encoder_weights=None, classes=1, aux_params={"classes": 3})  # (masks, labels)
+    masks, labels = SetAwareNetwork(net, clip=tiny_clip)(torch.rand(2, 3, 3, 64, 64)).output
+    assert masks.shape == (2, 3, 1, 64, 64) and labels.shape == (2, 3, 3)
+
+
 def test_padded_images_do_not_change_valid_outputs(tiny_clip) -> None:
     model = SetAwareNetwork(build("fpn"), clip=tiny_clip).eval()
     images = torch.rand(2, 4, 3, 64, 64)
