@@ -33,7 +33,7 @@ from cosegkit.losses import (
     superpixel_loss,
 )
 from cosegkit.metrics import CosegJaccard, CosegMetrics, CosegPrecision, precision_jaccard, reduce_scores
-from cosegkit.models import GroupingReadout, LCCo, LCCoOutput
+from cosegkit.models import GroupingReadout, LCCo, LCCoOutput, SetAwareNetwork, SetAwareOutput
 from cosegkit.zeroshot import ZeroShotCoseg, ZeroShotOutput
 
 __all__ = [
@@ -59,6 +59,8 @@ __all__ = [
     "LCCoLoss",
     "LCCoLossOutput",
     "LCCoOutput",
+    "SetAwareNetwork",
+    "SetAwareOutput",
     "SetGrouping",
     "SetGroupingOutput",
     "SuperpixelLoss",

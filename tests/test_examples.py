@@ -26,7 +26,22 @@ def run(script: str, *args: str, cwd: Path, env_extra: dict | None = None) -> st
 @pytest.mark.slow
 def test_plug_into_unet(tmp_path) -> None:
     out = run("plug_into_unet.py", "--steps", "2", cwd=tmp_path)
-    assert "step 2: iou loss" in out and "masks: (2, 4, 1, 64, 64)" in out
+    assert "step 2: iou loss" in out and "masks: (2, 4, 1, 64, 64) class probabilities: (2, 8)" in out
+
+
+def test_plug_into_unet_modules_reach_the_masks(tiny_clip) -> None:
+    """The example's placement passes SetAwareNetwork's gradient check, each module getting a gradient."""
+    import importlib.util
+
+    import segmentation_models_pytorch as smp
+
+    spec = importlib.util.spec_from_file_location("plug_into_unet", EXAMPLES / "plug_into_unet.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    unet = smp.Unet("resnet18", encoder_weights=None, classes=1, decoder_channels=(64, 48, 32, 16, 16))
+    model = example.set_aware_unet(unet, tiny_clip)  # runs the check
+    assert model.points == [-1, "decoder.blocks.0", "decoder.blocks.1"]
+    assert all(norm > 0 for norm in model.check_gradients().modules.values())
 
 
 @pytest.mark.slow
