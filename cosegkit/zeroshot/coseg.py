@@ -125,8 +125,9 @@ class ZeroShotCoseg(nn.Module):
             last block's patch tokens (CLIP-ES), or ``"pooled"``, the tower's own embedding
             (the class token for open_clip's ViTs).
         cam_scaling: ``"twice"`` (CLIP-ES's GradCAM: ``(x - min) / (max + 1e-7)``, then the
-            same again on the result) or ``"once"``. The second pass lifts the peak of a weak
-            CAM (a spread near 1e-7) to 1; see :data:`CAM_SCALINGS`.
+            same again on the result) or ``"once"``. The second pass lifts to 1 the peak of a
+            weak CAM, one whose spread (max - min) is not large against the 1e-7
+            (:data:`~cosegkit.zeroshot.CAM_SCALINGS`).
         pos_interpolation: how a ViT's positional embedding is resized to a patch grid other
             than its own: ``"bilinear"`` (CLIP-ES) or ``"bicubic"``
             (:func:`~cosegkit.zeroshot.towers.interpolate_positional_embedding`).
