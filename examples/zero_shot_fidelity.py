@@ -107,7 +107,8 @@ def main() -> None:
 
     for size in args.sizes:
         print(f"\nCLIP input {size} px")
-        print(f"{'pos emb':>8}  {'CAM scaled':>10}  {'CAA':>3}  " + "  ".join(f"{p:>13}" for p in PRESETS) + "  mean |d map|")
+        presets = "  ".join(f"{p:>13}" for p in PRESETS)
+        print(f"{'pos emb':>8}  {'CAM scaled':>10}  {'CAA':>3}  {presets}  mean |d map|")
         print(f"{'':>8}  {'':>10}  {'':>3}  " + "  ".join(f"{'P (%)  J (%)':>13}" for _ in PRESETS))
         for caa in (True, False):
             reference = None
@@ -125,7 +126,8 @@ def main() -> None:
                     live = peaks[peaks > 0]  # a map that the ReLU zeroes is 0 with either scaling
                     others = "none"
                     if len(live):
-                        below = " / ".join(f"{100 * float((live < t).float().mean()):.1f}%" for t in (0.999, 0.99, 0.95))
+                        shares = [100 * float((live < t).float().mean()) for t in (0.999, 0.99, 0.95)]
+                        below = " / ".join(f"{v:.1f}%" for v in shares)
                         others = (
                             f"min {float(live.min()):.4f}, median {float(live.median()):.6f}, "
                             f"below 0.999 / 0.99 / 0.95: {below}"

@@ -207,7 +207,9 @@ def test_interpolated_positional_embedding_matches_a_resized_tower(deep_vit) -> 
         bicubic = [reference_vit_cam(deep_vit, zs, images[0, j], int(out.common_class[0]))[0] for j in range(3)]
     assert (torch.stack(bicubic) - out.cams[0]).abs().max() > 1e-3  # the embedding's reading shows in the CAMs
     # the other settings: cosegkit's earlier bicubic embedding and single scaling
-    other = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False, pos_interpolation="bicubic", cam_scaling="once")
+    other = ZeroShotCoseg(
+        deep_vit, background=BACKGROUND, refine=False, pos_interpolation="bicubic", cam_scaling="once"
+    )
     out = other(images)
     with positional_embedding(visual, bicubic_positional_embedding(visual, (5, 7))):
         check_cams_against_reference(deep_vit, other, images, out, out.common_class, scaling="once")
