@@ -259,6 +259,21 @@ def test_zero_shot_synthetic_prints_a_row_per_setting(tmp_path) -> None:
     assert all(r[5] == "100%" for r in rows if r[2] == "given")  # the true class, given, is always named
 
 
+@pytest.mark.slow
+def test_zero_shot_fidelity_prints_every_combination(tmp_path) -> None:
+    out = run(
+        "zero_shot_fidelity.py", "--clip-steps", "2", "--sizes", "48", "--sets", "2",
+        cwd=tmp_path, env_extra={"COSEGKIT_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert any(line.split()[:2] == ["48px", "6x6"] for line in out.splitlines())  # the CLIP's own grid is 8 x 8
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("bilinear", "bicubic"))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (pos, scaling, caa) for caa in ("yes", "no") for pos in ("bilinear", "bicubic") for scaling in ("twice", "once")
+    ]
+    assert rows[0][9] == "0.00e+00"  # CLIP-ES's combination is the reference of the map changes
+    assert out.count("singly scaled CAMs") == 2
+
+
 def test_gpu_benchmark_driver_lists_its_tables_and_refuses_without_cuda(monkeypatch, capsys) -> None:
     import importlib.util
 

@@ -81,7 +81,16 @@ CACHE_FORMAT = "cosegkit-pseudo-masks-v1"
 CHUNK_SIZE = 16  # images per zero-shot forward pass; the maps do not depend on it
 
 # Further ZeroShotCoseg settings a config may set under extra["zero_shot"].
-_ZERO_SHOT_EXTRA = ("synonyms", "attention_blocks", "box_threshold", "refine", "score", "image_size")
+_ZERO_SHOT_EXTRA = (
+    "synonyms",
+    "attention_blocks",
+    "box_threshold",
+    "refine",
+    "score",
+    "image_size",
+    "cam_scaling",
+    "pos_interpolation",
+)
 
 
 def pseudo_targets(
@@ -153,8 +162,9 @@ def zero_shot_settings(config) -> dict[str, Any]:
     vocabulary when it has one (the synthetic CLIP's ``"a {}"``), else CLIP-ES's
     ``"a clean origami {}."``. ``background``: ``config.pseudo_background``, else CLIP-ES's 25
     words. ``config.extra["zero_shot"]`` may set ``synonyms``, ``attention_blocks``,
-    ``box_threshold``, ``refine``, ``score`` and ``image_size`` (the CLIP's input side; default
-    ``None``: the training image size, rounded up to the patch). The class names are always the CLIP's
+    ``box_threshold``, ``refine``, ``score``, ``cam_scaling``, ``pos_interpolation`` and
+    ``image_size`` (the CLIP's input side; default ``None``: the training image size, rounded
+    up to the patch). The class names are always the CLIP's
     vocabulary, the model's.
 
     Example:
@@ -180,6 +190,8 @@ def zero_shot_settings(config) -> dict[str, Any]:
         "box_threshold": 0.4,
         "refine": True,
         "score": "patch_mean",
+        "cam_scaling": "twice",
+        "pos_interpolation": "bilinear",
         "image_size": None,
     }
     extra = dict(config.extra.get("zero_shot") or {})
@@ -261,6 +273,8 @@ def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
             "box_threshold": zs.box_threshold,
             "refine": zs.refine,
             "score": zs.score,
+            "cam_scaling": zs.cam_scaling,
+            "pos_interpolation": zs.pos_interpolation,
             "tower": zs.tower,
             "input_size": zs.image_size if isinstance(zs.image_size, (int, type(None))) else list(zs.image_size),
         },

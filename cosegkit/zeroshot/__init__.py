@@ -4,7 +4,7 @@ Needs only a :class:`~cosegkit.clip.FrozenClip` and tensors: no training, no mas
 """
 
 from cosegkit.zeroshot.caa import affinity, box_mask, caa_refine, connected_components, minmax_scale
-from cosegkit.zeroshot.coseg import ZeroShotCoseg, ZeroShotOutput
+from cosegkit.zeroshot.coseg import CAM_SCALINGS, ZeroShotCoseg, ZeroShotOutput
 from cosegkit.zeroshot.groups import GroupMasks, segment_group
 from cosegkit.zeroshot.prompts import (
     BACKGROUND_WORDS,
@@ -16,6 +16,7 @@ from cosegkit.zeroshot.prompts import (
 
 __all__ = [
     "BACKGROUND_WORDS",
+    "CAM_SCALINGS",
     "CLIP_ES_TEMPLATES",
     "DEFAULT_SYNONYMS",
     "GroupMasks",

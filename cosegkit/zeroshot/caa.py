@@ -13,7 +13,12 @@ __all__ = ["affinity", "box_mask", "caa_refine", "connected_components", "minmax
 
 
 def minmax_scale(cam: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """CLIP-ES's (pytorch-grad-cam's) scaling of each map ``(..., h, w)``: ``(x - min) / (max + eps)``.
+    """Min-max scale each map ``(..., h, w)``: ``x - min``, then ``/ (max + eps)``.
+
+    One pass of pytorch-grad-cam's ``scale_cam_image`` as CLIP-ES bundles it (without its
+    resize). CLIP-ES's GradCAM applies it twice to a CAM, which
+    :class:`~cosegkit.zeroshot.ZeroShotCoseg` follows by default (``cam_scaling="twice"``),
+    and once to the map CAA refines (:func:`caa_refine`).
 
     Example:
         >>> import torch

@@ -8,9 +8,10 @@ r"""Zero-shot co-segmentation: a frozen CLIP, the set's own class, softmax-GradC
 2. **Softmax-GradCAM** (CLIP-ES). Each image's patch-averaged embedding is scored against the
    bank ``[foreground classes; background words]`` and a softmax taken over the bank; the
    gradient of the common class's probability at the last block's first LayerNorm gives
-   GradCAM's channel weights; CAM = ReLU(weighted sum of channels), min-max scaled. One
-   backward pass serves every image of every set in the batch (the images are independent in
-   the forward pass, so the gradient of the summed probabilities is each image's own).
+   GradCAM's channel weights; CAM = ReLU(weighted sum of channels), min-max scaled twice as
+   CLIP-ES's GradCAM scales it (``cam_scaling``). One backward pass serves every image of
+   every set in the batch (the images are independent in the forward pass, so the gradient
+   of the summed probabilities is each image's own).
 3. **CAA** (CLIP-ES): CLIP's own attention of the last blocks, normalised, restricted to the
    boxes of the CAM's confident regions, applied to the CAM (:func:`~cosegkit.zeroshot.caa.caa_refine`).
 
@@ -35,9 +36,14 @@ from cosegkit.layers._blocks import masked_sum
 from cosegkit.errors import CosegValueError
 from cosegkit.zeroshot.caa import caa_refine, minmax_scale
 from cosegkit.zeroshot.prompts import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS, encode_prompts
-from cosegkit.zeroshot.towers import check_tower, resnet_pass, vit_pass
+from cosegkit.zeroshot.towers import check_pos_interpolation, check_tower, resnet_pass, vit_pass
 
-__all__ = ["ZeroShotCoseg", "ZeroShotOutput"]
+__all__ = ["CAM_SCALINGS", "ZeroShotCoseg", "ZeroShotOutput"]
+
+#: How often the GradCAM map is min-max scaled (:func:`~cosegkit.zeroshot.minmax_scale`):
+#: ``"twice"``, as CLIP-ES's GradCAM does (pytorch-grad-cam's ``scale_cam_image`` once per
+#: target layer and once more after averaging the layers), or ``"once"``.
+CAM_SCALINGS: tuple[str, ...] = ("twice", "once")
 
 
 @dataclass
@@ -50,7 +56,8 @@ class ZeroShotOutput:
         common_class: ``(B,)`` long, an index into ``ZeroShotCoseg.classnames``.
         class_scores: ``(B, P)``: :math:`\\sigma`, each foreground prompt's cosine similarity
             summed over the set's valid images.
-        cams: ``(B, N, h, w)`` the softmax-GradCAM before refinement, min-max scaled, on the patch grid.
+        cams: ``(B, N, h, w)`` the softmax-GradCAM before refinement, min-max scaled (twice by
+            default, as CLIP-ES, see ``cam_scaling``), on the patch grid.
         refined: ``(B, N, h, w)`` the CAM after CAA (equal to ``cams`` when CAA is off or the
             tower has no attention), on the patch grid.
         valid: ``(B, N)`` boolean.
@@ -117,6 +124,13 @@ class ZeroShotCoseg(nn.Module):
         score: which image embedding the softmax scores: ``"patch_mean"``, the mean of the
             last block's patch tokens (CLIP-ES), or ``"pooled"``, the tower's own embedding
             (the class token for open_clip's ViTs).
+        cam_scaling: ``"twice"`` (CLIP-ES's GradCAM: ``(x - min) / (max + 1e-7)``, then the
+            same again on the result) or ``"once"``. The second pass lifts to 1 the peak of a
+            weak CAM, one whose spread (max - min) is not large against the 1e-7
+            (:data:`~cosegkit.zeroshot.CAM_SCALINGS`).
+        pos_interpolation: how a ViT's positional embedding is resized to a patch grid other
+            than its own: ``"bilinear"`` (CLIP-ES) or ``"bicubic"``
+            (:func:`~cosegkit.zeroshot.towers.interpolate_positional_embedding`).
 
     Example:
         A tiny random CLIP (its masks mean nothing, their form does):
@@ -151,6 +165,8 @@ class ZeroShotCoseg(nn.Module):
         box_threshold: float = 0.4,
         refine: bool = True,
         score: str = "patch_mean",
+        cam_scaling: str = "twice",
+        pos_interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
         self.clip = clip
@@ -193,6 +209,10 @@ class ZeroShotCoseg(nn.Module):
         if score not in ("patch_mean", "pooled"):
             raise CosegValueError(f"score must be 'patch_mean' (CLIP-ES) or 'pooled', got {score!r}")
         self.score = score
+        if cam_scaling not in CAM_SCALINGS:
+            raise CosegValueError(f"cam_scaling must be 'twice' (CLIP-ES) or 'once', got {cam_scaling!r}")
+        self.cam_scaling = cam_scaling
+        self.pos_interpolation = check_pos_interpolation(pos_interpolation)
         self.image_size = image_size
         fg_bank = encode_prompts(clip, self.classnames, self.templates, self.synonyms)  # checks the names
         bg_bank = encode_prompts(clip, self.background, self.templates, self.synonyms)
@@ -270,7 +290,10 @@ class ZeroShotCoseg(nn.Module):
             x = self.clip.preprocess(images.clone(), self.input_size(height, width))
             valid = valid.clone()
             visual = self.clip.model.visual
-            tp = vit_pass(visual, x, self.attention_blocks) if self.tower == "vit" else resnet_pass(visual, x)
+            if self.tower == "vit":
+                tp = vit_pass(visual, x, self.attention_blocks, pos_interpolation=self.pos_interpolation)
+            else:
+                tp = resnet_pass(visual, x)
             fg = self.foreground_bank.to(tp.pooled.dtype)
             bank = torch.cat([fg, self.background_bank.to(fg.dtype)])  # (q, d)
             if tuple(x.shape[-2:]) == tuple(self.clip.image_size):
@@ -291,6 +314,8 @@ class ZeroShotCoseg(nn.Module):
         act, grad = tp.as_grid(tp.leaf.detach()).float(), tp.as_grid(grad).float()
         weights = reduce(grad, "bn c h w -> bn c 1 1", "mean")
         cam = minmax_scale(F.relu((weights * act).sum(dim=1)))  # (bn, h, w)
+        if self.cam_scaling == "twice":  # CLIP-ES's GradCAM scales again after averaging its target layers
+            cam = minmax_scale(cam)
         refined = cam
         if self.refine and tp.attention is not None:
             refined = caa_refine(cam, tp.attention, self.box_threshold)
@@ -315,5 +340,6 @@ class ZeroShotCoseg(nn.Module):
         return (
             f"tower={self.tower}, classes={len(self.classnames)}, background={len(self.background)}, "
             f"templates={len(self.templates)}, attention_blocks={self.attention_blocks}, "
-            f"box_threshold={self.box_threshold}, refine={self.refine}"
+            f"box_threshold={self.box_threshold}, refine={self.refine}, cam_scaling={self.cam_scaling}, "
+            f"pos_interpolation={self.pos_interpolation}"
         )

@@ -23,7 +23,15 @@ from torch import nn
 
 from cosegkit.errors import CosegValueError
 
-__all__ = ["TowerPass", "check_tower", "interpolate_positional_embedding", "resnet_pass", "vit_pass"]
+__all__ = [
+    "POS_INTERPOLATIONS",
+    "TowerPass",
+    "check_pos_interpolation",
+    "check_tower",
+    "interpolate_positional_embedding",
+    "resnet_pass",
+    "vit_pass",
+]
 
 SUPPORTED = (
     "open_clip's VisionTransformer (token or average pooling, no attentional pooler, blocks "
@@ -130,8 +138,42 @@ def check_tower(visual: nn.Module) -> str:
     )
 
 
-def interpolate_positional_embedding(pos: torch.Tensor, grid: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
-    """A ViT's positional embedding ``(1 + gh*gw, c)`` resized (bicubic) to a ``new`` patch grid.
+#: How :func:`interpolate_positional_embedding` may resize: CLIP-ES's ``"bilinear"`` (the default)
+#: or ``"bicubic"`` (as open_clip and timm resize a checkpoint's embedding).
+POS_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
+
+
+def check_pos_interpolation(mode: str) -> str:
+    """``mode`` if it is one of :data:`POS_INTERPOLATIONS`; a clear error otherwise.
+
+    Example:
+        >>> from cosegkit.zeroshot.towers import check_pos_interpolation
+        >>> check_pos_interpolation("bilinear")
+        'bilinear'
+        >>> check_pos_interpolation("nearest")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: pos_interpolation must be 'bilinear' (CLIP-ES) or 'bicubic', got 'nearest'
+    """
+    if mode not in POS_INTERPOLATIONS:
+        raise CosegValueError(f"pos_interpolation must be 'bilinear' (CLIP-ES) or 'bicubic', got {mode!r}")
+    return mode
+
+
+def interpolate_positional_embedding(
+    pos: torch.Tensor, grid: tuple[int, int], new: tuple[int, int], mode: str = "bilinear"
+) -> torch.Tensor:
+    """A ViT's positional embedding ``(1 + gh*gw, c)`` resized to a ``new`` patch grid.
+
+    The class token's row is kept; the patch rows, laid out on the ``grid``, are resized
+    with ``mode`` (``align_corners=False``, no antialiasing). The default, ``"bilinear"``, is
+    what CLIP-ES's code does (``upsample_pos_emb`` in its ``clip/model.py``, PyTorch's
+    ``F.upsample(..., mode='bilinear')``); ``"bicubic"`` is how open_clip and timm resize a
+    checkpoint's embedding. The two differ by up to 0.12 on the demo's CLIP, whose entries
+    reach 0.46 (see :doc:`/zeroshot`, "Two numerical details of CLIP-ES's code, followed").
+
+    Shape:
+        :math:`(1 + g_h g_w, C) \\to (1 + n_h n_w, C)`.
 
     Example:
         >>> import torch
@@ -141,12 +183,22 @@ def interpolate_positional_embedding(pos: torch.Tensor, grid: tuple[int, int], n
         torch.Size([19, 8])
         >>> torch.equal(interpolate_positional_embedding(pos, (4, 4), (4, 4)), pos)  # same grid: unchanged
         True
+
+        A step on a 1 x 4 grid widened to 1 x 6: bilinear stays between the neighbours, bicubic
+        overshoots them:
+
+        >>> step = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0])[:, None]  # the class token, then the grid
+        >>> [round(v, 2) for v in interpolate_positional_embedding(step, (1, 4), (1, 6))[1:, 0].tolist()]
+        [0.0, 0.0, 0.17, 0.83, 1.0, 1.0]
+        >>> [round(v, 2) for v in interpolate_positional_embedding(step, (1, 4), (1, 6), "bicubic")[1:, 0].tolist()]
+        [0.0, -0.09, 0.14, 0.86, 1.09, 1.0]
     """
+    check_pos_interpolation(mode)
     if tuple(grid) == tuple(new):
         return pos
     cls, grid_pos = pos[:1], pos[1:]
     grid_pos = rearrange(grid_pos, "(h w) c -> 1 c h w", h=grid[0], w=grid[1])
-    grid_pos = F.interpolate(grid_pos.float(), size=new, mode="bicubic", align_corners=False).to(pos.dtype)
+    grid_pos = F.interpolate(grid_pos.float(), size=new, mode=mode, align_corners=False).to(pos.dtype)
     return torch.cat([cls, rearrange(grid_pos, "1 c h w -> (h w) c")])
 
 
@@ -163,11 +215,15 @@ def _attention_weights_hooks(attn: nn.MultiheadAttention, store: list[torch.Tens
     ]
 
 
-def vit_pass(visual: nn.Module, x: torch.Tensor, attention_blocks: int) -> TowerPass:
+def vit_pass(
+    visual: nn.Module, x: torch.Tensor, attention_blocks: int, *, pos_interpolation: str = "bilinear"
+) -> TowerPass:
     """Run open_clip's VisionTransformer on normalised pixels ``(bn, 3, H, W)``, H and W multiples of the patch.
 
     All blocks but the last run without gradients; the last runs with gradients from its
     ``ln_1`` output on. The attention of the last ``attention_blocks`` blocks is averaged.
+    On a patch grid other than the tower's own, the positional embedding is resized by
+    :func:`interpolate_positional_embedding` with ``pos_interpolation`` (CLIP-ES: bilinear).
 
     Example:
         A tiny random ViT CLIP (patch 8) on 48 x 32 pixels, a 6 x 4 patch grid:
@@ -205,7 +261,9 @@ def vit_pass(visual: nn.Module, x: torch.Tensor, attention_blocks: int) -> Tower
         with torch.no_grad():
             y = rearrange(visual.conv1(x), "bn c h w -> bn (h w) c")
             cls = visual.class_embedding.to(y.dtype).expand(y.shape[0], 1, -1)
-            pos = interpolate_positional_embedding(visual.positional_embedding, visual.grid_size, (gh, gw))
+            pos = interpolate_positional_embedding(
+                visual.positional_embedding, visual.grid_size, (gh, gw), pos_interpolation
+            )
             y = torch.cat([cls, y], dim=1) + pos.to(y.dtype)
             y = visual.ln_pre(visual.patch_dropout(y))
             batch_first = getattr(visual.transformer, "batch_first", True)

@@ -59,6 +59,8 @@ def _config(**zero_shot) -> TrainConfig:
         {"refine": False},
         {"score": "pooled"},
         {"box_threshold": 0.6},
+        {"cam_scaling": "once"},
+        {"pos_interpolation": "bicubic"},
     ],
     ids=lambda s: next(iter(s)),
 )

@@ -1,4 +1,5 @@
-"""Helpers shared by the zero-shot tests: small CLIP configs and ways to run open_clip's tower by hand."""
+"""Helpers shared by the zero-shot tests: small CLIP configs, ways to run open_clip's tower by hand,
+and transcriptions of CLIP-ES's steps (linyq2117/CLIP-ES) that cosegkit is held against."""
 
 from __future__ import annotations
 
@@ -86,3 +87,61 @@ def bicubic_positional_embedding(visual: nn.Module, grid: tuple[int, int]) -> to
     patches = pos[1:].T.reshape(1, -1, gh, gw)
     patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
     return torch.cat([pos[:1], patches.reshape(pos.shape[1], -1).T])
+
+
+def clip_es_positional_embedding(visual: nn.Module, grid: tuple[int, int]) -> torch.Tensor:
+    """The ViT's positional embedding resized to ``grid`` as CLIP-ES's ``upsample_pos_emb`` does.
+
+    CLIP-ES (``clip/model.py``) keeps the class token's row, lays the patch rows out on the
+    tower's grid and calls ``F.upsample(emb, size=new_size, mode='bilinear')``: bilinear, with
+    ``align_corners`` unset, i.e. False. Written out here as loops: output pixel ``i`` of
+    ``n`` samples the source at ``(i + 0.5) * g / n - 0.5`` (clamped at 0) between its two
+    neighbours (the second clamped at the last row), along each axis.
+    """
+    pos = visual.positional_embedding.detach().double()
+    gh, gw = visual.grid_size
+    nh, nw = grid
+    source = [[pos[1 + r * gw + c] for c in range(gw)] for r in range(gh)]
+
+    def where(i: int, n: int, g: int) -> tuple[int, int, float]:
+        x = max((i + 0.5) * g / n - 0.5, 0.0)
+        lo = int(x)
+        return lo, min(lo + 1, g - 1), x - lo
+
+    rows = [pos[0]]
+    for i in range(nh):
+        y0, y1, ly = where(i, nh, gh)
+        for j in range(nw):
+            x0, x1, lx = where(j, nw, gw)
+            top = (1 - lx) * source[y0][x0] + lx * source[y0][x1]
+            bottom = (1 - lx) * source[y1][x0] + lx * source[y1][x1]
+            rows.append((1 - ly) * top + ly * bottom)
+    return torch.stack(rows).to(visual.positional_embedding.dtype)
+
+
+def scale_cam_image(maps: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's ``scale_cam_image`` as CLIP-ES bundles it, with ``target_size=None``:
+    for each map, ``img - min``, then ``img / (1e-7 + max)``; no resize."""
+    out = []
+    for img in maps:
+        img = img - img.min()
+        img = img / (1e-7 + img.max())
+        out.append(img)
+    return torch.stack(out).float()
+
+
+def clip_es_gradcam_scaling(raw: torch.Tensor, scaling: str = "twice") -> torch.Tensor:
+    """One image's CAM ``(h, w)`` (the weighted channel sum) as CLIP-ES's bundled GradCAM returns it.
+
+    ``BaseCAM.compute_cam_per_layer``: ``np.maximum(cam, 0)`` in float32, then
+    ``scale_cam_image`` per target layer; ``aggregate_multi_layers``: the layers concatenated,
+    ``np.maximum(., 0)``, their mean, and ``scale_cam_image`` again. CLIP-ES has one target
+    layer (``resblocks[-1].ln_1``) and passes ``target_size=None``, so nothing is resized in
+    between. ``scaling="once"`` stops after the first ``scale_cam_image``.
+    """
+    cam = raw.clamp(min=0).float()[None]  # a batch of one image, one target
+    per_layer = [scale_cam_image(cam)[:, None]]  # (1, 1, h, w): one target layer
+    if scaling == "once":
+        return per_layer[0][0, 0]
+    stacked = torch.cat(per_layer, dim=1).clamp(min=0)
+    return scale_cam_image(stacked.mean(dim=1))[0]

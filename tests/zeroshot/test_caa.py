@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from cosegkit.zeroshot import ZeroShotCoseg
 from cosegkit.zeroshot.caa import affinity, box_mask, caa_refine, connected_components, minmax_scale
 from cosegkit.zeroshot.towers import vit_pass
-from tests.zeroshot._support import bicubic_positional_embedding, normalise, positional_embedding
+from tests.zeroshot._support import clip_es_positional_embedding, normalise, positional_embedding
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
@@ -286,7 +286,7 @@ def test_tower_attention_is_the_last_blocks_average(deep_vit, blocks: int) -> No
     with torch.no_grad():
         visual = deep_vit.model.visual
         tp = vit_pass(visual, x, attention_blocks=blocks)
-        with positional_embedding(visual, bicubic_positional_embedding(visual, (4, 5))):
+        with positional_embedding(visual, clip_es_positional_embedding(visual, (4, 5))):
             expected = reference_attention(deep_vit, x, min(blocks, 3))
     assert tp.attention.shape == (2, 20, 20)
     torch.testing.assert_close(tp.attention, expected, **TOL)

@@ -145,6 +145,18 @@ def test_bad_score(tiny_vit, score: str) -> None:
         ZeroShotCoseg(tiny_vit, background=BACKGROUND, score=score)
 
 
+@pytest.mark.parametrize("scaling", ["thrice", "", "Twice"])
+def test_bad_cam_scaling(tiny_vit, scaling: str) -> None:
+    with raises(CosegValueError, "cam_scaling", "'twice'", "'once'", re.escape(repr(scaling))):
+        ZeroShotCoseg(tiny_vit, background=BACKGROUND, cam_scaling=scaling)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bicubic-aa", ""])
+def test_bad_pos_interpolation(tiny_vit, mode: str) -> None:
+    with raises(CosegValueError, "pos_interpolation", "'bilinear'", "'bicubic'", re.escape(repr(mode))):
+        ZeroShotCoseg(tiny_vit, background=BACKGROUND, pos_interpolation=mode)
+
+
 # ---------------------------------------------------------------------------- inputs
 
 

@@ -5,9 +5,17 @@ with grad, ``need_weights=False``), keep the last block's ``ln_1`` output with a
 and ``retain_grad``, and differentiate one image's softmax probability at a time; the
 module under test runs all blocks but the last without grad, asks for attention weights,
 and takes one backward for the whole batch.
+
+The references scale each CAM as CLIP-ES's bundled GradCAM does (twice,
+:func:`tests.zeroshot._support.clip_es_gradcam_scaling`) and, off the tower's own grid, give
+the tower its positional embedding resized as CLIP-ES resizes it (bilinear,
+:func:`tests.zeroshot._support.clip_es_positional_embedding`): both transcribed from CLIP-ES's
+code as loops, never its code.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -17,8 +25,12 @@ from cosegkit.zeroshot import ZeroShotCoseg
 from cosegkit.zeroshot.towers import interpolate_positional_embedding, vit_pass
 from tests._support import CLASSNAMES
 from tests.zeroshot._support import (
+    DEEP_VIT,
+    DEEP_VIT_CONFIG,
     bicubic_positional_embedding,
     build_clip,
+    clip_es_gradcam_scaling,
+    clip_es_positional_embedding,
     normalise,
     positional_embedding,
     vit_config,
@@ -28,18 +40,14 @@ TOL = dict(atol=1e-5, rtol=1e-5)
 BACKGROUND = ("grass", "sky", "road", "wall", "water")
 
 
-def scale_like_grad_cam(cam: torch.Tensor) -> torch.Tensor:
-    """pytorch-grad-cam's ``scale_cam_image`` without the resize: ``x - min``, then ``/ (max + 1e-7)``."""
-    cam = cam - cam.min()
-    return cam / (cam.max() + 1e-7)
-
-
 def bank_of(zs: ZeroShotCoseg) -> torch.Tensor:
     return torch.cat([zs.foreground_bank, zs.background_bank])
 
 
-def reference_vit_cam(clip, zs: ZeroShotCoseg, image: torch.Tensor, target: int, score: str = "patch_mean"):
-    """One image ``(3, H, W)`` (sides multiples of the patch): its min-max scaled CAM and raw CAM."""
+def reference_vit_cam(
+    clip, zs: ZeroShotCoseg, image: torch.Tensor, target: int, score: str = "patch_mean", scaling: str = "twice"
+):
+    """One image ``(3, H, W)`` (sides multiples of the patch): its CAM scaled as CLIP-ES's GradCAM, and raw."""
     visual = clip.model.visual
     kept = {}
 
@@ -65,8 +73,8 @@ def reference_vit_cam(clip, zs: ZeroShotCoseg, image: torch.Tensor, target: int,
     grad = kept["ln_1"].grad[0, 1:]
     weights = grad.mean(dim=0)  # GradCAM: the gradient averaged over the tokens
     gh, gw = image.shape[-2] // visual.patch_size[0], image.shape[-1] // visual.patch_size[1]
-    raw = F.relu(act @ weights).view(gh, gw)
-    return scale_like_grad_cam(raw), raw
+    raw = (act @ weights).view(gh, gw)  # the weighted channel sum; CLIP-ES's GradCAM applies the ReLU
+    return clip_es_gradcam_scaling(raw, scaling), F.relu(raw)
 
 
 def reference_sigma(clip, zs: ZeroShotCoseg, images: torch.Tensor, valid: torch.Tensor | None = None):
@@ -79,12 +87,12 @@ def reference_sigma(clip, zs: ZeroShotCoseg, images: torch.Tensor, valid: torch.
     return sim.sum(dim=1)
 
 
-def check_cams_against_reference(clip, zs, images, out, targets, score="patch_mean"):
+def check_cams_against_reference(clip, zs, images, out, targets, score="patch_mean", scaling="twice", min_peak=1e-4):
     b, n = images.shape[:2]
     for i in range(b):
         for j in range(n):
-            cam, raw = reference_vit_cam(clip, zs, images[i, j], int(targets[i]), score)
-            assert raw.max() > 1e-4, "degenerate reference CAM; pick another seed"
+            cam, raw = reference_vit_cam(clip, zs, images[i, j], int(targets[i]), score, scaling)
+            assert raw.max() > min_peak, "degenerate reference CAM; pick another seed"
             torch.testing.assert_close(out.cams[i, j], cam, **TOL)
 
 
@@ -169,22 +177,75 @@ def test_non_square_size_not_a_multiple_of_the_patch(deep_vit) -> None:
     assert bool(((out.probs >= 0) & (out.probs <= 1)).all())
 
 
+@pytest.mark.parametrize("grid", [(5, 7), (7, 5), (6, 6), (3, 2), (2, 9), (1, 1)])
+def test_positional_embedding_is_resized_as_clip_es_resizes_it(deep_vit, grid) -> None:
+    """Guards against: the bicubic resize (up to 0.1 from CLIP-ES's bilinear one here), and a wrong
+    ``align_corners`` or axis order, up and down from the tower's 4 x 4 grid."""
+    visual = deep_vit.model.visual
+    pos = visual.positional_embedding
+    expected = clip_es_positional_embedding(visual, grid)
+    ours = interpolate_positional_embedding(pos, visual.grid_size, grid)
+    assert ours.shape == (1 + grid[0] * grid[1], 48)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(interpolate_positional_embedding(pos, (4, 4), grid, mode="bilinear"), expected)
+    bicubic = interpolate_positional_embedding(pos, visual.grid_size, grid, mode="bicubic")
+    torch.testing.assert_close(bicubic, bicubic_positional_embedding(visual, grid))
+    assert (bicubic - expected).abs().max() > 1e-2  # the two readings differ: the check above can fail
+
+
 def test_interpolated_positional_embedding_matches_a_resized_tower(deep_vit) -> None:
-    """At 40 x 56 px (a 5 x 7 grid) the pass equals open_clip's tower given the bicubically resized embedding."""
+    """At 40 x 56 px (a 5 x 7 grid) the pass equals open_clip's tower given CLIP-ES's bilinearly resized embedding."""
     visual = deep_vit.model.visual
     zs = ZeroShotCoseg(deep_vit, background=BACKGROUND, refine=False)
+    assert (zs.pos_interpolation, zs.cam_scaling) == ("bilinear", "twice")  # CLIP-ES's, by default
     images = torch.rand(1, 3, 3, 40, 56, generator=torch.Generator().manual_seed(7))
     out = zs(images)
     assert out.cams.shape == (1, 3, 5, 7) and out.probs.shape == (1, 3, 1, 40, 56)
-    resized = bicubic_positional_embedding(visual, (5, 7))
-    torch.testing.assert_close(interpolate_positional_embedding(visual.positional_embedding, (4, 4), (5, 7)), resized)
-    with positional_embedding(visual, resized):
+    with positional_embedding(visual, clip_es_positional_embedding(visual, (5, 7))):
         check_cams_against_reference(deep_vit, zs, images, out, out.common_class)
+    with positional_embedding(visual, bicubic_positional_embedding(visual, (5, 7))):
+        bicubic = [reference_vit_cam(deep_vit, zs, images[0, j], int(out.common_class[0]))[0] for j in range(3)]
+    assert (torch.stack(bicubic) - out.cams[0]).abs().max() > 1e-3  # the embedding's reading shows in the CAMs
+    # the other settings: cosegkit's earlier bicubic embedding and single scaling
+    other = ZeroShotCoseg(
+        deep_vit, background=BACKGROUND, refine=False, pos_interpolation="bicubic", cam_scaling="once"
+    )
+    out = other(images)
+    with positional_embedding(visual, bicubic_positional_embedding(visual, (5, 7))):
+        check_cams_against_reference(deep_vit, other, images, out, out.common_class, scaling="once")
     assert visual.positional_embedding.shape == (17, 48)  # restored
     # the set's class is scored as LCCo's distillation scores it: the CLIP at its own 32 px
     native = F.interpolate(images[0], size=(32, 32), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
     torch.testing.assert_close(out.class_scores, reference_sigma(deep_vit, zs, native[None]), **TOL)
     assert out.common_class.tolist() == reference_sigma(deep_vit, zs, native[None]).argmax(-1).tolist()
+
+
+def test_weak_cams_are_scaled_twice_as_clip_es_scales_them(register_config) -> None:
+    """Guards against: a single min-max scaling. A CLIP that barely separates its classes (logit
+    scale 0.003 instead of 100) gives CAMs whose spread is near 1e-6, comparable to the scaling's
+    1e-7; scaled once their peak is about 0.9, scaled twice (CLIP-ES) 1."""
+    clip = build_clip(register_config(DEEP_VIT, DEEP_VIT_CONFIG))
+    with torch.no_grad():
+        clip.model.logit_scale.fill_(math.log(0.003))
+    visual = clip.model.visual
+    images = torch.rand(2, 2, 3, 40, 40, generator=torch.Generator().manual_seed(10))
+    zs = ZeroShotCoseg(clip, background=BACKGROUND, refine=False)
+    out = zs(images)
+    with positional_embedding(visual, clip_es_positional_embedding(visual, (5, 5))):
+        check_cams_against_reference(clip, zs, images, out, out.common_class, min_peak=1e-7)
+        once = [
+            reference_vit_cam(clip, zs, images[i, j], int(out.common_class[i]), scaling="once")[0]
+            for i in range(2)
+            for j in range(2)
+        ]
+    peaks = out.cams.flatten(2).amax(dim=-1)
+    torch.testing.assert_close(peaks, torch.ones(2, 2), atol=1e-6, rtol=0)
+    assert max(float(cam.max()) for cam in once) < 0.99  # weak: one scaling leaves the peak visibly below 1
+    single = ZeroShotCoseg(clip, background=BACKGROUND, refine=False, cam_scaling="once")(images)
+    torch.testing.assert_close(single.cams.flatten(0, 1), torch.stack(once), **TOL)
+    # both scalings leave each map's shape: they differ by a factor per map
+    single_peaks = single.cams.flatten(2).amax(dim=-1)[..., None, None]
+    torch.testing.assert_close(out.cams * single_peaks, single.cams, **TOL)
 
 
 def test_image_size_resizes_before_the_tower(deep_vit) -> None:
@@ -218,7 +279,7 @@ def reference_rn_cam(clip, zs, image: torch.Tensor, target: int) -> torch.Tensor
         handle.remove()
     act, grad = kept["layer4"][0].detach(), kept["layer4"].grad[0]  # (c, h, w)
     weights = grad.mean(dim=(1, 2))
-    return scale_like_grad_cam(F.relu((weights[:, None, None] * act).sum(dim=0)))
+    return clip_es_gradcam_scaling((weights[:, None, None] * act).sum(dim=0))
 
 
 def test_resnet_tower(tiny_rn) -> None:
