@@ -8,6 +8,7 @@ from it. The builders turn a config into the model, the training sets and the ev
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "build_eval_sets",
     "build_model",
     "build_train_sets",
+    "check_mask_sizes",
     "labelled_eval_groups",
     "steps_for_epochs",
     "train_groups",
@@ -50,7 +52,9 @@ class TrainConfig:
     ``"icoseg"``, ``"msrc"``, ``"internet"``, ``"processed"``, ``"folder"``) with ``root`` its
     folder (for COCO, the instances json; images beside it in ``coco_images``). ``classes``
     keeps only those groups for training; ``eval_classes`` names held-out groups evaluated at
-    the end of the run. ``world_*`` describe the synthetic world.
+    the end of the run. ``world_*`` describe the synthetic world. ``missing_masks="skip"``
+    leaves out images without a mask and ``on_empty="warn"`` groups without images, each with
+    a warning, where the reader would refuse them (``--missing-masks``, ``--on-empty``).
 
     Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
@@ -123,6 +127,8 @@ class TrainConfig:
     world_classes: int = 16
     world_seed: int = 0
     world_objects: tuple[int, int] = (2, 3)
+    missing_masks: str = "error"
+    on_empty: str = "error"
     image_size: int = 224
     set_size: int = 5
     batch_size: int = 2
@@ -193,6 +199,9 @@ class TrainConfig:
                 "synthetic world trains on all its classes (--world-classes sets how many) and is scored on "
                 "held-out sets of them"
             )
+        for name, choices in (("missing_masks", ("error", "skip")), ("on_empty", ("error", "warn"))):
+            if getattr(self, name) not in choices:
+                raise CosegValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         for name in ("steps", "set_size", "batch_size", "image_size", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -375,10 +384,15 @@ def steps_for_epochs(config: TrainConfig, epochs: float) -> int:
 
 def _read_groups(config: TrainConfig, *, masks: bool = True, **options: Any) -> list[Group]:
     reader = get_reader(config.dataset)
+    options = {"missing_masks": config.missing_masks, "on_empty": config.on_empty, **options}
+    accepted = inspect.signature(reader).parameters
+    options = {k: v for k, v in options.items() if k in accepted}
     if config.dataset == "coco":
         if not config.coco_images:
             raise CosegValueError("dataset 'coco' needs the image folder too: pass coco_images (--coco-images PATH)")
-        return reader(config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)))
+        return reader(
+            config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)), **options
+        )
     if config.dataset == "folder":
         return reader(config.root, masks=masks, **options)
     return reader(config.root, **options)
@@ -431,6 +445,58 @@ def train_groups(config: TrainConfig) -> list[Group]:
     if unlabelled:
         raise DataError(f"training needs masks, but these groups have none: {unlabelled[:10]}; {_PSEUDO_HINT}")
     return groups
+
+
+def check_mask_sizes(groups: Sequence[Group], *, remedy: str = "") -> None:
+    """Check, from the file headers only, that every mask of ``groups`` has its image's size.
+
+    Training samples a few images per step, so a wrong-size mask would otherwise surface only
+    at the step that draws it; this reads every pair's header (no pixel is decoded) before
+    the first step. Groups without mask files (unlabelled, COCO) are skipped.
+
+    Args:
+        groups: the groups to check.
+        remedy: what to do, appended to the message (e.g. the command-line flag).
+
+    Raises:
+        DataError: one line naming the pairs whose sizes differ (the first three, and how many).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data.types import Group
+        >>> from cosegkit.engine.config import check_mask_sizes
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 6)).save(tmp / "a.jpg")
+        >>> Image.new("L", (8, 6)).save(tmp / "a.png")
+        >>> Image.new("RGB", (8, 6)).save(tmp / "b.jpg")
+        >>> Image.new("L", (6, 6)).save(tmp / "b.png")
+        >>> check_mask_sizes([Group("cats", (tmp / "a.jpg",), (tmp / "a.png",))])  # passes silently
+        >>> check_mask_sizes([Group("cats", (tmp / "a.jpg", tmp / "b.jpg"), (tmp / "a.png", tmp / "b.png"))])
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.data.types.DataError: 1 mask(s) of 2 differ in size from their image: ...b.png is 6x6 but ...b.jpg is 8x6 ...
+    """
+    from cosegkit.data.io import image_size
+
+    checked, wrong = 0, []
+    for group in groups:
+        if group.masks is None:
+            continue
+        for image, mask in zip(group.images, group.masks, strict=True):
+            checked += 1
+            image_wh, mask_wh = image_size(image), image_size(mask)
+            if image_wh != mask_wh:
+                wrong.append(f"{mask} is {mask_wh[0]}x{mask_wh[1]} but {image} is {image_wh[0]}x{image_wh[1]}")
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise DataError(
+            f"{len(wrong)} mask(s) of {checked} differ in size from their image: {'; '.join(wrong[:3])}{more} "
+            f"(width x height); a mask must have its image's size: fix or remove these files"
+            + (f", {remedy}" if remedy else "")
+        )
 
 
 def build_train_sets(
@@ -579,6 +645,10 @@ def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = No
 def build_model(config: TrainConfig) -> torch.nn.Module:
     """The LCCo of ``config``, initialised from ``config.seed`` (so a resumed run rebuilds it).
 
+    The model records the run's ``image_size`` and ``set_size`` (:attr:`LCCo.image_size
+    <cosegkit.LCCo.image_size>`), so the saved model is evaluated and exported at the size it
+    was trained at.
+
     Example:
         A tiny random model (no weights are downloaded), fine for smoke tests:
 
@@ -590,8 +660,8 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
         ... )
         >>> model = build_model(config).eval()
-        >>> type(model).__name__
-        'LCCo'
+        >>> type(model).__name__, model.image_size, model.set_size
+        ('LCCo', 32, 2)
         >>> images = torch.rand(1, config.set_size, 3, config.image_size, config.image_size)
         >>> with torch.no_grad():
         ...     out = model(images)
@@ -638,4 +708,6 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         use_grouping=config.use_grouping,
         grouping_level=config.grouping_level,
         num_groups=config.num_groups,
+        image_size=config.image_size,
+        set_size=config.set_size,
     )
