@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from cosegkit import __version__
+from cosegkit._files import atomic_write
 from cosegkit._validation import check_image_set, is_compiling, resolve_valid
 from cosegkit.clip.frozen import FrozenClip, weights_follow
 from cosegkit.clip.vocabulary import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY
@@ -584,7 +585,9 @@ class LCCo(nn.Module):
         """Co-segment batches of image sets.
 
         Args:
-            images: ``(B, N, 3, H, W)`` RGB in [0, 1]: ``B`` sets of ``N >= 1`` images.
+            images: ``(B, N, 3, H, W)`` RGB in [0, 1]: ``B`` sets of ``N >= 1`` images, of any
+                floating dtype (converted to the model's: a float64 or float16 batch runs on a
+                float32 model).
             valid: optional boolean ``(B, N)``; False marks padding in sets shorter than ``N``.
                 Padded images neither send nor receive messages and do not count in set
                 statistics; their masks are meaningless.
@@ -601,6 +604,8 @@ class LCCo(nn.Module):
             An :class:`~cosegkit.models.output.LCCoOutput`.
         """
         check_image_set(images)
+        if images.dtype != self.head.weight.dtype:  # float64 / float16 data: the model's own precision
+            images = images.to(self.head.weight.dtype)
         b, n, _, h, w = images.shape
         valid = resolve_valid(valid, b, n, images.device)
         if masks is not None and not is_compiling() and tuple(masks.shape) != (b, n, 1, h, w):
@@ -715,7 +720,9 @@ class LCCo(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and, with a CLIP, ``clip.safetensors``.
 
         The directory is self-contained: :meth:`from_pretrained` rebuilds the model from it
-        without downloading anything, and loading never unpickles code.
+        without downloading anything, and loading never unpickles code. ``config.json`` holds
+        the constructor's settings, :attr:`image_size` and :attr:`set_size` included. Each
+        file is written atomically, with the usual mode (``0o666`` minus the umask).
 
         Returns:
             The directory.
@@ -726,7 +733,7 @@ class LCCo(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         config = {"cosegkit_version": __version__, "model": dict(self.config)}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         if self.clip is not None:
             name = self.clip.source.get("model_name")
             if not name:
@@ -740,10 +747,12 @@ class LCCo(nn.Module):
             clip_cfg = open_clip.get_model_config(name)
             if clip_cfg is not None:
                 (path / CLIP_CONFIG_DIR).mkdir(exist_ok=True)
-                (path / CLIP_CONFIG_DIR / f"{name}.json").write_text(json.dumps(clip_cfg, indent=2))
+                atomic_write(
+                    path / CLIP_CONFIG_DIR / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(clip_cfg, indent=2))
+                )
             clip_state = {k: v.detach().contiguous().cpu() for k, v in self.clip.clip_state_dict().items()}
-            save_file(clip_state, str(path / CLIP_WEIGHTS_NAME), metadata={"format": "pt"})
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+            atomic_write(path / CLIP_WEIGHTS_NAME, lambda tmp: save_file(clip_state, tmp, metadata={"format": "pt"}))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
         return path
 
     @classmethod
