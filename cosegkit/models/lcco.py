@@ -199,8 +199,8 @@ def model_folder(path: str | os.PathLike[str]) -> Path:
     """The model folder that ``path`` names: ``path/model`` for a run folder of ``cosegkit train``, else ``path``.
 
     A folder holding ``model/config.json`` is a run folder (its own ``config.json`` is the
-    run's settings, not a model's). The command line and :meth:`LCCo.from_pretrained` follow
-    this one rule.
+    run's settings, not a model's). The command line and :meth:`LCCo.from_pretrained
+    <cosegkit.LCCo.from_pretrained>` follow this one rule.
 
     Example:
         >>> import tempfile
@@ -240,9 +240,10 @@ def _run_settings(folder: Path, encoder_name: Any) -> dict[str, int]:
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The constructor arguments stored in a model folder's ``config.json`` (as :meth:`LCCo.from_pretrained` reads them).
+    """The constructor arguments stored in a model folder's ``config.json``, as :meth:`LCCo.from_pretrained
+    <cosegkit.LCCo.from_pretrained>` reads them.
 
-    A config written before the variants existed gets :data:`LEGACY_SETTINGS`; one written
+    A config written before the variants existed gets the settings it was built with; one written
     before ``image_size`` and ``set_size`` were stored takes them from the run folder around
     it (``cosegkit train``'s ``config.json``), or has ``None`` for them. Reading it loads no
     weights, so a command can check its settings before the model is loaded.
