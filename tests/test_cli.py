@@ -381,3 +381,20 @@ def test_a_data_entry_without_a_layout_gets_the_right_suggestion(spec, hint, cap
     assert hint in err and len(err.splitlines()) == 1
     if "/" in spec:
         assert f"{spec}=PATH" not in err  # a folder is not a layout name
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--lambda1", "-1"], "--lambda1"),
+        (["--grouping-weight", "-0.5"], "--grouping-weight"),
+        (["--lr", "0"], "--lr"),
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-low", "0.9"], "--pseudo-low"),
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-margin", "2"], "--pseudo-margin"),
+    ],
+)
+def test_train_setting_errors_name_the_flag(flags, named, tmp_path, capsys) -> None:
+    assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -44,6 +44,11 @@ DATASETS: tuple[str, ...] = ("synthetic", *READERS)
 """Dataset names ``cosegkit train`` accepts: the synthetic world and every reader."""
 
 
+def _flag(name: str) -> str:
+    """The ``cosegkit train`` flag of a TrainConfig field (without the leading dashes)."""
+    return name.replace("_", "-")
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (see ``cosegkit train --help`` for each one's flag).
@@ -115,7 +120,7 @@ class TrainConfig:
         >>> TrainConfig(dataset="folder", root="photos", pseudo_masks="zero-shot", pseudo_low=0.6)
         Traceback (most recent call last):
             ...
-        cosegkit.errors.CosegValueError: need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low=0.6, pseudo_high=0.55
+        cosegkit.errors.CosegValueError: need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low=0.6, pseudo_high=0.55 (--pseudo-low, --pseudo-high)
     """
 
     # data
@@ -201,7 +206,7 @@ class TrainConfig:
             )
         for name, choices in (("missing_masks", ("error", "skip")), ("on_empty", ("error", "warn"))):
             if getattr(self, name) not in choices:
-                raise CosegValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+                raise CosegValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r} (--{_flag(name)})")
         for name in ("steps", "set_size", "batch_size", "image_size", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -211,7 +216,9 @@ class TrainConfig:
                 f"workers must be a non-negative integer (0: load in the main process), got {self.workers!r}"
             )
         if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr < 0):
-            raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
+            raise CosegValueError(
+                f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr} (--lr, --encoder-lr)"
+            )
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
         self._check_pseudo_masks()
         if self.grouping_level not in (1, 2, 3):
@@ -219,11 +226,11 @@ class TrainConfig:
         if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
             raise CosegValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
         if not isinstance(self.superpixel_weight, (int, float)) or self.superpixel_weight < 0:
-            raise CosegValueError(f"superpixel_weight must be non-negative, got {self.superpixel_weight!r}")
-        for name in ("grouping_weight", "distortion_weight"):
+            raise CosegValueError(f"superpixel_weight must be non-negative, got {self.superpixel_weight!r} (--superpixel-weight)")
+        for name in ("lambda1", "lambda2", "grouping_weight", "distortion_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise CosegValueError(f"{name} must be non-negative, got {value!r}")
+                raise CosegValueError(f"{name} must be non-negative, got {value!r} (--{_flag(name)})")
         if self.superpixel_weight > 0 and not self.use_grouping:
             raise CosegValueError(
                 "superpixel_weight > 0 trains the grouping layer's assignment: turn the layer on "
@@ -260,10 +267,13 @@ class TrainConfig:
         if self.pseudo_rule not in ("fixed", "adaptive"):
             raise CosegValueError(f"pseudo_rule must be 'fixed' or 'adaptive', got {self.pseudo_rule!r}")
         if not isinstance(self.pseudo_margin, (int, float)) or not 0 <= self.pseudo_margin < 1:
-            raise CosegValueError(f"pseudo_margin must be in [0, 1), got {self.pseudo_margin!r}")
+            raise CosegValueError(f"pseudo_margin must be in [0, 1), got {self.pseudo_margin!r} (--pseudo-margin)")
         low, high = self.pseudo_low, self.pseudo_high
         if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 <= low <= high <= 1):
-            raise CosegValueError(f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high}")
+            raise CosegValueError(
+                f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high} "
+                f"(--pseudo-low, --pseudo-high)"
+            )
         for name in ("pseudo_templates", "pseudo_background"):
             value = getattr(self, name)
             if value is None:
@@ -433,10 +443,10 @@ def train_groups(config: TrainConfig) -> list[Group]:
     if config.pseudo_masks:
         from cosegkit.engine.pseudo import strip_masks
 
-        groups = _select(_read_groups(config, masks=False), config.classes, "training classes")
+        groups = _select(_read_groups(config, masks=False), config.classes, "training classes (--classes)")
         return [strip_masks(g) for g in groups]
     try:
-        groups = _select(_read_groups(config), config.classes, "training classes")
+        groups = _select(_read_groups(config), config.classes, "training classes (--classes)")
     except DataError as err:
         if config.dataset == "folder" and "mask" in str(err):
             raise DataError(f"{err}; or {_PSEUDO_HINT}") from err
@@ -599,7 +609,7 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
         if not groups:
             raise DataError(f"none of the evaluation groups has masks ({unlabelled[:10]}); evaluation needs them")
     else:
-        groups = _select(_read_groups(config), classes, "evaluation classes")
+        groups = _select(_read_groups(config), classes, "evaluation classes (--eval-classes)")
     return EvalSets(groups, config.eval_set_size, config.image_size)
 
 
@@ -628,9 +638,9 @@ def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = No
         (['dogs'], ['cats'])
     """
     if config.dataset != "folder":
-        groups = _select(_read_groups(config), classes, "evaluation classes")
+        groups = _select(_read_groups(config), classes, "evaluation classes (--eval-classes)")
         return groups, []
-    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes")  # checks the names
+    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes (--eval-classes)")  # checks the names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -557,7 +557,7 @@ def _check_sizes(config: TrainConfig, groups) -> None:
         if config.pseudo_masks and config.dataset == "folder":
             checked += labelled_eval_groups(config, config.eval_classes)[0]
         else:
-            checked += _select(_read_groups(config), config.eval_classes, "evaluation classes")
+            checked += _select(_read_groups(config), config.eval_classes, "evaluation classes (--eval-classes)")
     check_mask_sizes(checked, remedy="or leave their groups out (--classes / --eval-classes; TrainConfig.classes)")
 
 

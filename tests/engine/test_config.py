@@ -66,5 +66,5 @@ def test_missing_masks_and_empty_groups_name_the_python_argument_and_the_flag(tm
     said = " | ".join(str(w.message) for w in caught)
     assert "left out (missing_masks='skip', --missing-masks skip)" in said and "left out (on_empty='warn'" in said
     assert [len(g) for g in read] == [2, 3, 3]
-    with pytest.raises(ValueError, match=r"missing_masks must be one of \['error', 'skip'\]"):
+    with pytest.raises(ValueError, match=r"missing_masks must be one of \['error', 'skip'\], got 'ignore' \(--missing-masks\)"):
         TrainConfig(**config, missing_masks="ignore")
