@@ -136,9 +136,12 @@ def _pair(
         )
         if missing_masks == "error":
             raise DataError(
-                message + "; pass missing_masks='skip' to leave them out (cosegkit train/evaluate: --missing-masks skip)"
+                message
+                + "; pass missing_masks='skip' to leave them out (cosegkit train/evaluate: --missing-masks skip)"
             )
-        warnings.warn(message + "; left out (missing_masks='skip', --missing-masks skip)", UserWarning, stacklevel=stacklevel)
+        warnings.warn(
+            message + "; left out (missing_masks='skip', --missing-masks skip)", UserWarning, stacklevel=stacklevel
+        )
     return kept, masks
 
 
@@ -150,7 +153,8 @@ def _finish(
         message = f"{reader}: {len(empty)} group(s) under {where} have no images: {', '.join(empty)}"
         if on_empty == "error":
             raise DataError(
-                message + "; remove them or pass on_empty='warn' to leave them out (cosegkit train/evaluate: --on-empty warn)"
+                message
+                + "; remove them or pass on_empty='warn' to leave them out (cosegkit train/evaluate: --on-empty warn)"
             )
         warnings.warn(message + "; left out (on_empty='warn', --on-empty warn)", UserWarning, stacklevel=stacklevel)
     if not groups:

@@ -206,7 +206,9 @@ class TrainConfig:
             )
         for name, choices in (("missing_masks", ("error", "skip")), ("on_empty", ("error", "warn"))):
             if getattr(self, name) not in choices:
-                raise CosegValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r} (--{_flag(name)})")
+                raise CosegValueError(
+                    f"{name} must be one of {list(choices)}, got {getattr(self, name)!r} (--{_flag(name)})"
+                )
         for name in ("steps", "set_size", "batch_size", "image_size", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -226,7 +228,9 @@ class TrainConfig:
         if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
             raise CosegValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
         if not isinstance(self.superpixel_weight, (int, float)) or self.superpixel_weight < 0:
-            raise CosegValueError(f"superpixel_weight must be non-negative, got {self.superpixel_weight!r} (--superpixel-weight)")
+            raise CosegValueError(
+                f"superpixel_weight must be non-negative, got {self.superpixel_weight!r} (--superpixel-weight)"
+            )
         for name in ("lambda1", "lambda2", "grouping_weight", "distortion_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
@@ -640,7 +644,8 @@ def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = No
     if config.dataset != "folder":
         groups = _select(_read_groups(config), classes, "evaluation classes (--eval-classes)")
         return groups, []
-    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes (--eval-classes)")  # checks the names
+    # checks the names
+    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes (--eval-classes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

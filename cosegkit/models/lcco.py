@@ -748,9 +748,8 @@ class LCCo(nn.Module):
             clip_cfg = open_clip.get_model_config(name)
             if clip_cfg is not None:
                 (path / CLIP_CONFIG_DIR).mkdir(exist_ok=True)
-                atomic_write(
-                    path / CLIP_CONFIG_DIR / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(clip_cfg, indent=2))
-                )
+                text = json.dumps(clip_cfg, indent=2)
+                atomic_write(path / CLIP_CONFIG_DIR / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
             clip_state = {k: v.detach().contiguous().cpu() for k, v in self.clip.clip_state_dict().items()}
             atomic_write(path / CLIP_WEIGHTS_NAME, lambda tmp: save_file(clip_state, tmp, metadata={"format": "pt"}))
         atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
