@@ -21,7 +21,20 @@ def shape_str(x: torch.Tensor) -> str:
 
 
 def check_image_set(images: torch.Tensor, *, name: str = "images") -> None:
-    """Check a batch of image sets: float ``(B, N, 3, H, W)`` with finite values in [0, 1]."""
+    """Check a batch of image sets: floating-point ``(B, N, 3, H, W)`` with finite values in [0, 1].
+
+    Any floating dtype passes (float16, bfloat16, float32, float64): the model converts the
+    images to its own dtype. Integer images are refused (their range is not [0, 1]).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit._validation import check_image_set
+        >>> check_image_set(torch.rand(1, 2, 3, 8, 8, dtype=torch.float64))  # passes silently
+        >>> check_image_set(torch.rand(1, 2, 4, 8, 8))
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegShapeError: expected 3 RGB channels at dim 2 of images (B, N, 3, H, W), got 4 in (1, 2, 4, 8, 8); RGBA images: drop the alpha channel with images[:, :, :3]
+    """
     if is_compiling():
         return
     if not isinstance(images, torch.Tensor):
@@ -43,10 +56,16 @@ def check_image_set(images: torch.Tensor, *, name: str = "images") -> None:
             f"got {name} of shape {shape_str(images)}"
         )
     if c != 3:
+        if w == 3:
+            hint = f"channels-last data needs {name}.permute(0, 1, 4, 2, 3)"
+        elif c == 1:
+            hint = f"repeat grayscale images to RGB with {name}.expand(-1, -1, 3, -1, -1)"
+        elif c == 4:
+            hint = f"RGBA images: drop the alpha channel with {name}[:, :, :3]"
+        else:
+            hint = "pass RGB images"
         raise CosegShapeError(
-            f"expected 3 RGB channels at dim 2 of {name} (B, N, 3, H, W), got {c} in "
-            f"{shape_str(images)}; grayscale images can be repeated with .expand(-1, -1, 3, -1, -1)"
-            + (", channels-last data needs .permute(0, 1, 4, 2, 3)" if w == 3 else "")
+            f"expected 3 RGB channels at dim 2 of {name} (B, N, 3, H, W), got {c} in {shape_str(images)}; {hint}"
         )
     if h == 0 or w == 0:
         raise CosegShapeError(f"expected non-empty images, got {name} of shape {shape_str(images)}")

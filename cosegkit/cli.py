@@ -71,6 +71,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--eval-classes", nargs="+", metavar="GROUP", help="evaluate on these groups at the end")
     d.add_argument("--world-classes", type=_positive, default=16, help="synthetic world: classes (default 16)")
     d.add_argument("--world-seed", type=int, default=0, help="synthetic world: which classes (default 0)")
+    _add_reader_options(d)
     d.add_argument("--image-size", type=_positive, default=224, help="training image side (default 224)")
     d.add_argument("--set-size", type=_positive, default=5, help="images per set N (default 5)")
     d.add_argument("--batch-size", type=_positive, default=2, help="sets per step B (default 2)")
@@ -184,6 +185,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_reader_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--missing-masks",
+        choices=("error", "skip"),
+        default="error",
+        help="an image without a mask: stop (error, default) or leave it out with a warning (skip)",
+    )
+    group.add_argument(
+        "--on-empty",
+        choices=("error", "warn"),
+        default="error",
+        help="a group without images: stop (error, default) or leave it out with a warning (warn)",
+    )
+
+
 def _config_from_args(args: argparse.Namespace):
     from cosegkit.engine.config import TrainConfig
 
@@ -195,6 +211,8 @@ def _config_from_args(args: argparse.Namespace):
         eval_classes=args.eval_classes,
         world_classes=args.world_classes,
         world_seed=args.world_seed,
+        missing_masks=args.missing_masks,
+        on_empty=args.on_empty,
         image_size=args.image_size,
         set_size=args.set_size,
         batch_size=args.batch_size,
@@ -327,7 +345,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         formatter_class=_FORMATTER,
         description="Score a model folder (written by train or save_pretrained) on one or more datasets, "
         "or, with --zero-shot, a frozen CLIP and no trained model (CLIP-ES's softmax-GradCAM and CAA, "
-        "the class each set shares found by CLIP). Zero-shot runs at --image-size (default 224).",
+        "the class each set shares found by CLIP). A model runs at the image size it was trained at, "
+        "zero-shot at 224, unless --image-size says otherwise.",
         epilog="""examples:
   cosegkit evaluate --model runs/pascal/model --data pascal_voc=../shared/data/pascal_voc_coseg
   cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg msrc=data/MSRC --preset ufo --per-group
@@ -343,9 +362,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic"
     )
     p.add_argument("--classes", nargs="+", metavar="GROUP", help="score these groups only")
+    _add_reader_options(p)
     p.add_argument("--preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="binarisation (default ssnm)")
     p.add_argument("--set-size", type=_set_size, default=5, help="images per set, or 'all' (default 5)")
-    p.add_argument("--image-size", type=_positive, default=224, help="evaluation resolution (default 224)")
+    p.add_argument(
+        "--image-size",
+        type=_positive,
+        default=None,
+        help="evaluation resolution (default: the size the model was trained at; 224 for --zero-shot)",
+    )
     p.add_argument("--chunking", choices=("contiguous", "interleaved"), default="contiguous")
     p.add_argument("--batch-size", type=_positive, default=1, help="sets per forward pass")
     p.add_argument("--per-group", action="store_true", help="also print one line per group")
@@ -360,14 +385,42 @@ class _UsageError(Exception):
 
 
 def _model_folder(path: str) -> Path:
-    folder = Path(path)
-    if (folder / "model" / "config.json").is_file():
-        folder = folder / "model"
+    from cosegkit.models.lcco import model_folder
+
+    folder = model_folder(path)  # a run folder gives its model/, as LCCo.from_pretrained does
     if not (folder / "config.json").is_file():
         raise _UsageError(
             f"{path!r} is not a model folder (no config.json); pass run/model or a save_pretrained folder"
         )
     return folder
+
+
+_OLDER_MODEL_SIZE = 224
+
+
+def _trained_image_size(given: int | None, path: str) -> tuple[int, str | None]:
+    """--image-size if given, else the size the model was trained at, else 224 and a notice to print.
+
+    Reads the model's config.json only (no weights), so the data can be prepared before the
+    model loads; the notice is printed once the model has loaded.
+    """
+    if given is not None:
+        return given, None
+    from cosegkit.models.lcco import read_config
+
+    folder = _model_folder(path)
+    stored = read_config(folder).get("image_size")
+    if stored is not None:
+        return int(stored), None
+    return _OLDER_MODEL_SIZE, (
+        f"{folder / 'config.json'} stores no image size (saved by an older cosegkit): using {_OLDER_MODEL_SIZE}; "
+        f"pass --image-size to choose"
+    )
+
+
+def _notice(message: str | None) -> None:
+    if message:
+        print(message, file=sys.stderr)
 
 
 def _load_model(path: str, device):
@@ -573,10 +626,36 @@ def _load_zero_shot(args: argparse.Namespace, device):
     return zs
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
+def _data_hint(spec: str) -> str:
+    """What to write instead of a --data entry without '=': NAME=PATH, with the folder reader for a folder."""
+    from cosegkit.data.readers import READERS
+
+    readers = ", ".join(sorted(READERS))
+    if spec in READERS:
+        return f"--data {spec!r}: give the dataset's folder as {spec}=PATH"
+    if Path(spec).exists() or "/" in spec or "\\" in spec or spec.startswith("."):
+        return (
+            f"--data {spec!r}: name the dataset's layout before its folder, e.g. folder={spec} "
+            f"(layouts: {readers}; or synthetic)"
+        )
+    return f"--data {spec!r}: give a dataset as LAYOUT=PATH (layouts: {readers}), or synthetic"
+
+
+def _read_eval_groups(name: str, root: str, args: argparse.Namespace):
+    """The groups of one --data entry, read with --missing-masks and --on-empty where the layout takes them."""
+    import inspect
+
     from cosegkit.data.readers import get_reader
+
+    reader = get_reader(name)
+    accepted = inspect.signature(reader).parameters
+    options = {"missing_masks": args.missing_masks, "on_empty": args.on_empty}
+    return reader(root, **{k: v for k, v in options.items() if k in accepted})
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cosegkit.data.sampling import EvalSets
-    from cosegkit.engine.config import TrainConfig, build_eval_sets
+    from cosegkit.engine.config import TrainConfig, build_eval_sets, check_mask_sizes
     from cosegkit.engine.distributed import _pick_device
     from cosegkit.engine.evaluate import evaluate
 
@@ -591,7 +670,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.zero_shot and "synthetic" in args.data:
         raise _UsageError("--data synthetic needs a trained model's run folder; --zero-shot takes reader=PATH datasets")
     # every dataset is read and checked before the model is loaded
-    datasets = []
+    read = []
     for spec in args.data:
         name, _, root = spec.partition("=")
         if name == "synthetic":
@@ -600,13 +679,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 raise _UsageError(
                     "--data synthetic needs a model inside a run folder (its config.json names the world)"
                 )
-            config = TrainConfig.load(run_config)
-            config.eval_set_size = args.set_size or config.set_size
-            datasets.append((name, build_eval_sets(config), config.world().class_names))
+            read.append((name, TrainConfig.load(run_config)))
             continue
         if not root:
-            raise _UsageError(f"--data {spec!r}: give the folder as {name}=PATH")
-        groups = get_reader(name)(root)
+            raise _UsageError(_data_hint(spec))
+        groups = _read_eval_groups(name, root, args)
         if args.classes:
             groups = [g for g in groups if g.name in set(args.classes)]
             if not groups:
@@ -617,13 +694,28 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--data {spec!r}: P and J need ground-truth masks, and these groups have none: {unlabelled[:10]}; "
                 f"evaluate labelled data, or co-segment these images with 'cosegkit segment'"
             )
-        dataset = EvalSets(groups, args.set_size, args.image_size, chunking=args.chunking)
-        datasets.append((name, dataset, [g.name for g in groups]))
+        check_mask_sizes(groups, remedy="or leave their groups out with --classes")
+        read.append((name, groups))
+    notice = None
+    if args.zero_shot:
+        image_size = args.image_size or 224
+    else:  # the size the model was trained at, unless --image-size says otherwise
+        image_size, notice = _trained_image_size(args.image_size, args.model)
+    datasets = []
+    for name, data in read:
+        if isinstance(data, TrainConfig):  # the synthetic world of the model's run
+            data.eval_set_size = args.set_size or data.set_size
+            data.image_size = image_size
+            datasets.append((name, build_eval_sets(data), data.world().class_names))
+        else:
+            dataset = EvalSets(data, args.set_size, image_size, chunking=args.chunking)
+            datasets.append((name, dataset, [g.name for g in data]))
     device = _pick_device(args.device, 0)
     if args.zero_shot:
         model = _load_zero_shot(args, device)
     else:
         model, _ = _load_model(args.model, device)
+        _notice(notice)
     results = {}
     for name, dataset, names in datasets:
         result = evaluate(
@@ -778,26 +870,31 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="write a trained model's inference as an ONNX file or a torch.export program",
         formatter_class=_FORMATTER,
         description="Exports images (B, N, 3, S, S) in [0, 1] -> masks (B, N, 1, S, S) object "
-        "probabilities, at a fixed B, N and S, with everything inside (normalisation, CLIP image tower, "
+        "probabilities, at a fixed B, N and S (by default the N and S the model was trained with; 5 and 224 "
+        "for a model saved before cosegkit stored them), with everything inside (normalisation, CLIP image tower, "
         'text bank). A .onnx file needs the export extra (pip install "cosegkit[export]") and is '
         "checked against the eager model with onnxruntime; a .pt2 file is a torch.export program "
         "(torch.export.load(path).module()(images)).",
         epilog="""examples:
-  cosegkit export --model runs/pascal/model --out lcco.onnx --set-size 5 --image-size 224
+  cosegkit export --model runs/pascal/model --out lcco.onnx
   cosegkit export --model runs/pascal --out lcco.pt2 --set-size 8 --image-size 320
 """,
     )
     p.add_argument("--model", required=True, help="a model folder, or a run folder (its model/ is used)")
     p.add_argument("--out", required=True, help="the file to write: .onnx (ONNX) or .pt2 (torch.export)")
-    p.add_argument("--set-size", type=_positive, default=5, help="images per set N (default 5)")
-    p.add_argument("--image-size", type=_positive, default=224, help="square image side S (default 224)")
+    p.add_argument(
+        "--set-size", type=_positive, default=None, help="images per set N (default: the model's training set size)"
+    )
+    p.add_argument(
+        "--image-size", type=_positive, default=None, help="square image side S (default: the model's training size)"
+    )
     p.add_argument("--batch-size", type=_positive, default=1, help="sets per call B (default 1)")
     p.add_argument("--no-verify", action="store_true", help="do not compare the ONNX file with the eager model")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from cosegkit.export import _require_onnx, export_onnx, export_program
+    from cosegkit.export import _require_onnx, export_onnx, export_program, trained_size
 
     out = Path(args.out)
     if out.suffix not in (".onnx", ".pt2"):
@@ -806,15 +903,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise _UsageError(f"--out {args.out!r} is a folder; name the .onnx or .pt2 file to write")
     if out.suffix == ".onnx":
         _require_onnx()  # before the model is read
+    image_size, notice = _trained_image_size(args.image_size, args.model)
     model, folder = _load_model(args.model, "cpu")
-    shape = (args.batch_size, args.set_size, 3, args.image_size, args.image_size)
+    _notice(notice)
+    _, set_size = trained_size(model, image_size, args.set_size)
+    shape = (args.batch_size, set_size, 3, image_size, image_size)
     if out.suffix == ".pt2":
         import time
 
         import torch
 
         tic = time.perf_counter()
-        program = export_program(model, set_size=args.set_size, image_size=args.image_size, batch_size=args.batch_size)
+        program = export_program(model, set_size=set_size, image_size=image_size, batch_size=args.batch_size)
         out.parent.mkdir(parents=True, exist_ok=True)
         torch.export.save(program, str(out))
         print(f"wrote {out} (torch.export, input {shape}, {time.perf_counter() - tic:.1f} s) from {folder}")
@@ -822,8 +922,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     report = export_onnx(
         model,
         out,
-        set_size=args.set_size,
-        image_size=args.image_size,
+        set_size=set_size,
+        image_size=image_size,
         batch_size=args.batch_size,
         verify=not args.no_verify,
     )

@@ -36,7 +36,15 @@ from torch import nn
 
 from cosegkit.errors import CosegValueError
 
-__all__ = ["ExportReport", "InferenceGraph", "export_onnx", "export_program", "onnx_session", "run_onnx"]
+__all__ = [
+    "ExportReport",
+    "InferenceGraph",
+    "export_onnx",
+    "export_program",
+    "onnx_session",
+    "run_onnx",
+    "trained_size",
+]
 
 ONNX_INPUT, ONNX_OUTPUT = "images", "masks"
 _EXTRA = 'pip install "cosegkit[export]"'
@@ -65,6 +73,31 @@ class InferenceGraph(nn.Module):
         return torch.sigmoid(self.model(images).masks)
 
 
+DEFAULT_IMAGE_SIZE, DEFAULT_SET_SIZE = 224, 5
+
+
+def trained_size(model: nn.Module, image_size: int | None = None, set_size: int | None = None) -> tuple[int, int]:
+    """``(image_size, set_size)``: the given ones, else the model's own (:attr:`LCCo.image_size
+    <cosegkit.LCCo.image_size>`, :attr:`LCCo.set_size <cosegkit.LCCo.set_size>`), else 224 and 5.
+
+    Example:
+        >>> from cosegkit.export import trained_size
+        >>> from cosegkit.testing import tiny_model
+        >>> model = tiny_model()
+        >>> trained_size(model)  # a model that does not know how it was trained
+        (224, 5)
+        >>> model.image_size, model.set_size = 64, 4
+        >>> trained_size(model), trained_size(model, image_size=96)
+        ((64, 4), (96, 4))
+    """
+    stored_image, stored_set = (getattr(model, name, None) for name in ("image_size", "set_size"))
+    if image_size is None:
+        image_size = stored_image if isinstance(stored_image, int) else DEFAULT_IMAGE_SIZE
+    if set_size is None:
+        set_size = stored_set if isinstance(stored_set, int) else DEFAULT_SET_SIZE
+    return image_size, set_size
+
+
 def _example(batch_size: int, set_size: int, image_size: int, device: torch.device) -> torch.Tensor:
     for name, value in (("batch_size", batch_size), ("set_size", set_size), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -79,12 +112,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def export_program(
-    model: nn.Module, *, set_size: int = 5, image_size: int = 224, batch_size: int = 1
+    model: nn.Module, *, set_size: int | None = None, image_size: int | None = None, batch_size: int = 1
 ) -> torch.export.ExportedProgram:
     """LCCo inference as a ``torch.export.ExportedProgram`` for ``(batch_size, set_size, 3, S, S)`` inputs.
 
     Save it with ``torch.export.save`` (a ``.pt2`` file), load it with ``torch.export.load``
-    and call ``program.module()(images)``.
+    and call ``program.module()(images)``. ``image_size`` and ``set_size`` default to the
+    model's own (the size it was trained at; :func:`trained_size`), else 224 and 5.
 
     Example:
         >>> import torch
@@ -96,6 +130,7 @@ def export_program(
         >>> bool(torch.allclose(program.module()(images), model.predict(images), atol=1e-5))
         True
     """
+    image_size, set_size = trained_size(model, image_size, set_size)
     example = _example(batch_size, set_size, image_size, _device_of(model))
     with torch.no_grad():
         return torch.export.export(InferenceGraph(model), (example,))
@@ -143,8 +178,8 @@ def export_onnx(
     model: nn.Module,
     path: str | os.PathLike[str],
     *,
-    set_size: int = 5,
-    image_size: int = 224,
+    set_size: int | None = None,
+    image_size: int | None = None,
     batch_size: int = 1,
     verify: bool = True,
     quiet: bool = True,
@@ -159,8 +194,9 @@ def export_onnx(
     Args:
         model: an :class:`~cosegkit.LCCo` (or any module whose output has ``.masks``).
         path: the ``.onnx`` file to write; its folder is created.
-        set_size: images per set ``N``.
-        image_size: the square side ``S``.
+        set_size: images per set ``N`` (default: the model's :attr:`~cosegkit.LCCo.set_size`, else 5).
+        image_size: the square side ``S`` (default: the model's :attr:`~cosegkit.LCCo.image_size`,
+            the size it was trained at, else 224).
         batch_size: sets per call ``B``.
         verify: run the written file with onnxruntime and compare.
         quiet: hide the exporter's progress lines.
@@ -179,6 +215,7 @@ def export_onnx(
     if path.is_dir():
         raise CosegValueError(f"{str(path)!r} is a folder; pass the .onnx file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
+    image_size, set_size = trained_size(model, image_size, set_size)
     example = _example(batch_size, set_size, image_size, _device_of(model))
     graph = InferenceGraph(model)
     tic = time.perf_counter()

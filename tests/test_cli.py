@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,3 +273,128 @@ def test_a_corrupt_model_folder_is_refused_in_one_line(tmp_path, capsys) -> None
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "model.safetensors" in err and "not a complete safetensors file" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def run_at_64(tmp_path_factory):
+    """A tiny model trained one step at --image-size 64 (set size 3)."""
+    from cosegkit.engine import TrainConfig, train
+    from tests.engine.test_trainer import TINY
+
+    run = tmp_path_factory.mktemp("trained-at-64") / "run"
+    train(TrainConfig(**{**TINY, "image_size": 64}, steps=1), run, progress=False)
+    return run
+
+
+def sizes_seen(monkeypatch) -> list:
+    """The (H, W) of every batch that goes through LCCo.forward from now on."""
+    from cosegkit.models.lcco import LCCo
+
+    seen = []
+    forward = LCCo.forward
+
+    def spy(self, images, *args, **kwargs):
+        seen.append(tuple(images.shape[-2:]))
+        return forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(LCCo, "forward", spy)
+    return seen
+
+
+def without_stored_sizes(model_folder):
+    """Drop image_size and set_size from a model folder's config.json, as cosegkit wrote it before storing them."""
+    config_file = model_folder / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["model"]["image_size"], config["model"]["set_size"]
+    config_file.write_text(json.dumps(config))
+    return model_folder
+
+
+def test_evaluate_runs_a_model_at_the_size_it_was_trained_at(run_at_64, tmp_path, monkeypatch, capsys) -> None:
+    import shutil
+
+    world = SyntheticWorld(num_classes=3, image_size=48, objects_per_image=(2, 2), seed=2)
+    write_folder_dataset(world, tmp_path / "data", 2)
+    data = ["--data", f"folder={tmp_path / 'data'}", "--set-size", "2", "--device", "cpu"]
+    seen = sizes_seen(monkeypatch)
+    assert main(["evaluate", "--model", str(run_at_64), *data]) == 0
+    assert set(seen) == {(64, 64)} and "stores no image size" not in capsys.readouterr().err
+    seen.clear()
+    assert main(["evaluate", "--model", str(run_at_64), *data, "--image-size", "40"]) == 0  # told otherwise
+    assert set(seen) == {(40, 40)}
+    seen.clear()
+    assert main(["evaluate", "--model", str(run_at_64 / "model"), "--data", "synthetic", "--device", "cpu"]) == 0
+    assert set(seen) == {(64, 64)}  # the run's synthetic world, drawn at the model's size
+
+    # a model saved before the size was stored, outside a run folder: 224, with a one-line notice
+    older = without_stored_sizes(Path(shutil.copytree(run_at_64 / "model", tmp_path / "older")))
+    capsys.readouterr()
+    seen.clear()
+    assert main(["evaluate", "--model", str(older), *data]) == 0
+    notice = f"{older / 'config.json'} stores no image size (saved by an older cosegkit): using 224; pass --image-size to choose"
+    assert [line for line in capsys.readouterr().err.splitlines() if "image size" in line] == [notice]
+    assert set(seen) == {(224, 224)}
+    # the same older model inside its run folder: the run's config.json has the size
+    old_run = Path(shutil.copytree(run_at_64, tmp_path / "old-run"))
+    without_stored_sizes(old_run / "model")
+    seen.clear()
+    assert main(["evaluate", "--model", str(old_run), *data]) == 0
+    assert set(seen) == {(64, 64)} and "stores no image size" not in capsys.readouterr().err
+
+
+def test_evaluate_and_train_check_every_mask_size_and_take_the_reader_flags(tmp_path, capsys) -> None:
+    world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=(2, 2), seed=2)
+    groups = write_folder_dataset(world, tmp_path / "data", 3)
+    Image.open(groups[1].masks[2]).resize((20, 32)).save(groups[1].masks[2])
+    evaluate = ["evaluate", "--model", str(tmp_path / "no-model"), "--data", f"folder={tmp_path / 'data'}"]
+    assert main(evaluate) == 2  # refused before the model folder is even looked at
+    err = capsys.readouterr().err.strip()
+    assert f"{groups[1].masks[2]} is 20x32 but" in err and "--classes" in err and len(err.splitlines()) == 1
+    assert main([*evaluate, "--classes", groups[0].name, groups[2].name]) == 2
+    assert "is not a model folder" in capsys.readouterr().err  # the data passed
+
+    groups[0].masks[0].unlink()
+    (tmp_path / "data" / "images" / "empty").mkdir()
+    for argv in (evaluate, ["train", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(tmp_path / "r")]):
+        assert main(argv) == 2
+        assert "--missing-masks skip" in capsys.readouterr().err
+        with pytest.warns(UserWarning, match="--missing-masks skip"):
+            assert main([*argv, "--missing-masks", "skip"]) == 2
+        assert "--on-empty warn" in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        assert main([*evaluate, "--missing-masks", "skip", "--on-empty", "warn", "--classes", groups[0].name]) == 2
+    assert "is not a model folder" in capsys.readouterr().err  # read with both flags: on to the model
+
+
+@pytest.mark.parametrize(
+    "spec,hint",
+    [
+        ("data/mine", "folder=data/mine"),
+        ("./photos", "folder=./photos"),
+        ("icoseg", "icoseg=PATH"),
+        ("mine", "LAYOUT=PATH"),
+    ],
+)
+def test_a_data_entry_without_a_layout_gets_the_right_suggestion(spec, hint, capsys) -> None:
+    assert main(["evaluate", "--model", "m", "--data", spec]) == 2
+    err = capsys.readouterr().err.strip()
+    assert hint in err and len(err.splitlines()) == 1
+    if "/" in spec:
+        assert f"{spec}=PATH" not in err  # a folder is not a layout name
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        (["--lambda1", "-1"], "--lambda1"),
+        (["--grouping-weight", "-0.5"], "--grouping-weight"),
+        (["--lr", "0"], "--lr"),
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-low", "0.9"], "--pseudo-low"),
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-margin", "2"], "--pseudo-margin"),
+    ],
+)
+def test_train_setting_errors_name_the_flag(flags, named, tmp_path, capsys) -> None:
+    assert main(["train", *flags, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -131,3 +131,33 @@ def test_export_errors_say_what_to_do(tmp_path, capsys, monkeypatch) -> None:
     assert 'needs onnxruntime: pip install "cosegkit[export]"' in capsys.readouterr().err
     with pytest.raises(CosegValueError, match="set_size must be a positive integer"):
         export_program(tiny_model(), set_size=0)
+
+
+def test_export_uses_the_size_the_model_was_trained_at(tmp_path, capsys) -> None:
+    import json
+
+    from cosegkit.cli import main
+
+    model = tiny_model(image_size=48, set_size=2)
+    assert tuple(export_program(model).example_inputs[0][0].shape) == (1, 2, 3, 48, 48)  # the Python API too
+    folder = model.save_pretrained(tmp_path / "model")
+
+    def exported(*flags: str) -> tuple[int, ...]:
+        out = tmp_path / "m.pt2"
+        assert main(["export", "--model", str(folder), "--out", str(out), *flags]) == 0
+        shape = tuple(torch.export.load(str(out)).example_inputs[0][0].shape)
+        assert f"input {shape}" in capsys.readouterr().out
+        return shape
+
+    assert exported() == (1, 2, 3, 48, 48)
+    assert exported("--image-size", "32", "--set-size", "3") == (1, 3, 3, 32, 32)  # told otherwise
+    config = json.loads((folder / "config.json").read_text())
+    del config["model"]["image_size"], config["model"]["set_size"]  # as saved before the sizes were stored
+    (folder / "config.json").write_text(json.dumps(config))
+    assert main(["export", "--model", str(folder), "--out", str(tmp_path / "old.pt2")]) == 0
+    captured = capsys.readouterr()
+    assert "input (1, 5, 3, 224, 224)" in captured.out
+    assert captured.err.strip() == (
+        f"{folder / 'config.json'} stores no image size (saved by an older cosegkit): using 224; "
+        f"pass --image-size to choose"
+    )

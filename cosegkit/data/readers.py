@@ -135,8 +135,13 @@ def _pair(
             f"named '{mask_stem('<stem>')}.<ext>' for each in {where}"
         )
         if missing_masks == "error":
-            raise DataError(message + "; pass missing_masks='skip' to leave them out")
-        warnings.warn(message + "; left out (missing_masks='skip')", UserWarning, stacklevel=stacklevel)
+            raise DataError(
+                message
+                + "; pass missing_masks='skip' to leave them out (cosegkit train/evaluate: --missing-masks skip)"
+            )
+        warnings.warn(
+            message + "; left out (missing_masks='skip', --missing-masks skip)", UserWarning, stacklevel=stacklevel
+        )
     return kept, masks
 
 
@@ -147,8 +152,11 @@ def _finish(
     if empty:
         message = f"{reader}: {len(empty)} group(s) under {where} have no images: {', '.join(empty)}"
         if on_empty == "error":
-            raise DataError(message + "; remove them or pass on_empty='warn' to leave them out")
-        warnings.warn(message + "; left out (on_empty='warn')", UserWarning, stacklevel=stacklevel)
+            raise DataError(
+                message
+                + "; remove them or pass on_empty='warn' to leave them out (cosegkit train/evaluate: --on-empty warn)"
+            )
+        warnings.warn(message + "; left out (on_empty='warn', --on-empty warn)", UserWarning, stacklevel=stacklevel)
     if not groups:
         raise DataError(f"{reader}: no group with images found under {where}")
     return sorted(groups, key=lambda g: g.name)

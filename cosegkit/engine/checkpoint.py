@@ -2,7 +2,8 @@
 
 A checkpoint is one ``step_XXXXXXXX.pt`` file holding plain tensors, numbers, strings, lists
 and dicts: the model's and optimizer's state dicts, the scheduler's, the step, the RNG states
-and the run's resolved config. It is written to a temporary file in the same folder, flushed
+and the run's resolved config. It is written to a temporary file in the same folder (mode
+``0o666`` minus the umask, as for any file the run writes), flushed
 to disk and renamed over its final name, so a crash at any moment leaves either the previous
 checkpoints or the new one complete, never half a file under a checkpoint name. Reading uses
 ``torch.load(..., weights_only=True)``: a file that would need arbitrary code to unpickle is
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cosegkit._files import temporary_file
 from cosegkit.errors import CosegValueError
 
 __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "find_checkpoints", "load_checkpoint", "save_checkpoint"]
@@ -102,7 +103,7 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / checkpoint_name(step)
     payload = {"format": CHECKPOINT_FORMAT, "step": int(step), **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder)
+    fd, tmp = temporary_file(final)  # mode 0o666 minus the umask, like any file the run writes
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

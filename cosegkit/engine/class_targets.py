@@ -201,7 +201,7 @@ class ClassTargetCache:
         if not hasattr(sets, "unaugmented"):
             raise CosegValueError(
                 f"{type(sets).__name__} cannot give an image without its augmentation (no 'unaugmented' method); "
-                f"compute eq. (12)'s target per set (class_targets='per-set') for these sets"
+                f"compute eq. (12)'s target per set (class_targets='per-set', --class-targets per-set) for these sets"
             )
         self.clip, self.sets, self.rank = clip, sets, rank
         self.folder = Path(folder) if folder is not None else None

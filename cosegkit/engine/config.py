@@ -8,6 +8,7 @@ from it. The builders turn a config into the model, the training sets and the ev
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "build_eval_sets",
     "build_model",
     "build_train_sets",
+    "check_mask_sizes",
     "labelled_eval_groups",
     "steps_for_epochs",
     "train_groups",
@@ -40,6 +42,11 @@ __all__ = [
 
 DATASETS: tuple[str, ...] = ("synthetic", *READERS)
 """Dataset names ``cosegkit train`` accepts: the synthetic world and every reader."""
+
+
+def _flag(name: str) -> str:
+    """The ``cosegkit train`` flag of a TrainConfig field (without the leading dashes)."""
+    return name.replace("_", "-")
 
 
 @dataclass
@@ -50,7 +57,9 @@ class TrainConfig:
     ``"icoseg"``, ``"msrc"``, ``"internet"``, ``"processed"``, ``"folder"``) with ``root`` its
     folder (for COCO, the instances json; images beside it in ``coco_images``). ``classes``
     keeps only those groups for training; ``eval_classes`` names held-out groups evaluated at
-    the end of the run. ``world_*`` describe the synthetic world.
+    the end of the run. ``world_*`` describe the synthetic world. ``missing_masks="skip"``
+    leaves out images without a mask and ``on_empty="warn"`` groups without images, each with
+    a warning, where the reader would refuse them (``--missing-masks``, ``--on-empty``).
 
     Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
@@ -111,7 +120,7 @@ class TrainConfig:
         >>> TrainConfig(dataset="folder", root="photos", pseudo_masks="zero-shot", pseudo_low=0.6)
         Traceback (most recent call last):
             ...
-        cosegkit.errors.CosegValueError: need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low=0.6, pseudo_high=0.55
+        cosegkit.errors.CosegValueError: need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low=0.6, pseudo_high=0.55 (--pseudo-low, --pseudo-high)
     """
 
     # data
@@ -123,6 +132,8 @@ class TrainConfig:
     world_classes: int = 16
     world_seed: int = 0
     world_objects: tuple[int, int] = (2, 3)
+    missing_masks: str = "error"
+    on_empty: str = "error"
     image_size: int = 224
     set_size: int = 5
     batch_size: int = 2
@@ -193,6 +204,11 @@ class TrainConfig:
                 "synthetic world trains on all its classes (--world-classes sets how many) and is scored on "
                 "held-out sets of them"
             )
+        for name, choices in (("missing_masks", ("error", "skip")), ("on_empty", ("error", "warn"))):
+            if getattr(self, name) not in choices:
+                raise CosegValueError(
+                    f"{name} must be one of {list(choices)}, got {getattr(self, name)!r} (--{_flag(name)})"
+                )
         for name in ("steps", "set_size", "batch_size", "image_size", "checkpoint_every", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -202,7 +218,9 @@ class TrainConfig:
                 f"workers must be a non-negative integer (0: load in the main process), got {self.workers!r}"
             )
         if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr < 0):
-            raise CosegValueError(f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr}")
+            raise CosegValueError(
+                f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr} (--lr, --encoder-lr)"
+            )
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
         self._check_pseudo_masks()
         if self.grouping_level not in (1, 2, 3):
@@ -210,11 +228,13 @@ class TrainConfig:
         if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
             raise CosegValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
         if not isinstance(self.superpixel_weight, (int, float)) or self.superpixel_weight < 0:
-            raise CosegValueError(f"superpixel_weight must be non-negative, got {self.superpixel_weight!r}")
-        for name in ("grouping_weight", "distortion_weight"):
+            raise CosegValueError(
+                f"superpixel_weight must be non-negative, got {self.superpixel_weight!r} (--superpixel-weight)"
+            )
+        for name in ("lambda1", "lambda2", "grouping_weight", "distortion_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise CosegValueError(f"{name} must be non-negative, got {value!r}")
+                raise CosegValueError(f"{name} must be non-negative, got {value!r} (--{_flag(name)})")
         if self.superpixel_weight > 0 and not self.use_grouping:
             raise CosegValueError(
                 "superpixel_weight > 0 trains the grouping layer's assignment: turn the layer on "
@@ -251,10 +271,13 @@ class TrainConfig:
         if self.pseudo_rule not in ("fixed", "adaptive"):
             raise CosegValueError(f"pseudo_rule must be 'fixed' or 'adaptive', got {self.pseudo_rule!r}")
         if not isinstance(self.pseudo_margin, (int, float)) or not 0 <= self.pseudo_margin < 1:
-            raise CosegValueError(f"pseudo_margin must be in [0, 1), got {self.pseudo_margin!r}")
+            raise CosegValueError(f"pseudo_margin must be in [0, 1), got {self.pseudo_margin!r} (--pseudo-margin)")
         low, high = self.pseudo_low, self.pseudo_high
         if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 <= low <= high <= 1):
-            raise CosegValueError(f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high}")
+            raise CosegValueError(
+                f"need 0 <= pseudo_low <= pseudo_high <= 1, got pseudo_low={low}, pseudo_high={high} "
+                f"(--pseudo-low, --pseudo-high)"
+            )
         for name in ("pseudo_templates", "pseudo_background"):
             value = getattr(self, name)
             if value is None:
@@ -375,10 +398,15 @@ def steps_for_epochs(config: TrainConfig, epochs: float) -> int:
 
 def _read_groups(config: TrainConfig, *, masks: bool = True, **options: Any) -> list[Group]:
     reader = get_reader(config.dataset)
+    options = {"missing_masks": config.missing_masks, "on_empty": config.on_empty, **options}
+    accepted = inspect.signature(reader).parameters
+    options = {k: v for k, v in options.items() if k in accepted}
     if config.dataset == "coco":
         if not config.coco_images:
             raise CosegValueError("dataset 'coco' needs the image folder too: pass coco_images (--coco-images PATH)")
-        return reader(config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)))
+        return reader(
+            config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)), **options
+        )
     if config.dataset == "folder":
         return reader(config.root, masks=masks, **options)
     return reader(config.root, **options)
@@ -419,10 +447,10 @@ def train_groups(config: TrainConfig) -> list[Group]:
     if config.pseudo_masks:
         from cosegkit.engine.pseudo import strip_masks
 
-        groups = _select(_read_groups(config, masks=False), config.classes, "training classes")
+        groups = _select(_read_groups(config, masks=False), config.classes, "training classes (--classes)")
         return [strip_masks(g) for g in groups]
     try:
-        groups = _select(_read_groups(config), config.classes, "training classes")
+        groups = _select(_read_groups(config), config.classes, "training classes (--classes)")
     except DataError as err:
         if config.dataset == "folder" and "mask" in str(err):
             raise DataError(f"{err}; or {_PSEUDO_HINT}") from err
@@ -431,6 +459,58 @@ def train_groups(config: TrainConfig) -> list[Group]:
     if unlabelled:
         raise DataError(f"training needs masks, but these groups have none: {unlabelled[:10]}; {_PSEUDO_HINT}")
     return groups
+
+
+def check_mask_sizes(groups: Sequence[Group], *, remedy: str = "") -> None:
+    """Check, from the file headers only, that every mask of ``groups`` has its image's size.
+
+    Training samples a few images per step, so a wrong-size mask would otherwise surface only
+    at the step that draws it; this reads every pair's header (no pixel is decoded) before
+    the first step. Groups without mask files (unlabelled, COCO) are skipped.
+
+    Args:
+        groups: the groups to check.
+        remedy: what to do, appended to the message (e.g. the command-line flag).
+
+    Raises:
+        DataError: one line naming the pairs whose sizes differ (the first three, and how many).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data.types import Group
+        >>> from cosegkit.engine.config import check_mask_sizes
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 6)).save(tmp / "a.jpg")
+        >>> Image.new("L", (8, 6)).save(tmp / "a.png")
+        >>> Image.new("RGB", (8, 6)).save(tmp / "b.jpg")
+        >>> Image.new("L", (6, 6)).save(tmp / "b.png")
+        >>> check_mask_sizes([Group("cats", (tmp / "a.jpg",), (tmp / "a.png",))])  # passes silently
+        >>> check_mask_sizes([Group("cats", (tmp / "a.jpg", tmp / "b.jpg"), (tmp / "a.png", tmp / "b.png"))])
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.data.types.DataError: 1 mask(s) of 2 differ in size from their image: ...b.png is 6x6 but ...b.jpg is 8x6 ...
+    """
+    from cosegkit.data.io import image_size
+
+    checked, wrong = 0, []
+    for group in groups:
+        if group.masks is None:
+            continue
+        for image, mask in zip(group.images, group.masks, strict=True):
+            checked += 1
+            image_wh, mask_wh = image_size(image), image_size(mask)
+            if image_wh != mask_wh:
+                wrong.append(f"{mask} is {mask_wh[0]}x{mask_wh[1]} but {image} is {image_wh[0]}x{image_wh[1]}")
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise DataError(
+            f"{len(wrong)} mask(s) of {checked} differ in size from their image: {'; '.join(wrong[:3])}{more} "
+            f"(width x height); a mask must have its image's size: fix or remove these files"
+            + (f", {remedy}" if remedy else "")
+        )
 
 
 def build_train_sets(
@@ -533,7 +613,7 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
         if not groups:
             raise DataError(f"none of the evaluation groups has masks ({unlabelled[:10]}); evaluation needs them")
     else:
-        groups = _select(_read_groups(config), classes, "evaluation classes")
+        groups = _select(_read_groups(config), classes, "evaluation classes (--eval-classes)")
     return EvalSets(groups, config.eval_set_size, config.image_size)
 
 
@@ -562,9 +642,10 @@ def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = No
         (['dogs'], ['cats'])
     """
     if config.dataset != "folder":
-        groups = _select(_read_groups(config), classes, "evaluation classes")
+        groups = _select(_read_groups(config), classes, "evaluation classes (--eval-classes)")
         return groups, []
-    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes")  # checks the names
+    # checks the names
+    wanted = _select(_read_groups(config, masks=False), classes, "evaluation classes (--eval-classes)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -579,6 +660,10 @@ def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = No
 def build_model(config: TrainConfig) -> torch.nn.Module:
     """The LCCo of ``config``, initialised from ``config.seed`` (so a resumed run rebuilds it).
 
+    The model records the run's ``image_size`` and ``set_size`` (:attr:`LCCo.image_size
+    <cosegkit.LCCo.image_size>`), so the saved model is evaluated and exported at the size it
+    was trained at.
+
     Example:
         A tiny random model (no weights are downloaded), fine for smoke tests:
 
@@ -590,8 +675,8 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
         ... )
         >>> model = build_model(config).eval()
-        >>> type(model).__name__
-        'LCCo'
+        >>> type(model).__name__, model.image_size, model.set_size
+        ('LCCo', 32, 2)
         >>> images = torch.rand(1, config.set_size, 3, config.image_size, config.image_size)
         >>> with torch.no_grad():
         ...     out = model(images)
@@ -638,4 +723,6 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         use_grouping=config.use_grouping,
         grouping_level=config.grouping_level,
         num_groups=config.num_groups,
+        image_size=config.image_size,
+        set_size=config.set_size,
     )

@@ -100,6 +100,12 @@ def evaluate(
     Masks are compared at the images' resolution (the items' mask size). Images repeated to
     fill a set (``score`` False) and padding (``valid`` False) are run but not scored.
 
+    The dataset's items fix the resolution the model runs at: build
+    :class:`~cosegkit.data.EvalSets` at the size the model was trained at,
+    ``EvalSets(groups, 5, model.image_size or 224)``, as ``cosegkit evaluate`` does
+    (:attr:`LCCo.image_size <cosegkit.LCCo.image_size>` is ``None`` for a model saved before
+    cosegkit stored it).
+
     Args:
         model: an :class:`~cosegkit.LCCo` (or a DDP wrapper of one), or a
             :class:`~cosegkit.zeroshot.ZeroShotCoseg`.

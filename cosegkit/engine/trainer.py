@@ -384,6 +384,7 @@ def _train(
         from cosegkit.engine.config import train_groups
 
         data_groups = train_groups(config)  # read once; a missing data folder fails here, before weights are fetched
+        _check_sizes(config, data_groups)  # every pair, from the headers: not at the step that samples it
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -545,6 +546,19 @@ def _train(
         if dist.is_main:
             (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
     return TrainResult(run, config.steps, loss_value, evaluation)
+
+
+def _check_sizes(config: TrainConfig, groups) -> None:
+    """Refuse, before the first step, a training or held-out mask whose size is not its image's."""
+    from cosegkit.engine.config import _read_groups, _select, check_mask_sizes, labelled_eval_groups
+
+    checked = list(groups)
+    if config.eval_classes:
+        if config.pseudo_masks and config.dataset == "folder":
+            checked += labelled_eval_groups(config, config.eval_classes)[0]
+        else:
+            checked += _select(_read_groups(config), config.eval_classes, "evaluation classes (--eval-classes)")
+    check_mask_sizes(checked, remedy="or leave their groups out (--classes / --eval-classes; TrainConfig.classes)")
 
 
 def _class_target_cache(config: TrainConfig, model, dataset, groups, store, run: Path, dist):

@@ -19,6 +19,7 @@ from einops import rearrange
 from torch import nn
 
 from cosegkit import __version__
+from cosegkit._files import atomic_write
 from cosegkit._validation import check_image_set, is_compiling, resolve_valid
 from cosegkit.clip.frozen import FrozenClip, weights_follow
 from cosegkit.clip.vocabulary import DEFAULT_TEMPLATES, DEFAULT_VOCABULARY
@@ -125,6 +126,14 @@ def build_encoder(name: str, weights: str | os.PathLike[str] | None, depth: int)
     return encoder
 
 
+def _positive_or_none(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CosegValueError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
 def _encoder_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
     if name.startswith("tu-"):
         import timm
@@ -133,6 +142,91 @@ def _encoder_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
         if cfg is not None and getattr(cfg, "mean", None) and getattr(cfg, "std", None):
             return tuple(cfg.mean), tuple(cfg.std)
     return IMAGENET_MEAN, IMAGENET_STD
+
+
+def model_folder(path: str | os.PathLike[str]) -> Path:
+    """The model folder that ``path`` names: ``path/model`` for a run folder of ``cosegkit train``, else ``path``.
+
+    A folder holding ``model/config.json`` is a run folder (its own ``config.json`` is the
+    run's settings, not a model's). The command line and :meth:`LCCo.from_pretrained
+    <cosegkit.LCCo.from_pretrained>` follow this one rule.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.models.lcco import model_folder
+        >>> run = Path(tempfile.mkdtemp())
+        >>> (run / "model").mkdir()
+        >>> _ = (run / "model" / "config.json").write_text("{}")
+        >>> model_folder(run) == run / "model", model_folder(run / "model") == run / "model"
+        (True, True)
+    """
+    folder = Path(path)
+    if (folder / "model" / CONFIG_NAME).is_file():
+        return folder / "model"
+    return folder
+
+
+def _run_settings(folder: Path, encoder_name: Any) -> dict[str, int]:
+    """``image_size`` and ``set_size`` from the config.json of the run folder around a model folder.
+
+    Only a training run's config (it names the same encoder as the model) counts; anything
+    else gives ``{}``.
+    """
+    run_config = folder.resolve().parent / CONFIG_NAME
+    try:
+        data = json.loads(run_config.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or "model" in data or data.get("encoder") != encoder_name:
+        return {}
+    found = {}
+    for key in ("image_size", "set_size"):
+        value = data.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            found[key] = value
+    return found
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The constructor arguments stored in a model folder's ``config.json``, as :meth:`LCCo.from_pretrained
+    <cosegkit.LCCo.from_pretrained>` reads them.
+
+    A config written before the variants existed gets the settings it was built with; one written
+    before ``image_size`` and ``set_size`` were stored takes them from the run folder around
+    it (``cosegkit train``'s ``config.json``), or has ``None`` for them. Reading it loads no
+    weights, so a command can check its settings before the model is loaded.
+
+    Raises:
+        WeightsUnavailableError: no readable LCCo ``config.json`` in the folder.
+
+    Example:
+        >>> import json, tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.models.lcco import read_config
+        >>> run = Path(tempfile.mkdtemp())  # a run folder written before the image size was stored
+        >>> _ = (run / "config.json").write_text(json.dumps({"encoder": "resnet18", "image_size": 64, "set_size": 4}))
+        >>> (run / "model").mkdir()
+        >>> _ = (run / "model" / "config.json").write_text(json.dumps({"model": {"encoder_name": "resnet18"}}))
+        >>> config = read_config(run / "model")
+        >>> config["image_size"], config["set_size"], config["variant"]
+        (64, 4, 'paper')
+    """
+    config_file = Path(path) / CONFIG_NAME
+    try:
+        kwargs = dict(json.loads(config_file.read_text())["model"])
+    except FileNotFoundError as err:
+        raise WeightsUnavailableError(f"{str(Path(path))!r} is not an LCCo checkpoint: no {CONFIG_NAME} in it") from err
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise WeightsUnavailableError(f"{str(config_file)!r} is not a valid LCCo config: {err}") from err
+    if "variant" not in kwargs:  # written before the variants existed
+        kwargs = {**LEGACY_SETTINGS, **kwargs}
+    if kwargs.get("image_size") is None or kwargs.get("set_size") is None:  # e.g. written before they were stored
+        found = _run_settings(Path(path), kwargs.get("encoder_name"))
+        for key in ("image_size", "set_size"):
+            if kwargs.get(key) is None:
+                kwargs[key] = found.get(key)
+    return kwargs
 
 
 class LCCo(nn.Module):
@@ -208,6 +302,13 @@ class LCCo(nn.Module):
             (the paper) or ``"mean"``.
         class_prior: weight :math:`\tau` of CLIP's own ranking in eq. (7),
             :math:`\mathrm{MLP}_3(s_i) + \tau\,\mathrm{LN}(s_i)`; 0 in the paper.
+        image_size: the square image side ``S`` the model was trained at (``cosegkit train``
+            records its ``--image-size``), or ``None`` when unknown. It changes nothing in
+            the forward pass, which takes any size; it is saved with the model, and
+            ``cosegkit evaluate``, ``segment`` and ``export`` (and
+            :func:`~cosegkit.export.export_onnx`) resize to it unless told another size.
+        set_size: the images per set ``N`` the model was trained with, or ``None`` when
+            unknown; saved with the model like ``image_size``.
 
     Example:
         >>> import torch
@@ -253,6 +354,8 @@ class LCCo(nn.Module):
         class_pool: str | None = None,
         class_prior: float | None = None,
         micro_batch: int | None = 8,
+        image_size: int | None = None,
+        set_size: int | None = None,
     ) -> None:
         super().__init__()
         settings = resolve_settings(
@@ -390,6 +493,43 @@ class LCCo(nn.Module):
             **settings,
             "micro_batch": micro_batch,
         }
+        self.image_size = image_size
+        self.set_size = set_size
+
+    # ------------------------------------------------------------------ how it was trained
+    @property
+    def image_size(self) -> int | None:
+        """The square image side the model was trained at, or ``None`` when unknown.
+
+        :meth:`save_pretrained` stores it in ``config.json``; ``cosegkit evaluate``, ``segment``
+        and ``export`` resize to it unless given ``--image-size``. A model saved before the
+        size was stored reads it from the ``config.json`` of the run folder around it, when
+        there is one (:meth:`from_pretrained`), and is ``None`` otherwise.
+
+        Example:
+            >>> from cosegkit import LCCo
+            >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None, decoder_channels=(16, 16, 8, 8),
+            ...              use_correspondence=False, use_interaction=False, use_regularization=False)
+            >>> print(model.image_size)
+            None
+            >>> model.image_size = 64  # e.g. after training it yourself at 64 x 64
+            >>> model.image_size, model.config["image_size"]
+            (64, 64)
+        """
+        return self.config.get("image_size")
+
+    @image_size.setter
+    def image_size(self, value: int | None) -> None:
+        self.config["image_size"] = _positive_or_none(value, "image_size")
+
+    @property
+    def set_size(self) -> int | None:
+        """The images per set the model was trained with, or ``None`` when unknown (stored like :attr:`image_size`)."""
+        return self.config.get("set_size")
+
+    @set_size.setter
+    def set_size(self, value: int | None) -> None:
+        self.config["set_size"] = _positive_or_none(value, "set_size")
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -402,7 +542,9 @@ class LCCo(nn.Module):
         """Co-segment batches of image sets.
 
         Args:
-            images: ``(B, N, 3, H, W)`` RGB in [0, 1]: ``B`` sets of ``N >= 1`` images.
+            images: ``(B, N, 3, H, W)`` RGB in [0, 1]: ``B`` sets of ``N >= 1`` images, of any
+                floating dtype (converted to the model's: a float64 or float16 batch runs on a
+                float32 model).
             valid: optional boolean ``(B, N)``; False marks padding in sets shorter than ``N``.
                 Padded images neither send nor receive messages and do not count in set
                 statistics; their masks are meaningless.
@@ -419,6 +561,8 @@ class LCCo(nn.Module):
             An :class:`~cosegkit.models.output.LCCoOutput`.
         """
         check_image_set(images)
+        if images.dtype != self.head.weight.dtype:  # float64 / float16 data: the model's own precision
+            images = images.to(self.head.weight.dtype)
         b, n, _, h, w = images.shape
         valid = resolve_valid(valid, b, n, images.device)
         if masks is not None and not is_compiling() and tuple(masks.shape) != (b, n, 1, h, w):
@@ -533,7 +677,9 @@ class LCCo(nn.Module):
         """Write ``config.json``, ``model.safetensors`` and, with a CLIP, ``clip.safetensors``.
 
         The directory is self-contained: :meth:`from_pretrained` rebuilds the model from it
-        without downloading anything, and loading never unpickles code.
+        without downloading anything, and loading never unpickles code. ``config.json`` holds
+        the constructor's settings, :attr:`image_size` and :attr:`set_size` included. Each
+        file is written atomically, with the usual mode (``0o666`` minus the umask).
 
         Returns:
             The directory.
@@ -544,7 +690,7 @@ class LCCo(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         config = {"cosegkit_version": __version__, "model": dict(self.config)}
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         if self.clip is not None:
             name = self.clip.source.get("model_name")
             if not name:
@@ -558,34 +704,54 @@ class LCCo(nn.Module):
             clip_cfg = open_clip.get_model_config(name)
             if clip_cfg is not None:
                 (path / CLIP_CONFIG_DIR).mkdir(exist_ok=True)
-                (path / CLIP_CONFIG_DIR / f"{name}.json").write_text(json.dumps(clip_cfg, indent=2))
+                text = json.dumps(clip_cfg, indent=2)
+                atomic_write(path / CLIP_CONFIG_DIR / f"{name}.json", lambda tmp: Path(tmp).write_text(text))
             clip_state = {k: v.detach().contiguous().cpu() for k, v in self.clip.clip_state_dict().items()}
-            save_file(clip_state, str(path / CLIP_WEIGHTS_NAME), metadata={"format": "pt"})
-        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+            atomic_write(path / CLIP_WEIGHTS_NAME, lambda tmp: save_file(clip_state, tmp, metadata={"format": "pt"}))
+        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
         return path
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LCCo:
-        """Load a model written by :meth:`save_pretrained`, from a folder or a Hugging Face hub id.
+        """Load a model written by :meth:`save_pretrained`: a folder, a run folder, or a Hugging Face hub id.
+
+        A run folder of ``cosegkit train`` (one holding ``model/``) loads its ``model/``, as the
+        command line does. A model saved before :attr:`image_size` and :attr:`set_size` were
+        stored takes them from the run folder's ``config.json`` around it, when there is one.
 
         Raises:
             WeightsUnavailableError: a hub id that cannot be fetched (e.g. offline), missing
                 files, or a truncated or foreign weights file.
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> from cosegkit import LCCo
+            >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None, decoder_channels=(16, 16, 8, 8),
+            ...              use_correspondence=False, use_interaction=False, use_regularization=False,
+            ...              image_size=64, set_size=4)
+            >>> run = Path(tempfile.mkdtemp())
+            >>> _ = model.save_pretrained(run / "model")
+            >>> loaded = LCCo.from_pretrained(run)  # the run folder: its model/ is loaded
+            >>> loaded.image_size, loaded.set_size
+            (64, 4)
         """
         path = Path(name_or_path)
-        if not path.is_dir():
+        if path.is_dir():
+            path = model_folder(path)
+        else:
             path = cls._download(str(name_or_path))
-        config_file = path / CONFIG_NAME
-        if not config_file.is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise WeightsUnavailableError(
-                f"{str(path)!r} is not an LCCo checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it"
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            unfinished = (
+                "; it looks like a run folder whose run has not finished (no model/ yet): resume it with "
+                f"cosegkit train --out {path} --resume"
+                if (path / "checkpoints").is_dir()
+                else ""
             )
-        try:
-            kwargs = dict(json.loads(config_file.read_text())["model"])
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise WeightsUnavailableError(f"{str(config_file)!r} is not a valid LCCo config: {err}") from err
-        if "variant" not in kwargs:  # written before the variants existed
-            kwargs = {**LEGACY_SETTINGS, **kwargs}
+            raise WeightsUnavailableError(
+                f"{str(path)!r} is not an LCCo checkpoint: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it{unfinished}"
+            )
+        kwargs = read_config(path)
         clip = None
         if kwargs["use_interaction"] or kwargs["use_regularization"]:
             import open_clip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -56,3 +58,25 @@ def test_refuses_truncated_foreign_unsafe_and_missing_files(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
     assert issubclass(CheckpointError, ValueError)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoints_and_cache_files_get_the_usual_mode(tmp_path, umask: int) -> None:
+    """0o666 minus the umask, as config.json and every file open() creates get (mkstemp and safetensors give 0o600)."""
+    import os
+    import stat
+
+    from safetensors.torch import save_file
+
+    from cosegkit.engine._files import atomic_write
+
+    old = os.umask(umask)
+    try:
+        written = [save_checkpoint({"model": {"w": torch.zeros(3)}}, tmp_path, step=1)]
+        atomic_write(tmp_path / "maps.safetensors", lambda tmp: save_file({"m": torch.zeros(2)}, tmp))
+        atomic_write(tmp_path / "key.json", lambda tmp: Path(tmp).write_text("{}"))
+        written += [tmp_path / "maps.safetensors", tmp_path / "key.json"]
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o666 & ~umask}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.json", "maps.safetensors", "step_00000001.pt"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -44,3 +45,26 @@ def test_every_override_reaches_the_model_through_the_config() -> None:
     assert m.regularization.class_pool == "max"
     assert not m.interaction.unit_scale and not m.regularization.unit_scale
     assert not m.correspondence.residual and m.interaction.residual
+
+
+def test_missing_masks_and_empty_groups_name_the_python_argument_and_the_flag(tmp_path) -> None:
+    from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+    from cosegkit.data.types import DataError
+    from cosegkit.engine.config import train_groups
+
+    groups = write_folder_dataset(SyntheticWorld(num_classes=3, image_size=32, objects_per_image=(2, 2), seed=1), tmp_path, images_per_group=3)
+    groups[0].masks[0].unlink()
+    (tmp_path / "images" / "empty group").mkdir()
+    config = dict(dataset="folder", root=str(tmp_path))
+    with pytest.raises(DataError, match=r"missing_masks='skip'.*--missing-masks skip"):
+        train_groups(TrainConfig(**config))
+    with pytest.raises(DataError, match=r"on_empty='warn'.*--on-empty warn"), pytest.warns(UserWarning, match="left out"):
+        train_groups(TrainConfig(**config, missing_masks="skip"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        read = train_groups(TrainConfig(**config, missing_masks="skip", on_empty="warn"))
+    said = " | ".join(str(w.message) for w in caught)
+    assert "left out (missing_masks='skip', --missing-masks skip)" in said and "left out (on_empty='warn'" in said
+    assert [len(g) for g in read] == [2, 3, 3]
+    with pytest.raises(ValueError, match=r"missing_masks must be one of \['error', 'skip'\], got 'ignore' \(--missing-masks\)"):
+        TrainConfig(**config, missing_masks="ignore")

@@ -211,3 +211,50 @@ def test_a_file_as_run_folder_and_resuming_a_non_run_say_what_to_do(tmp_path) ->
     (tmp_path / "empty").mkdir()
     with pytest.raises(CosegValueError, match=r"not a run folder \(no config.json\).*start one without --resume"):
         train(None, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_a_trained_model_remembers_its_image_and_set_size(tmp_path) -> None:
+    from cosegkit import LCCo
+
+    run = train(TrainConfig(**{**TINY, "image_size": 64}, steps=1), tmp_path / "run", progress=False).run_dir
+    stored = json.loads((run / "model" / "config.json").read_text())["model"]
+    assert (stored["image_size"], stored["set_size"]) == (64, 3)
+    model = LCCo.from_pretrained(run)  # the run folder: its model/
+    assert (model.image_size, model.set_size) == (64, 3)
+
+
+def _folder_with_a_wrong_size_mask(root: Path, group: int) -> tuple[list, Path]:
+    from PIL import Image
+
+    from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+
+    groups = write_folder_dataset(SyntheticWorld(num_classes=3, image_size=32, objects_per_image=(2, 2), seed=1), root, images_per_group=4)
+    wrong = groups[group].masks[-1]
+    Image.open(wrong).resize((40, 32)).save(wrong)
+    return groups, wrong
+
+
+@pytest.mark.parametrize("held_out", [False, True])
+def test_a_wrong_size_mask_is_refused_before_the_model_is_built(tmp_path, monkeypatch, held_out) -> None:
+    """Every pair's size is read from the headers before training: not at the step that samples the mask."""
+    import cosegkit.engine.trainer as trainer
+    from cosegkit.data.types import DataError
+
+    def no_model(config):
+        raise AssertionError("the model was built before the mask sizes were checked")
+
+    monkeypatch.setattr(trainer, "build_model", no_model)
+    groups, wrong = _folder_with_a_wrong_size_mask(tmp_path / "data", group=2 if held_out else 0)
+    names = [g.name for g in groups]
+    config = TrainConfig(
+        **{**TINY, "dataset": "folder", "root": str(tmp_path / "data")},
+        classes=names[:2],
+        eval_classes=names[2:] if held_out else None,
+        steps=1,
+    )
+    with pytest.raises(DataError) as info:
+        train(config, tmp_path / "run", progress=False)
+    message = str(info.value)
+    assert f"{wrong} is 40x32 but" in message and "1 mask(s) of" in message and "--classes" in message
+    assert len(message.splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -505,3 +506,81 @@ def test_false_and_zero_overrides_beat_the_default_variant(tmp_path) -> None:
     }
     loaded = LCCo.from_pretrained(m.save_pretrained(tmp_path / "m"))
     assert module_settings(loaded) == module_settings(m)
+
+
+def test_rgba_images_get_their_own_hint(model: LCCo) -> None:
+    with pytest.raises(CosegShapeError, match=r"got 4 in .*RGBA images: drop the alpha channel with images\[:, :, :3\]"):
+        model(torch.rand(1, 2, 4, 32, 32))
+    with pytest.raises(CosegShapeError, match="grayscale") as info:
+        model(torch.rand(1, 2, 1, 32, 32))
+    assert "alpha" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_floating_input_of_any_precision_runs_at_the_models(model: LCCo, dtype: torch.dtype) -> None:
+    x = rand_images(1, 3).to(dtype)
+    probs = model.predict(x)
+    assert probs.dtype == torch.float32
+    assert torch.equal(probs, model.predict(x.float()))  # the same values in float32: the same masks
+
+
+def test_image_and_set_size_are_stored_and_round_trip(tmp_path) -> None:
+    m = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False)
+    assert m.image_size is None and m.set_size is None  # not known unless told
+    m = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False, image_size=64, set_size=4)
+    path = m.save_pretrained(tmp_path / "model")
+    stored = json.loads((path / "config.json").read_text())["model"]
+    assert (stored["image_size"], stored["set_size"]) == (64, 4)
+    loaded = LCCo.from_pretrained(path)
+    assert (loaded.image_size, loaded.set_size) == (64, 4)
+    loaded.image_size = 96
+    assert loaded.config["image_size"] == 96
+    for bad in (0, -3, 64.0, True, "64"):
+        with pytest.raises(CosegValueError, match="image_size must be a positive integer or None"):
+            loaded.image_size = bad
+
+
+def test_a_config_without_the_sizes_loads_with_none_or_its_runs_sizes(tmp_path) -> None:
+    m = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False, image_size=64, set_size=4)
+    path = m.save_pretrained(tmp_path / "run" / "model")
+    config = json.loads((path / "config.json").read_text())
+    for key in ("image_size", "set_size"):
+        del config["model"][key]  # as written before the sizes were stored
+    (path / "config.json").write_text(json.dumps(config))
+    older = LCCo.from_pretrained(path)
+    assert (older.image_size, older.set_size) == (None, None)
+    # inside the run folder of cosegkit train, the run's own config.json gives them
+    run_config = {"dataset": "synthetic", "encoder": "tu-test_convnext", "image_size": 48, "set_size": 3}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(run_config))
+    assert (LCCo.from_pretrained(path).image_size, LCCo.from_pretrained(path).set_size) == (48, 3)
+    # a config.json around it that is not this model's run is not read
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**run_config, "encoder": "resnet50"}))
+    assert LCCo.from_pretrained(path).image_size is None
+
+
+def test_from_pretrained_takes_a_run_folder(tmp_path) -> None:
+    m = tiny_lcco(use_correspondence=False, use_interaction=False, use_regularization=False).eval()
+    m.save_pretrained(tmp_path / "run" / "model")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"dataset": "synthetic", "encoder": "resnet50"}))
+    x = rand_images(1, 2)
+    assert torch.equal(LCCo.from_pretrained(tmp_path / "run").eval()(x).masks, m(x).masks)
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.json").write_text("{}")
+    with pytest.raises(WeightsUnavailableError, match="has not finished.*--resume"):
+        LCCo.from_pretrained(unfinished)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_get_the_usual_mode(tmp_path, umask: int) -> None:
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = tiny_lcco().save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir() if p.is_file()}
+    assert set(modes) == {"config.json", "model.safetensors", "clip.safetensors"}
+    assert set(modes.values()) == {0o666 & ~umask}
