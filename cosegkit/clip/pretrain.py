@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cosegkit._files import atomic_write
 from cosegkit.data.synthetic import SyntheticWorld
 from cosegkit.errors import CosegValueError
 
@@ -117,10 +117,7 @@ def register_synthetic_clip() -> str:
         text = json.dumps(SYNTHETIC_CLIP_CONFIG)
         if not path.is_file() or path.read_text() != text:
             # atomically: processes started together (torchrun, a process pool) read this file
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
         open_clip.add_model_config(path)
     return SYNTHETIC_CLIP
 
@@ -299,11 +296,10 @@ def pretrain_synthetic_clip(
     elapsed = time.perf_counter() - start
 
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, target)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(target, lambda tmp: save_file(state, tmp))  # the usual mode, not safetensors' 0o600
     meta = {"config": asdict(config), "arch": SYNTHETIC_CLIP_CONFIG, "train_seconds": round(elapsed, 1)}
-    target.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    atomic_write(target.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
     return target
 
 

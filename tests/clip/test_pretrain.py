@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
@@ -54,3 +55,19 @@ def test_registering_from_many_processes_at_once(tmp_path) -> None:
     errors = [p.communicate(timeout=300)[1].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
     assert [p.name for p in (tmp_path / "open_clip_configs").iterdir()] == [f"{SYNTHETIC_CLIP}.json"]
+
+
+def test_cached_files_get_the_usual_mode(tmp_path) -> None:
+    """0o666 minus the umask, as open() gives (tempfile.mkstemp and safetensors' save_file give 0o600)."""
+    code = (
+        "import os; os.umask(0o027)\n"
+        "from cosegkit.clip.pretrain import ClipPretrainConfig, pretrain_synthetic_clip, register_synthetic_clip\n"
+        "register_synthetic_clip(); pretrain_synthetic_clip(ClipPretrainConfig(num_classes=5, steps=1, batch_size=2))"
+    )
+    env = dict(os.environ, COSEGKIT_CACHE=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    names = sorted(p.suffix for p in files)
+    assert names == [".json", ".json", ".safetensors"], files  # the architecture, the weights and their notes
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in files} == dict.fromkeys(files, 0o640)
