@@ -110,6 +110,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--grouping-level", type=int, choices=(1, 2, 3), default=1, help="decoder level of the grouping (default 1)"
     )
     m.add_argument("--num-groups", type=_positive, default=8, help="grouping centres G (default 8)")
+    m.add_argument("--grouping-layers", type=_positive, default=2, help="grouping cross-attention blocks (default 2)")
+    m.add_argument(
+        "--grouping-activation",
+        choices=("gelu", "quick_gelu"),
+        default="gelu",
+        help="activation of the grouping layer's MLPs: gelu (default) or quick_gelu (SegCLIP's)",
+    )
     m.add_argument("--grouping-weight", type=float, default=1.0, help="weight of the grouping mask loss (default 1)")
     m.add_argument(
         "--distortion-weight",
@@ -238,6 +245,8 @@ def _config_from_args(args: argparse.Namespace):
         use_grouping=args.grouping,
         grouping_level=args.grouping_level,
         num_groups=args.num_groups,
+        grouping_layers=args.grouping_layers,
+        grouping_activation=args.grouping_activation,
         grouping_weight=args.grouping_weight,
         distortion_weight=args.distortion_weight,
         superpixel_weight=args.superpixel_weight,

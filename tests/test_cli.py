@@ -186,6 +186,33 @@ def test_grouping_flags_reach_the_config() -> None:
     assert grouped.distortion_weight == 0.5 and plain.distortion_weight == 0.0
 
 
+def test_a_cli_trained_model_keeps_its_grouping_layers_and_activation(tmp_path, capsys) -> None:
+    """--grouping-layers and --grouping-activation reach the run's config, the model and its config.json."""
+    from cosegkit.engine.config import TrainConfig
+    from cosegkit.layers._blocks import QuickGELU
+    from cosegkit.models.lcco import LCCo
+
+    run = tmp_path / "run"
+    flags = ["--grouping", "--grouping-layers", "1", "--grouping-activation", "quick_gelu", "--steps", "1"]
+    assert main(["train", *TINY_ARGS, *flags, "--eval-sets", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    saved = json.loads((run / "model" / "config.json").read_text())["model"]
+    assert (saved["grouping_layers"], saved["grouping_activation"]) == (1, "quick_gelu")
+    run_config = TrainConfig.load(run / "config.json")
+    assert (run_config.grouping_layers, run_config.grouping_activation) == (1, "quick_gelu")
+    grouping = LCCo.from_pretrained(run).grouping
+    assert len(grouping.blocks) == 1 and grouping.activation == "quick_gelu"
+    assert any(isinstance(m, QuickGELU) for m in grouping.modules())
+    older = {k: v for k, v in run_config.to_dict().items() if k not in ("grouping_layers", "grouping_activation")}
+    assert (TrainConfig.from_dict(older).grouping_layers, TrainConfig.from_dict(older).grouping_activation) == (
+        2,
+        "gelu",
+    )  # a run folder written before the settings existed reads as what it trained with
+    for bad, flag in (({"grouping_layers": 0}, "--grouping-layers"), ({"grouping_activation": "relu"}, "quick_gelu")):
+        with pytest.raises(ValueError, match=flag):
+            TrainConfig(**bad)
+
+
 def test_python_dash_m_runs_the_command() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "cosegkit", "--version"], capture_output=True, text=True, env=cli_env()

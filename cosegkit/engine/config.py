@@ -63,7 +63,9 @@ class TrainConfig:
 
     Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
-    ``top_k``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
+    ``top_k``. The grouping layer (``use_grouping``, an extension) takes ``grouping_level``,
+    ``num_groups``, ``grouping_layers`` and ``grouping_activation`` as :class:`~cosegkit.LCCo`
+    does; a config written before the last two existed reads as 2 and ``"gelu"``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
     with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
 
@@ -160,6 +162,8 @@ class TrainConfig:
     use_grouping: bool = False
     grouping_level: int = 1
     num_groups: int = 8
+    grouping_layers: int = 2
+    grouping_activation: str = "gelu"
     superpixel_weight: float = 0.0
     superpixel_method: str = "felzenszwalb"
     grouping_weight: float = 1.0
@@ -225,8 +229,17 @@ class TrainConfig:
         self._check_pseudo_masks()
         if self.grouping_level not in (1, 2, 3):
             raise CosegValueError(f"grouping_level must be 1, 2 or 3, got {self.grouping_level!r}")
-        if isinstance(self.num_groups, bool) or not isinstance(self.num_groups, int) or self.num_groups < 1:
-            raise CosegValueError(f"num_groups must be a positive integer, got {self.num_groups!r}")
+        for name in ("num_groups", "grouping_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CosegValueError(f"{name} must be a positive integer, got {value!r} (--{_flag(name)})")
+        from cosegkit.layers._blocks import ACTIVATIONS
+
+        if self.grouping_activation not in ACTIVATIONS:
+            raise CosegValueError(
+                f"grouping_activation must be one of {sorted(ACTIVATIONS)}, got {self.grouping_activation!r} "
+                f"(--grouping-activation; quick_gelu is SegCLIP's)"
+            )
         if not isinstance(self.superpixel_weight, (int, float)) or self.superpixel_weight < 0:
             raise CosegValueError(
                 f"superpixel_weight must be non-negative, got {self.superpixel_weight!r} (--superpixel-weight)"
@@ -723,6 +736,8 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         use_grouping=config.use_grouping,
         grouping_level=config.grouping_level,
         num_groups=config.num_groups,
+        grouping_layers=config.grouping_layers,
+        grouping_activation=config.grouping_activation,
         image_size=config.image_size,
         set_size=config.set_size,
     )
