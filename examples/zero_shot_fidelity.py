@@ -1,14 +1,17 @@
-"""What two numerical details of CLIP-ES's code change in the zero-shot masks, on the demo's world.
+"""What three numerical details of CLIP-ES's code change in the zero-shot masks, on the demo's world.
 
     python examples/zero_shot_fidelity.py                          # the demo's CLIP, its 60 held-out sets, 160 px
     python examples/zero_shot_fidelity.py --clip-steps 2 --sets 2 --sizes 96   # a quick check
 
-:class:`~cosegkit.zeroshot.ZeroShotCoseg` follows CLIP-ES's code by default in both:
+:class:`~cosegkit.zeroshot.ZeroShotCoseg` follows CLIP-ES's code by default in all three:
 
 - ``pos_interpolation``: off the CLIP's own patch grid, the positional embedding is resized
   bilinearly (CLIP-ES's ``upsample_pos_emb``); ``"bicubic"`` was cosegkit's earlier reading.
 - ``cam_scaling``: the GradCAM map is min-max scaled twice (CLIP-ES's bundled GradCAM runs
   ``scale_cam_image`` per target layer and again after averaging the layers); ``"once"`` was
+  cosegkit's earlier reading.
+- ``box_precision``: CAA's box threshold is applied to the CAM's 8-bit copy (CLIP-ES's
+  ``scoremap2bbox``: ``int(255 x) > int(0.4 * max)``); ``"float"`` (the CAM itself) was
   cosegkit's earlier reading.
 
 Prints, for the demo's small CLIP (cached, trained on first use with the demo's settings):
@@ -18,7 +21,9 @@ Prints, for the demo's small CLIP (cached, trained on first use with the demo's 
 2. how far below 1 a singly scaled CAM's peak falls (the doubly scaled one's is 1);
 3. P and J (presets ``ssnm``, ``ufo``, ``fixed``) of every combination, with and without CAA,
    on the demo's held-out sets, and the mean absolute change of the maps against CLIP-ES's
-   combination.
+   combination (the box threshold on the 8-bit copy);
+4. the same for the box threshold on floats, with CLIP-ES's other two details: how many
+   images get another box mask, and P, J and the mean change of the maps.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from cosegkit.demo import ZERO_SHOT_SIZE, DemoBudget, demo_train_config
 from cosegkit.engine.config import build_eval_sets
 from cosegkit.metrics import precision_jaccard, reduce_scores
 from cosegkit.zeroshot import ZeroShotCoseg
+from cosegkit.zeroshot.caa import box_mask
 from cosegkit.zeroshot.towers import interpolate_positional_embedding
 
 PRESETS = ("ssnm", "ufo", "fixed")
@@ -91,6 +97,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[ZERO_SHOT_SIZE], help="CLIP input sides")
     parser.add_argument("--sets", type=int, default=DemoBudget().eval_sets, help="held-out sets of 4 images")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--box-only", action="store_true", help="only part 4, the box threshold's precision")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -105,7 +112,7 @@ def main() -> None:
     print(f"CLIP {path.name} ({args.clip_steps} steps); {len(sets)} of the demo's held-out sets of 4 images")
     embedding_gaps(clip, args.sizes)
 
-    for size in args.sizes:
+    for size in [] if args.box_only else args.sizes:
         print(f"\nCLIP input {size} px")
         presets = "  ".join(f"{p:>13}" for p in PRESETS)
         print(f"{'pos emb':>8}  {'CAM scaled':>10}  {'CAA':>3}  {presets}  mean |d map|")
@@ -143,6 +150,34 @@ def main() -> None:
                     f"  ({time.perf_counter() - start:.0f} s)",
                     flush=True,
                 )
+
+
+    for size in args.sizes:
+        box_precisions(clip, sets, size)
+
+
+def box_precisions(clip: FrozenClip, sets, size: int) -> None:
+    """Part 4: CAA's box threshold on the CAM's 8-bit copy (CLIP-ES) against floats, at one CLIP input size."""
+    print(f"\n4. CAA's box threshold, CLIP input {size} px (bilinear embedding, CAM scaled twice)")
+    presets = "  ".join(f"{p:>13}" for p in PRESETS)
+    print(f"{'box on':>8}  {presets}  mean |d map|  boxes changed")
+    reference = cams = None
+    for precision in ("uint8", "float"):
+        start = time.perf_counter()
+        zs = ZeroShotCoseg(clip, templates=SYNTHETIC_TEMPLATES, synonyms={}, image_size=size, box_precision=precision)
+        probs, cams, pj = run(zs, sets)
+        if reference is None:
+            reference = probs
+        flat = cams.flatten(0, 1)  # (S * N, h, w), the same CAMs under either precision
+        changed = (box_mask(flat, zs.box_threshold, "uint8") != box_mask(flat, zs.box_threshold, "float"))
+        images = int(changed.flatten(1).any(dim=1).sum())
+        cells = "  ".join(f"{100 * pj[p][0]:6.2f} {100 * pj[p][1]:6.2f}" for p in PRESETS)
+        gap = float((probs - reference).abs().mean())
+        print(
+            f"{precision:>8}  {cells}  {gap:.2e}      {images} of {len(flat)} images, "
+            f"{int(changed.sum())} patches  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

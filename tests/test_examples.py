@@ -272,6 +272,9 @@ def test_zero_shot_fidelity_prints_every_combination(tmp_path) -> None:
     ]
     assert rows[0][9] == "0.00e+00"  # CLIP-ES's combination is the reference of the map changes
     assert out.count("singly scaled CAMs") == 2
+    boxes = [line.split() for line in out.splitlines() if line.strip().startswith(("uint8", "float"))]
+    assert [r[0] for r in boxes] == ["uint8", "float"] and boxes[0][7] == "0.00e+00"  # CLIP-ES's 8-bit copy first
+    assert "4. CAA's box threshold" in out and all("images," in " ".join(r) for r in boxes)
 
 
 def test_gpu_benchmark_driver_lists_its_tables_and_refuses_without_cuda(monkeypatch, capsys) -> None:

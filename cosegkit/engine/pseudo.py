@@ -90,6 +90,7 @@ _ZERO_SHOT_EXTRA = (
     "image_size",
     "cam_scaling",
     "pos_interpolation",
+    "box_precision",
 )
 
 
@@ -162,8 +163,8 @@ def zero_shot_settings(config) -> dict[str, Any]:
     vocabulary when it has one (the synthetic CLIP's ``"a {}"``), else CLIP-ES's
     ``"a clean origami {}."``. ``background``: ``config.pseudo_background``, else CLIP-ES's 25
     words. ``config.extra["zero_shot"]`` may set ``synonyms``, ``attention_blocks``,
-    ``box_threshold``, ``refine``, ``score``, ``cam_scaling``, ``pos_interpolation`` and
-    ``image_size`` (the CLIP's input side; default ``None``: the training image size, rounded
+    ``box_threshold``, ``refine``, ``score``, ``cam_scaling``, ``pos_interpolation``,
+    ``box_precision`` and ``image_size`` (the CLIP's input side; default ``None``: the training image size, rounded
     up to the patch). The class names are always the CLIP's
     vocabulary, the model's.
 
@@ -192,6 +193,7 @@ def zero_shot_settings(config) -> dict[str, Any]:
         "score": "patch_mean",
         "cam_scaling": "twice",
         "pos_interpolation": "bilinear",
+        "box_precision": "uint8",
         "image_size": None,
     }
     extra = dict(config.extra.get("zero_shot") or {})
@@ -275,6 +277,7 @@ def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
             "score": zs.score,
             "cam_scaling": zs.cam_scaling,
             "pos_interpolation": zs.pos_interpolation,
+            "box_precision": zs.box_precision,
             "tower": zs.tower,
             "input_size": zs.image_size if isinstance(zs.image_size, (int, type(None))) else list(zs.image_size),
         },

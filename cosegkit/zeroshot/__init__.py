@@ -3,7 +3,7 @@
 Needs only a :class:`~cosegkit.clip.FrozenClip` and tensors: no training, no masks.
 """
 
-from cosegkit.zeroshot.caa import affinity, box_mask, caa_refine, connected_components, minmax_scale
+from cosegkit.zeroshot.caa import BOX_PRECISIONS, affinity, box_mask, caa_refine, connected_components, minmax_scale
 from cosegkit.zeroshot.coseg import CAM_SCALINGS, ZeroShotCoseg, ZeroShotOutput
 from cosegkit.zeroshot.groups import GroupMasks, segment_group
 from cosegkit.zeroshot.prompts import (
@@ -16,6 +16,7 @@ from cosegkit.zeroshot.prompts import (
 
 __all__ = [
     "BACKGROUND_WORDS",
+    "BOX_PRECISIONS",
     "CAM_SCALINGS",
     "CLIP_ES_TEMPLATES",
     "DEFAULT_SYNONYMS",

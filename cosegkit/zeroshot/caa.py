@@ -9,7 +9,36 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-__all__ = ["affinity", "box_mask", "caa_refine", "connected_components", "minmax_scale"]
+from cosegkit.errors import CosegValueError
+
+__all__ = [
+    "BOX_PRECISIONS",
+    "affinity",
+    "box_mask",
+    "caa_refine",
+    "check_box_precision",
+    "connected_components",
+    "minmax_scale",
+]
+
+BOX_PRECISIONS: tuple[str, ...] = ("uint8", "float")
+"""How :func:`box_mask` compares a CAM with its threshold: ``"uint8"``, on the CAM's 8-bit copy
+as CLIP-ES's ``scoremap2bbox`` does (the default), or ``"float"``, on the CAM itself."""
+
+
+def check_box_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`BOX_PRECISIONS`; a clear error otherwise.
+
+    Example:
+        >>> from cosegkit.zeroshot.caa import check_box_precision
+        >>> check_box_precision("float")
+        'float'
+    """
+    if precision not in BOX_PRECISIONS:
+        raise CosegValueError(
+            f"box_precision must be 'uint8' (CLIP-ES: the CAM's 8-bit copy) or 'float', got {precision!r}"
+        )
+    return precision
 
 
 def minmax_scale(cam: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -84,15 +113,28 @@ def connected_components(mask: torch.Tensor) -> torch.Tensor:
     return labels.long()
 
 
-def box_mask(cam: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
-    """CLIP-ES's class-aware mask: 1 inside the bounding box of any region of ``cam > threshold * max``.
+def box_mask(cam: torch.Tensor, threshold: float = 0.4, precision: str = "uint8") -> torch.Tensor:
+    r"""CLIP-ES's class-aware mask: 1 inside the bounding box of any region of the CAM above ``threshold * max``.
+
+    With ``precision="uint8"`` (the default), the comparison is CLIP-ES's ``scoremap2bbox``:
+    the CAM's 8-bit copy :math:`q = \lfloor 255\,x \rfloor` keeps the pixels with
+    :math:`q > \lfloor \text{threshold} \cdot \max q \rfloor` (``cv2.threshold``'s
+    ``THRESH_BINARY`` at ``int(threshold * max)``). With ``precision="float"``, the CAM itself
+    keeps :math:`x > \text{threshold} \cdot \max x`: the two differ where a value lies within
+    about 1/255 of the threshold, and on a CAM whose peak is under 1/255, which the 8-bit copy
+    reads as 0 everywhere (an empty mask).
 
     Args:
-        cam: ``(m, h, w)`` maps (CLIP-ES passes min-max scaled CAMs, whose max is 1).
+        cam: ``(m, h, w)`` maps; ``"uint8"`` reads them as values in [0, 1] (CLIP-ES passes
+            min-max scaled CAMs, whose max is 1) and clips the rest.
         threshold: the fraction of each map's maximum that a region exceeds.
+        precision: one of :data:`BOX_PRECISIONS`.
 
     Returns:
         ``(m, h, w)`` float mask in {0, 1}. A map that is 0 everywhere gives an empty mask.
+
+    Shape:
+        :math:`(m, h, w) \to (m, h, w)`.
 
     Example:
         >>> import torch
@@ -102,10 +144,24 @@ def box_mask(cam: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
         >>> cam[0, 0, 4] = 0.9  # and another
         >>> box_mask(cam).long().tolist()
         [[[0, 0, 0, 0, 1], [0, 1, 1, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]]]
+
+        Near the threshold the 8-bit copy decides: 0.4011 is 102 of 255, not above
+        ``int(0.4 * 255) = 102``:
+
+        >>> near = torch.tensor([[[1.0, 0.0, 0.4011]]])
+        >>> box_mask(near).tolist(), box_mask(near, precision="float").tolist()
+        ([[[1.0, 0.0, 0.0]]], [[[1.0, 0.0, 1.0]]])
     """
+    check_box_precision(precision)
     m, h, w = cam.shape
-    peak = cam.flatten(1).amax(dim=1).view(m, 1, 1)
-    labels = connected_components((cam > threshold * peak) & (peak > 0))
+    if precision == "uint8":  # (cam * 255).astype(np.uint8), in float32 as numpy multiplies it
+        values = (cam.float() * 255).clamp(0, 255).floor()
+        peak = values.flatten(1).amax(dim=1).view(m, 1, 1)
+        keep = values > torch.floor(threshold * peak.double()).to(values.dtype)  # int(threshold * max)
+    else:
+        peak = cam.flatten(1).amax(dim=1).view(m, 1, 1)
+        keep = (cam > threshold * peak) & (peak > 0)
+    labels = connected_components(keep)
     flat = labels.flatten(1)  # (m, l), region ids in 1..l
     rows = torch.arange(h, device=cam.device).repeat_interleave(w).expand(m, -1)
     cols = torch.arange(w, device=cam.device).repeat(h).expand(m, -1)
@@ -127,7 +183,9 @@ def box_mask(cam: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
     return inside.float()
 
 
-def caa_refine(cam: torch.Tensor, attn: torch.Tensor, threshold: float = 0.4) -> torch.Tensor:
+def caa_refine(
+    cam: torch.Tensor, attn: torch.Tensor, threshold: float = 0.4, precision: str = "uint8"
+) -> torch.Tensor:
     """Refine CAMs with CLIP-ES's class-aware attention affinity.
 
     ``refined = (T * box) @ cam`` on the flattened patch grid, where ``T`` is
@@ -138,6 +196,7 @@ def caa_refine(cam: torch.Tensor, attn: torch.Tensor, threshold: float = 0.4) ->
         cam: ``(m, h, w)`` min-max scaled CAMs.
         attn: ``(m, h*w, h*w)`` patch-to-patch attention, averaged over heads and blocks.
         threshold: :func:`box_mask`'s threshold.
+        precision: :func:`box_mask`'s comparison, one of :data:`BOX_PRECISIONS`.
 
     Returns:
         ``(m, h, w)`` refined maps in [0, 1].
@@ -163,6 +222,6 @@ def caa_refine(cam: torch.Tensor, attn: torch.Tensor, threshold: float = 0.4) ->
         [[[0, 0, 0, 0], [0, 10, 8, 0], [0, 6, 9, 0], [0, 0, 0, 0]]]
     """
     m, h, w = cam.shape
-    trans = affinity(attn) * rearrange(box_mask(cam, threshold), "m h w -> m 1 (h w)")
+    trans = affinity(attn) * rearrange(box_mask(cam, threshold, precision), "m h w -> m 1 (h w)")
     refined = trans @ rearrange(cam.double(), "m h w -> m (h w) 1")
     return minmax_scale(rearrange(refined, "m (h w) 1 -> m h w", h=h, w=w)).to(cam.dtype)

@@ -34,7 +34,7 @@ from torch import nn
 from cosegkit._validation import check_image_set, resolve_valid
 from cosegkit.layers._blocks import masked_sum
 from cosegkit.errors import CosegValueError
-from cosegkit.zeroshot.caa import caa_refine, minmax_scale
+from cosegkit.zeroshot.caa import caa_refine, check_box_precision, minmax_scale
 from cosegkit.zeroshot.prompts import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS, encode_prompts
 from cosegkit.zeroshot.towers import check_pos_interpolation, check_tower, resnet_pass, vit_pass
 
@@ -120,6 +120,9 @@ class ZeroShotCoseg(nn.Module):
             the same way). ResNet towers always take the CLIP's own size.
         attention_blocks: CAA averages the attention of this many last blocks (CLIP-ES: 8).
         box_threshold: CAA's box threshold, a fraction of the CAM's maximum (CLIP-ES: 0.4).
+        box_precision: ``"uint8"`` (CLIP-ES's ``scoremap2bbox``: the box threshold applied to
+            the CAM's 8-bit copy) or ``"float"`` (to the CAM itself)
+            (:func:`~cosegkit.zeroshot.caa.box_mask`, :data:`~cosegkit.zeroshot.BOX_PRECISIONS`).
         refine: apply CAA (ViT towers only).
         score: which image embedding the softmax scores: ``"patch_mean"``, the mean of the
             last block's patch tokens (CLIP-ES), or ``"pooled"``, the tower's own embedding
@@ -167,6 +170,7 @@ class ZeroShotCoseg(nn.Module):
         score: str = "patch_mean",
         cam_scaling: str = "twice",
         pos_interpolation: str = "bilinear",
+        box_precision: str = "uint8",
     ) -> None:
         super().__init__()
         self.clip = clip
@@ -213,6 +217,7 @@ class ZeroShotCoseg(nn.Module):
             raise CosegValueError(f"cam_scaling must be 'twice' (CLIP-ES) or 'once', got {cam_scaling!r}")
         self.cam_scaling = cam_scaling
         self.pos_interpolation = check_pos_interpolation(pos_interpolation)
+        self.box_precision = check_box_precision(box_precision)
         self.image_size = image_size
         fg_bank = encode_prompts(clip, self.classnames, self.templates, self.synonyms)  # checks the names
         bg_bank = encode_prompts(clip, self.background, self.templates, self.synonyms)
@@ -318,7 +323,7 @@ class ZeroShotCoseg(nn.Module):
             cam = minmax_scale(cam)
         refined = cam
         if self.refine and tp.attention is not None:
-            refined = caa_refine(cam, tp.attention, self.box_threshold)
+            refined = caa_refine(cam, tp.attention, self.box_threshold, self.box_precision)
         keep = rearrange(valid, "b n -> (b n) 1 1").to(cam.dtype)
         cam, refined = cam * keep, refined * keep
         full = F.interpolate(refined[:, None], size=(height, width), mode="bilinear", align_corners=False)
@@ -341,5 +346,5 @@ class ZeroShotCoseg(nn.Module):
             f"tower={self.tower}, classes={len(self.classnames)}, background={len(self.background)}, "
             f"templates={len(self.templates)}, attention_blocks={self.attention_blocks}, "
             f"box_threshold={self.box_threshold}, refine={self.refine}, cam_scaling={self.cam_scaling}, "
-            f"pos_interpolation={self.pos_interpolation}"
+            f"pos_interpolation={self.pos_interpolation}, box_precision={self.box_precision}"
         )

@@ -61,6 +61,7 @@ def _config(**zero_shot) -> TrainConfig:
         {"box_threshold": 0.6},
         {"cam_scaling": "once"},
         {"pos_interpolation": "bicubic"},
+        {"box_precision": "float"},
     ],
     ids=lambda s: next(iter(s)),
 )

@@ -1,8 +1,11 @@
 """CAA against a literal loop transcription of CLIP-ES's refinement, and the attention the tower reads.
 
 The reference follows CLIP-ES's ``main`` loop for one map at a time in plain Python: a
-breadth-first search for the 8-connected regions of ``cam > threshold * max`` (CLIP-ES's
-``scoremap2bbox`` with ``multi_contour_eval=True``), a box over each region's full extent,
+breadth-first search for the 8-connected regions above the box threshold (CLIP-ES's
+``scoremap2bbox`` with ``multi_contour_eval=True``: the CAM's 8-bit copy ``int(255 x)`` in
+float32, kept where it exceeds ``int(threshold * max)``, ``cv2.threshold``'s
+``THRESH_BINARY``; or, for ``precision="float"``, ``cam > threshold * max``), a box over each
+region's full extent,
 the column/row normalisation loop, symmetrisation, one squaring, the column-wise box mask,
 ``trans @ cam`` and pytorch-grad-cam's min-max scaling. It differs from CLIP-ES's code in one
 deliberate point: CLIP-ES clips ``x1 = min(x + w, width - 1)`` and then slices
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cosegkit.zeroshot import ZeroShotCoseg
-from cosegkit.zeroshot.caa import affinity, box_mask, caa_refine, connected_components, minmax_scale
+from cosegkit.zeroshot.caa import BOX_PRECISIONS, affinity, box_mask, caa_refine, connected_components, minmax_scale
 from cosegkit.zeroshot.towers import vit_pass
 from tests.zeroshot._support import clip_es_positional_embedding, normalise, positional_embedding
 
@@ -55,17 +59,22 @@ def reference_regions(mask: list[list[bool]]) -> list[list[tuple[int, int]]]:
     return regions
 
 
-def reference_threshold(cam: torch.Tensor, threshold: float) -> list[list[bool]]:
-    """``cam > threshold * max`` of one map ``(h, w)``; nothing when the map is 0 everywhere."""
+def reference_threshold(cam: torch.Tensor, threshold: float, precision: str = "uint8") -> list[list[bool]]:
+    """The pixels of one map ``(h, w)`` above the box threshold; nothing when the map is 0 everywhere."""
+    if precision == "uint8":  # scoremap2bbox: (scoremap * 255).astype(np.uint8), then cv2.threshold
+        scoremap = cam.numpy().astype(np.float32)
+        image = [[int(np.float32(v) * np.float32(255)) for v in row] for row in scoremap]  # truncated
+        thresh = int(threshold * max(max(row) for row in image))
+        return [[v > thresh for v in row] for row in image]  # THRESH_BINARY: maxval where src > thresh
     peak = cam.max()
     limit = threshold * peak  # the same float32 product the module compares against
     return [[bool(cam[r, c] > limit) and bool(peak > 0) for c in range(cam.shape[1])] for r in range(cam.shape[0])]
 
 
-def reference_box_mask(cam: torch.Tensor, threshold: float) -> list[list[float]]:
+def reference_box_mask(cam: torch.Tensor, threshold: float, precision: str = "uint8") -> list[list[float]]:
     h, w = cam.shape
     box = [[0.0] * w for _ in range(h)]
-    for region in reference_regions(reference_threshold(cam, threshold)):
+    for region in reference_regions(reference_threshold(cam, threshold, precision)):
         ys, xs = [y for y, _ in region], [x for _, x in region]
         for r in range(min(ys), max(ys) + 1):
             for c in range(min(xs), max(xs) + 1):
@@ -102,10 +111,12 @@ def reference_minmax(values: list[float]) -> list[float]:
     return [v / (1e-7 + top) for v in shifted]
 
 
-def reference_refine(cam: torch.Tensor, attn: torch.Tensor, threshold: float, scale: bool = True) -> torch.Tensor:
+def reference_refine(
+    cam: torch.Tensor, attn: torch.Tensor, threshold: float, scale: bool = True, precision: str = "uint8"
+) -> torch.Tensor:
     """CLIP-ES's refinement of one map ``(h, w)`` with patch attention ``(h*w, h*w)`` (``scale``: min-max scaled)."""
     h, w = cam.shape
-    box = [v for row in reference_box_mask(cam, threshold) for v in row]  # aff_mask.view(1, h * w)
+    box = [v for row in reference_box_mask(cam, threshold, precision) for v in row]  # aff_mask.view(1, h * w)
     trans = reference_affinity(attn)
     n = h * w
     trans = [[trans[i][j] * box[j] for j in range(n)] for i in range(n)]  # column j times box[j]
@@ -156,16 +167,17 @@ def test_connected_components_match_bfs(m, h, w, threshold, density, levels, see
         assert torch.equal(labels[k], expected), (grid, labels[k].tolist())
 
 
-@given(**grids)
-def test_box_mask_matches_reference(m, h, w, threshold, density, levels, seed) -> None:
+@given(**grids, precision=st.sampled_from(BOX_PRECISIONS))
+def test_box_mask_matches_reference(m, h, w, threshold, density, levels, seed, precision) -> None:
     g = torch.Generator().manual_seed(seed)
     cam = random_cam(m, h, w, g, density, levels)
-    raw = cam * (0.5 + torch.rand(m, 1, 1, generator=g))  # also maps whose maximum is not 1
-    for maps in (cam, raw):
-        boxes = box_mask(maps, threshold)
+    # also maps whose maximum is not 1: above 1 for floats, below it for the 8-bit copy (whose values are in [0, 1])
+    raw = cam * ((0.5 if precision == "float" else 0.01) + torch.rand(m, 1, 1, generator=g))
+    for maps in (cam, raw.clamp(max=1) if precision == "uint8" else raw):
+        boxes = box_mask(maps, threshold, precision)
         assert boxes.shape == (m, h, w) and boxes.dtype == torch.float32
         for k in range(m):
-            assert boxes[k].tolist() == reference_box_mask(maps[k], threshold)
+            assert boxes[k].tolist() == reference_box_mask(maps[k], threshold, precision)
 
 
 @given(m=st.integers(1, 3), l=st.integers(1, 49), sharpness=st.floats(0.5, 4.0), seed=st.integers(0, 2**16))
@@ -179,16 +191,17 @@ def test_affinity_matches_reference(m, l, sharpness, seed) -> None:
     torch.testing.assert_close(out, out.transpose(-1, -2), **TOL)  # a symmetric matrix, squared
 
 
-@given(**grids)
-def test_caa_refine_matches_reference(m, h, w, threshold, density, levels, seed) -> None:
+@given(**grids, precision=st.sampled_from(BOX_PRECISIONS))
+def test_caa_refine_matches_reference(m, h, w, threshold, density, levels, seed, precision) -> None:
     g = torch.Generator().manual_seed(seed)
     cam = random_cam(m, h, w, g, density, levels)
     attn = random_attention(m, h * w, g)
-    out = caa_refine(cam, attn, threshold)
+    out = caa_refine(cam, attn, threshold, precision)
     assert out.shape == (m, h, w)
     assert bool(((out >= 0) & (out <= 1)).all())
     for k in range(m):
-        torch.testing.assert_close(out[k].double(), reference_refine(cam[k], attn[k], threshold), **TOL)
+        expected = reference_refine(cam[k], attn[k], threshold, precision=precision)
+        torch.testing.assert_close(out[k].double(), expected, **TOL)
 
 
 # ---------------------------------------------------------------------------- edge cases
@@ -240,11 +253,27 @@ def test_a_box_covers_the_regions_full_extent() -> None:
 
 
 def test_threshold_is_strict_and_relative_to_the_maximum() -> None:
-    cam = torch.tensor([[[2.0, 1.0, 0.0, 0.5]]])
-    assert box_mask(cam, 0.5).tolist() == [[[1.0, 0.0, 0.0, 0.0]]]  # 1.0 is not > 0.5 * 2.0
-    assert box_mask(cam, 0.2).tolist() == [[[1.0, 1.0, 0.0, 1.0]]]  # 0.5 > 0.4: a second region
-    assert box_mask(cam, 0.0).tolist() == [[[1.0, 1.0, 0.0, 1.0]]]  # 0 is not > 0: still two
-    assert box_mask(cam * 0.5, 0.5).tolist() == [[[1.0, 0.0, 0.0, 0.0]]]  # scale-free
+    for cam, precision in (([2.0, 1.0, 0.0, 0.5], "float"), ([1.0, 0.5, 0.0, 0.25], "uint8")):
+        cam = torch.tensor([[cam]])
+        assert box_mask(cam, 0.5, precision).tolist() == [[[1.0, 0.0, 0.0, 0.0]]]  # 1.0 is not > 0.5 * 2.0
+        assert box_mask(cam, 0.2, precision).tolist() == [[[1.0, 1.0, 0.0, 1.0]]]  # 0.5 > 0.4: a second region
+        assert box_mask(cam, 0.0, precision).tolist() == [[[1.0, 1.0, 0.0, 1.0]]]  # 0 is not > 0: still two
+        assert box_mask(cam * 0.5, 0.5, precision).tolist() == [[[1.0, 0.0, 0.0, 0.0]]]  # relative to the max
+
+
+def test_the_8_bit_copy_decides_near_the_threshold_as_clip_es() -> None:
+    """CLIP-ES's scoremap2bbox compares int(255 x) with int(threshold * max); floats compare x with threshold * max."""
+    near = torch.tensor([[[1.0, 0.0, 0.4011, 0.0, 0.405]]])  # 102.3 and 103.3 of 255; int(0.4 * 255) = 102
+    assert box_mask(near).tolist() == [[[1.0, 0.0, 0.0, 0.0, 1.0]]]  # 102 is not above 102
+    assert box_mask(near, precision="float").tolist() == [[[1.0, 0.0, 1.0, 0.0, 1.0]]]
+    weak = torch.tensor([[[0.003, 0.0, 0.002]]])  # a peak under 1/255: the 8-bit copy is 0 everywhere
+    assert not box_mask(weak).any() and box_mask(weak, precision="float").tolist() == [[[1.0, 0.0, 1.0]]]
+    for precision in BOX_PRECISIONS:
+        assert reference_box_mask(near[0], 0.4, precision) == box_mask(near, precision=precision).tolist()[0]
+    attn = random_attention(1, 5, torch.Generator().manual_seed(0))
+    assert not torch.equal(caa_refine(near, attn), caa_refine(near, attn, precision="float"))
+    with pytest.raises(ValueError, match="box_precision"):
+        box_mask(near, precision="uint16")
 
 
 def test_docstring_examples_hold() -> None:
@@ -292,11 +321,14 @@ def test_tower_attention_is_the_last_blocks_average(deep_vit, blocks: int) -> No
     torch.testing.assert_close(tp.attention, expected, **TOL)
 
 
+@pytest.mark.parametrize("precision", BOX_PRECISIONS)
 @pytest.mark.parametrize("threshold", [0.4, 0.7])
 @pytest.mark.parametrize("fixture", ["deep_vit", "sharp_vit"])
-def test_refined_output_is_caa_of_the_cams(fixture: str, threshold: float, request) -> None:
+def test_refined_output_is_caa_of_the_cams(fixture: str, threshold: float, precision: str, request) -> None:
     clip = request.getfixturevalue(fixture)
-    zs = ZeroShotCoseg(clip, background=("grass", "sky", "road"), attention_blocks=2, box_threshold=threshold)
+    zs = ZeroShotCoseg(
+        clip, background=("grass", "sky", "road"), attention_blocks=2, box_threshold=threshold, box_precision=precision
+    )
     images = torch.rand(2, 2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     out = zs(images)
     x = normalise(clip, images.flatten(0, 1))
@@ -308,9 +340,9 @@ def test_refined_output_is_caa_of_the_cams(fixture: str, threshold: float, reque
         # squaring make it more so: the map before min-max scaling varies by a fraction of a
         # percent of its mean, and the scaling magnifies caa_refine's float32 rounding by
         # max / spread (see tests.zeroshot._support.sharpen_attention).
-        raw = reference_refine(cams[k], attn[k], threshold, scale=False)
+        raw = reference_refine(cams[k], attn[k], threshold, scale=False, precision=precision)
         atol = max(1e-5, 1e-5 * float(raw.max() / (raw.max() - raw.min())))
-        expected = reference_refine(cams[k], attn[k], threshold)
+        expected = reference_refine(cams[k], attn[k], threshold, precision=precision)
         torch.testing.assert_close(refined[k].double(), expected, atol=atol, rtol=0)
     full = F.interpolate(refined[:, None], size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(out.probs.flatten(0, 1), full.clamp(0, 1), **TOL)

@@ -157,6 +157,12 @@ def test_bad_pos_interpolation(tiny_vit, mode: str) -> None:
         ZeroShotCoseg(tiny_vit, background=BACKGROUND, pos_interpolation=mode)
 
 
+@pytest.mark.parametrize("precision", ["uint16", "", "UINT8"])
+def test_bad_box_precision(tiny_vit, precision: str) -> None:
+    with raises(CosegValueError, "box_precision", "'uint8'", "'float'", re.escape(repr(precision))):
+        ZeroShotCoseg(tiny_vit, background=BACKGROUND, box_precision=precision)
+
+
 # ---------------------------------------------------------------------------- inputs
 
 
