@@ -177,6 +177,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="zero-shot prompt templates (default CLIP-ES's 'a clean origami {}.')",
     )
     s.add_argument("--pseudo-background", nargs="+", metavar="WORD", help="background words (default CLIP-ES's 25)")
+    _add_clip_es_numerics(s, prefix="pseudo-")
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -274,8 +275,24 @@ def _config_from_args(args: argparse.Namespace):
         pseudo_margin=args.pseudo_margin,
         pseudo_templates=args.pseudo_templates,
         pseudo_background=args.pseudo_background,
-        extra={"eval_sets": args.eval_sets} if args.dataset == "synthetic" else {},
+        extra=_train_extra(args),
     )
+
+
+def _train_extra(args: argparse.Namespace) -> dict:
+    """TrainConfig.extra: the synthetic world's held-out sets; the zero-shot settings of --pseudo-masks."""
+    extra: dict = {"eval_sets": args.eval_sets} if args.dataset == "synthetic" else {}
+    zero_shot = {
+        name: getattr(args, "pseudo_" + name)
+        for name in ("box_precision", "cam_scaling", "pos_interpolation")
+        if getattr(args, "pseudo_" + name) is not None
+    }
+    if zero_shot:
+        if args.pseudo_masks is None:
+            flags = ", ".join("--pseudo-" + name.replace("_", "-") for name in zero_shot)
+            raise _UsageError(f"{flags}: only with --pseudo-masks zero-shot (they set how the pseudo masks are made)")
+        extra["zero_shot"] = zero_shot
+    return extra
 
 
 def _log_to_stderr() -> None:
@@ -456,6 +473,9 @@ _ZERO_SHOT_OPTIONS = (
     "no_caa",
     "attention_blocks",
     "box_threshold",
+    "box_precision",
+    "cam_scaling",
+    "pos_interpolation",
 )
 
 
@@ -504,6 +524,29 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
     z.add_argument("--no-caa", action="store_true", help="no CAA refinement: the softmax-GradCAM alone")
     z.add_argument("--attention-blocks", type=_positive, metavar="N", help="CAA: last blocks averaged (default 8)")
     z.add_argument("--box-threshold", type=_fraction, metavar="X", help="CAA: box threshold in [0, 1) (default 0.4)")
+    _add_clip_es_numerics(z)
+
+
+def _add_clip_es_numerics(group: argparse._ArgumentGroup, prefix: str = "") -> None:
+    """The numerical details of CLIP-ES's code that ZeroShotCoseg follows by default, as flags."""
+    from cosegkit.zeroshot import BOX_PRECISIONS, CAM_SCALINGS
+    from cosegkit.zeroshot.towers import POS_INTERPOLATIONS
+
+    group.add_argument(
+        f"--{prefix}box-precision",
+        choices=BOX_PRECISIONS,
+        help="CAA: the box threshold on the CAM's 8-bit copy (uint8, CLIP-ES's; default) or on the CAM (float)",
+    )
+    group.add_argument(
+        f"--{prefix}cam-scaling",
+        choices=CAM_SCALINGS,
+        help="min-max scale the CAM twice (CLIP-ES's GradCAM; default) or once",
+    )
+    group.add_argument(
+        f"--{prefix}pos-interpolation",
+        choices=POS_INTERPOLATIONS,
+        help="resize a ViT's positional embedding bilinearly (CLIP-ES's; default) or bicubically",
+    )
 
 
 def _check_model_or_zero_shot(args: argparse.Namespace) -> None:
@@ -609,6 +652,9 @@ def _zero_shot_settings(args: argparse.Namespace) -> dict:
         "attention_blocks": 8 if args.attention_blocks is None else args.attention_blocks,
         "box_threshold": 0.4 if args.box_threshold is None else args.box_threshold,
         "refine": not args.no_caa,
+        "box_precision": args.box_precision or "uint8",
+        "cam_scaling": args.cam_scaling or "twice",
+        "pos_interpolation": args.pos_interpolation or "bilinear",
     }
 
 

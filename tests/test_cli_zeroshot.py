@@ -57,7 +57,8 @@ def test_help_shows_zero_shot_examples(command, capsys) -> None:
     out = capsys.readouterr().out
     assert f"cosegkit {command} --zero-shot --clip-model ViT-B-16 --clip-pretrained openai" in out
     for flag in ("--class-name", "--vocabulary", "--templates", "--background-file", "--synonyms", "--no-caa",
-                 "--attention-blocks", "--box-threshold"):  # fmt: skip
+                 "--attention-blocks", "--box-threshold", "--box-precision", "--cam-scaling",
+                 "--pos-interpolation"):  # fmt: skip
         assert flag in out
 
 
@@ -98,6 +99,9 @@ def test_unknown_class_name_fails_with_near_matches(photos, tmp_path, capsys) ->
         (["--model", "runs/x", *ZS], "either --model or --zero-shot, not both"),
         (["--model", "runs/x", "--class-name", "cat", "--no-caa"], "--class-name, --no-caa: only with --zero-shot"),
         (["--model", "runs/x", "--box-threshold", "0"], "--box-threshold: only with --zero-shot"),
+        (["--model", "runs/x", "--cam-scaling", "once"], "--cam-scaling: only with --zero-shot"),
+        (["--model", "runs/x", "--pos-interpolation", "bicubic", "--box-precision", "float"],
+         "--box-precision, --pos-interpolation: only with --zero-shot"),
     ],
 )
 @pytest.mark.parametrize("command", ["segment", "evaluate"])
@@ -181,6 +185,76 @@ def test_settings_reach_the_model_with_defaults_and_overrides(tmp_path) -> None:
         0.0,
         False,
     )
+
+
+@pytest.mark.parametrize("command", ["segment", "evaluate"])
+def test_clip_es_numerics_flags_reach_the_zero_shot_model(command, dataset, tmp_path, capsys) -> None:
+    """--box-precision, --cam-scaling and --pos-interpolation: CLIP-ES's by default, the other readings on request."""
+    from cosegkit.cli import _load_zero_shot
+
+    root, _ = dataset
+    head = ["segment", "x", "--out", "y"] if command == "segment" else ["evaluate", "--data", f"folder={root}"]
+
+    def model(*flags: str):
+        zs = _load_zero_shot(build_parser().parse_args([*head, *ZS, *VOCAB, *flags]), "cpu")
+        capsys.readouterr()
+        return zs.box_precision, zs.cam_scaling, zs.pos_interpolation
+
+    assert model() == ("uint8", "twice", "bilinear")
+    assert model("--box-precision", "float", "--cam-scaling", "once", "--pos-interpolation", "bicubic") == (
+        "float",
+        "once",
+        "bicubic",
+    )
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*head, *ZS, "--cam-scaling", "thrice"])
+    capsys.readouterr()
+
+
+def test_zero_shot_evaluate_runs_with_the_other_readings(dataset, tmp_path, capsys) -> None:
+    root, _ = dataset
+    flags = ["--box-precision", "float", "--cam-scaling", "once", "--pos-interpolation", "bicubic"]
+    argv = ["evaluate", "--data", f"folder={root}", "--image-size", "48", *ZS, *VOCAB, *flags]
+    assert main(argv) == 0
+    assert "P " in capsys.readouterr().out
+
+
+def test_train_pseudo_mask_flags_reach_the_settings_and_the_cache_key(tmp_path, capsys) -> None:
+    """--pseudo-box-precision, --pseudo-cam-scaling, --pseudo-pos-interpolation: extra["zero_shot"], the model, the key."""
+    from cosegkit.cli import _config_from_args
+    from cosegkit.clip import FrozenClip
+    from cosegkit.engine.pseudo import build_zero_shot, cache_key
+    from cosegkit.testing import register_tiny_clips
+
+    def config(*flags: str):
+        base = ["train", "--dataset", "folder", "--root", "photos", "--pseudo-masks", "zero-shot", "--image-size", "32",
+                "--clip-model", TINY_CLIP, "--clip-pretrained", "none", "--pseudo-background", "grass", "sky"]  # fmt: skip
+        return _config_from_args(build_parser().parse_args([*base, *flags]))
+
+    register_tiny_clips()
+    clip = FrozenClip.from_name(TINY_CLIP, pretrained=None, classnames=["cat", "dog"])
+    plain = config()
+    assert "zero_shot" not in plain.extra
+    default = build_zero_shot(plain, clip)
+    assert (default.box_precision, default.cam_scaling, default.pos_interpolation) == ("uint8", "twice", "bilinear")
+    base_key, description = cache_key(plain, default)
+    assert description["zero_shot"]["box_precision"] == "uint8"
+    keys = {base_key}
+    for flag, value, name in (
+        ("--pseudo-box-precision", "float", "box_precision"),
+        ("--pseudo-cam-scaling", "once", "cam_scaling"),
+        ("--pseudo-pos-interpolation", "bicubic", "pos_interpolation"),
+    ):
+        changed = config(flag, value)
+        assert changed.extra["zero_shot"] == {name: value}
+        zs = build_zero_shot(changed, clip)
+        assert getattr(zs, name) == value
+        key, description = cache_key(changed, zs)
+        assert description["zero_shot"][name] == value
+        keys.add(key)
+    assert len(keys) == 4  # each setting its own pseudo masks
+    assert main(["train", "--pseudo-cam-scaling", "once", "--out", str(tmp_path / "run")]) == 2
+    assert "--pseudo-cam-scaling: only with --pseudo-masks zero-shot" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(
