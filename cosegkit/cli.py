@@ -388,6 +388,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic"
     )
     p.add_argument("--classes", nargs="+", metavar="GROUP", help="score these groups only")
+    p.add_argument("--coco-images", metavar="FOLDER", help="--data coco=INSTANCES_JSON only: the image folder")
     _add_reader_options(p)
     p.add_argument("--preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="binarisation (default ssnm)")
     p.add_argument("--set-size", type=_set_size, default=5, help="images per set, or 'all' (default 5)")
@@ -705,6 +706,13 @@ def _read_eval_groups(name: str, root: str, args: argparse.Namespace):
     reader = get_reader(name)
     accepted = inspect.signature(reader).parameters
     options = {"missing_masks": args.missing_masks, "on_empty": args.on_empty}
+    if "image_root" in accepted:  # coco: the instances json, and the image folder beside it
+        if not args.coco_images:
+            raise _UsageError(
+                f"--data {name}={root}: the {name} reader reads an instances json and needs the image folder too: "
+                f"add --coco-images FOLDER"
+            )
+        options["image_root"] = args.coco_images
     return reader(root, **{k: v for k, v in options.items() if k in accepted})
 
 

@@ -416,6 +416,9 @@ def test_a_data_entry_without_a_layout_gets_the_right_suggestion(spec, hint, cap
         (["--lambda1", "-1"], "--lambda1"),
         (["--grouping-weight", "-0.5"], "--grouping-weight"),
         (["--lr", "0"], "--lr"),
+        (["--weight-decay", "-1"], "--weight-decay"),
+        (["--warmup", "-3"], "--warmup"),
+        (["--class-prior", "-1"], "--class-prior"),
         (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-low", "0.9"], "--pseudo-low"),
         (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-margin", "2"], "--pseudo-margin"),
     ],
@@ -425,3 +428,46 @@ def test_train_setting_errors_name_the_flag(flags, named, tmp_path, capsys) -> N
     err = capsys.readouterr().err.strip()
     assert named in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def _model_args(**replace: str | list[str]) -> list[str]:
+    """TINY_ARGS with some flags' values replaced."""
+    args = list(TINY_ARGS)
+    for flag, value in replace.items():
+        flag = "--" + flag.replace("_", "-")
+        i = args.index(flag)
+        n = 4 if flag == "--decoder-channels" else 1
+        args[i + 1 : i + 1 + n] = [value] if isinstance(value, str) else value
+    return args
+
+
+@pytest.mark.parametrize(
+    "replace,extra,named",
+    [
+        ({"top_k": "7"}, [], ["top_k=7", "--top-k", "--world-classes"]),  # the world's 6 class names
+        ({"heads": "3"}, [], ["heads=3", "--heads", "choose heads from [1, 2, 4, 8, 16]"]),
+        ({"decoder_channels": ["16", "16", "16"]}, [], ["--decoder-channels"]),
+        ({}, ["--encoder-depth", "2"], ["--encoder-depth"]),
+        ({"encoder_weights": "/nonexistent/encoder.safetensors"}, [], ["does not exist", "--encoder-weights"]),
+        ({"clip_pretrained": "/nonexistent/clip.safetensors"}, [], ["does not exist", "--clip-pretrained"]),
+        ({"clip_model": "no-such-clip"}, [], ["unknown open_clip model", "--clip-model"]),
+    ],
+)
+def test_model_errors_of_train_name_the_flag(replace, extra, named, tmp_path, capsys) -> None:
+    """LCCo's and the CLIP's errors that a train flag causes end in one line naming that flag."""
+    assert main(["train", *_model_args(**replace), *extra, "--steps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(n in err for n in named), err
+
+
+def test_evaluate_coco_needs_the_image_folder(tmp_path, capsys) -> None:
+    """--data coco=INSTANCES_JSON without the image folder: one line naming --coco-images, not a TypeError."""
+    (tmp_path / "instances.json").write_text("{}")
+    argv = ["evaluate", "--model", str(tmp_path), "--data", f"coco={tmp_path / 'instances.json'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--coco-images FOLDER" in err, err
+    assert main([*argv, "--coco-images", str(tmp_path / "nowhere")]) == 2  # now the reader's own error, in one line
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) <= 12 and "TypeError" not in err and "--coco-images" not in err, err

@@ -232,13 +232,14 @@ class FrozenClip(nn.Module):
             raise CosegValueError(
                 f"unknown open_clip model {model_name!r}; open_clip.list_models() lists the "
                 f"{len(open_clip.list_models())} known names (e.g. 'ViT-B-16', 'ViT-B-32', 'RN50'), "
-                f"and open_clip.add_model_config(path) registers your own"
+                f"and open_clip.add_model_config(path) registers your own (on the command line: --clip-model)"
             )
         weights = None if pretrained is None else os.fspath(pretrained)
         if weights is not None and _looks_like_path(weights) and not os.path.isfile(weights):
             raise CosegValueError(
                 f"CLIP weights file {weights!r} does not exist; pass an existing file, an open_clip "
-                f"tag such as 'openai', or None for random weights"
+                f"tag such as 'openai', or None for random weights (on the command line: --clip-pretrained "
+                f"FILE, TAG or none)"
             )
         requested = model_name
         try:
@@ -248,7 +249,8 @@ class FrozenClip(nn.Module):
         except Exception as err:  # a TorchScript archive torch.jit.load cannot read
             raise WeightsUnavailableError(
                 f"could not read CLIP weights {weights!r} ({type(err).__name__}: {err}); pass a state dict "
-                f"(.pt, .bin) or a .safetensors file, or None for random weights"
+                f"(.pt, .bin) or a .safetensors file, or None for random weights (on the command line: "
+                f"--clip-pretrained FILE or none)"
             ) from err
         if choice.note is not None:
             log.warning(choice.note)

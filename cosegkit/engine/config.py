@@ -225,6 +225,14 @@ class TrainConfig:
             raise CosegValueError(
                 f"learning rates must be positive, got lr={self.lr}, encoder_lr={self.encoder_lr} (--lr, --encoder-lr)"
             )
+        for name in ("weight_decay", "warmup"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise CosegValueError(f"{name} must be non-negative, got {value!r} (--{_flag(name)})")
+        if self.class_prior is not None and (
+            isinstance(self.class_prior, bool) or not isinstance(self.class_prior, (int, float)) or self.class_prior < 0
+        ):
+            raise CosegValueError(f"class_prior must be non-negative, got {self.class_prior!r} (--class-prior)")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
         self._check_pseudo_masks()
         if self.grouping_level not in (1, 2, 3):

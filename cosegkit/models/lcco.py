@@ -115,13 +115,16 @@ def build_encoder(name: str, weights: str | os.PathLike[str] | None, depth: int)
         ) from err
     if local:
         if not os.path.isfile(weights):  # type: ignore[arg-type]
-            raise CosegValueError(f"encoder weights file {weights!r} does not exist")
+            raise CosegValueError(
+                f"encoder weights file {weights!r} does not exist; pass an existing file, a tag such as "
+                f"'imagenet', or None for a random encoder (cosegkit train: --encoder-weights)"
+            )
         try:
             state = _load_weights_file(weights)  # type: ignore[arg-type]
             encoder.load_state_dict(state)
         except Exception as err:
             raise WeightsUnavailableError(
-                f"could not load encoder weights from {weights!r} into {name!r}: {err}"
+                f"could not load encoder weights from {weights!r} into {name!r} (--encoder-weights): {err}"
             ) from err
     return encoder
 
@@ -132,6 +135,23 @@ def _positive_or_none(value: Any, name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CosegValueError(f"{name} must be a positive integer or None, got {value!r}")
     return int(value)
+
+
+def _check_heads(heads: int, clip_heads: int, clip_dim: int, widths: dict[str, int | None], clip_used: bool) -> None:
+    """Refuse head counts that do not divide the channels they split, naming the CLI flag."""
+    for module, channels in widths.items():
+        if channels is not None and heads >= 1 and channels % heads:
+            choices = [h for h in range(1, min(channels, 16) + 1) if channels % h == 0]
+            raise CosegValueError(
+                f"heads={heads} must divide the {channels} decoder channels of {module}; choose heads from "
+                f"{choices} (cosegkit train: --heads; or other --decoder-channels)"
+            )
+    if clip_used and clip_heads >= 1 and clip_dim % clip_heads:
+        choices = [h for h in range(1, min(clip_dim, 16) + 1) if clip_dim % h == 0]
+        raise CosegValueError(
+            f"clip_heads={clip_heads} must divide the CLIP's embedding dim {clip_dim}; choose from {choices} "
+            f"(cosegkit train: --heads sets both)"
+        )
 
 
 def _encoder_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
@@ -372,7 +392,7 @@ class LCCo(nn.Module):
         if len(self.levels) < 3:
             raise CosegValueError(
                 f"LCCo refines three decoder levels, but encoder {encoder_name!r} at depth "
-                f"{encoder_depth} gives {len(self.levels)} feature levels; use encoder_depth >= 3"
+                f"{encoder_depth} gives {len(self.levels)} feature levels; use encoder_depth >= 3 (--encoder-depth)"
             )
         n_levels = len(self.levels)
         if decoder_channels is None:
@@ -382,7 +402,7 @@ class LCCo(nn.Module):
         if len(decoder_channels) != n_levels:
             raise CosegValueError(
                 f"decoder_channels needs one entry per feature level of {encoder_name!r} "
-                f"({n_levels}, deepest first), got {len(decoder_channels)}: {decoder_channels}"
+                f"({n_levels}, deepest first), got {len(decoder_channels)}: {decoder_channels} (--decoder-channels)"
             )
         self.output_stride = int(getattr(self.encoder, "output_stride", 2**encoder_depth))
         mean, std = _encoder_stats(encoder_name)
@@ -413,9 +433,22 @@ class LCCo(nn.Module):
         p = self.clip.num_prompts if self.clip is not None else 0
         if use_interaction and top_k > p:
             raise CosegValueError(
-                f"top_k={top_k} is larger than the vocabulary of {p} prompts; lower top_k or add class names"
+                f"top_k={top_k} is larger than the vocabulary of {p} prompts; lower top_k (--top-k) or add "
+                f"class names (cosegkit train: --top-k; the synthetic world's vocabulary grows with --world-classes)"
             )
 
+        _check_heads(
+            heads,
+            clip_heads,
+            d,
+            {
+                "the correspondence (ISFC)": decoder_channels[0] if use_correspondence else None,
+                "the grouping layer": decoder_channels[grouping_level - 1]
+                if use_grouping and grouping_level in (1, 2, 3)
+                else None,
+            },
+            clip_used=use_interaction,
+        )
         self.correspondence: nn.Module = (
             ImageSetCorrespondence(decoder_channels[0], heads=heads, residual=settings["correspondence_residual"])
             if use_correspondence
