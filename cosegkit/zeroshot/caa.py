@@ -27,7 +27,7 @@ as CLIP-ES's ``scoremap2bbox`` does (the default), or ``"float"``, on the CAM it
 
 
 def check_box_precision(precision: str) -> str:
-    """``precision`` if it is one of :data:`BOX_PRECISIONS`; a clear error otherwise.
+    """``precision`` if it is one of :data:`~cosegkit.zeroshot.BOX_PRECISIONS`; a clear error otherwise.
 
     Example:
         >>> from cosegkit.zeroshot.caa import check_box_precision
@@ -128,7 +128,7 @@ def box_mask(cam: torch.Tensor, threshold: float = 0.4, precision: str = "uint8"
         cam: ``(m, h, w)`` maps; ``"uint8"`` reads them as values in [0, 1] (CLIP-ES passes
             min-max scaled CAMs, whose max is 1) and clips the rest.
         threshold: the fraction of each map's maximum that a region exceeds.
-        precision: one of :data:`BOX_PRECISIONS`.
+        precision: one of :data:`~cosegkit.zeroshot.BOX_PRECISIONS`.
 
     Returns:
         ``(m, h, w)`` float mask in {0, 1}. A map that is 0 everywhere gives an empty mask.
@@ -196,7 +196,7 @@ def caa_refine(
         cam: ``(m, h, w)`` min-max scaled CAMs.
         attn: ``(m, h*w, h*w)`` patch-to-patch attention, averaged over heads and blocks.
         threshold: :func:`box_mask`'s threshold.
-        precision: :func:`box_mask`'s comparison, one of :data:`BOX_PRECISIONS`.
+        precision: :func:`box_mask`'s comparison, one of :data:`~cosegkit.zeroshot.BOX_PRECISIONS`.
 
     Returns:
         ``(m, h, w)`` refined maps in [0, 1].

@@ -122,7 +122,7 @@ class ZeroShotCoseg(nn.Module):
         box_threshold: CAA's box threshold, a fraction of the CAM's maximum (CLIP-ES: 0.4).
         box_precision: ``"uint8"`` (CLIP-ES's ``scoremap2bbox``: the box threshold applied to
             the CAM's 8-bit copy) or ``"float"`` (to the CAM itself)
-            (:func:`~cosegkit.zeroshot.caa.box_mask`, :data:`~cosegkit.zeroshot.BOX_PRECISIONS`).
+            (:func:`~cosegkit.zeroshot.box_mask`, :data:`~cosegkit.zeroshot.BOX_PRECISIONS`).
         refine: apply CAA (ViT towers only).
         score: which image embedding the softmax scores: ``"patch_mean"``, the mean of the
             last block's patch tokens (CLIP-ES), or ``"pooled"``, the tower's own embedding
