@@ -421,6 +421,11 @@ def test_a_data_entry_without_a_layout_gets_the_right_suggestion(spec, hint, cap
         (["--class-prior", "-1"], "--class-prior"),
         (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-low", "0.9"], "--pseudo-low"),
         (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-margin", "2"], "--pseudo-margin"),
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-templates", "a photo"],
+         "--pseudo-templates"),
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-background", " "],
+         "--pseudo-background"),
+        (["--pseudo-masks", "zero-shot"], "--dataset folder"),
     ],
 )
 def test_train_setting_errors_name_the_flag(flags, named, tmp_path, capsys) -> None:

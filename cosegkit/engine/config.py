@@ -286,8 +286,8 @@ class TrainConfig:
             )
         if self.dataset == "synthetic":
             raise CosegValueError(
-                "pseudo masks need a dataset of image files (e.g. dataset 'folder'); the synthetic world "
-                "draws new images every step and has its masks anyway"
+                "pseudo masks need a dataset of image files (e.g. dataset 'folder', --dataset folder --root PATH); "
+                "the synthetic world draws new images every step and has its masks anyway"
             )
         if self.pseudo_rule not in ("fixed", "adaptive"):
             raise CosegValueError(f"pseudo_rule must be 'fixed' or 'adaptive', got {self.pseudo_rule!r}")
@@ -304,10 +304,14 @@ class TrainConfig:
             if value is None:
                 continue
             if isinstance(value, str) or not value or not all(isinstance(v, str) and v.strip() for v in value):
-                raise CosegValueError(f"{name} must be a non-empty list of non-empty strings, got {value!r}")
+                raise CosegValueError(
+                    f"{name} must be a non-empty list of non-empty strings, got {value!r} (--{_flag(name)})"
+                )
         for t in self.pseudo_templates or ():
             if t.count("{}") != 1:
-                raise CosegValueError(f"each pseudo template needs exactly one '{{}}' for the class name, got {t!r}")
+                raise CosegValueError(
+                    f"each pseudo template needs exactly one '{{}}' for the class name, got {t!r} (--pseudo-templates)"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON data."""
