@@ -220,15 +220,16 @@ def test_zero_shot_evaluate_runs_with_the_other_readings(dataset, tmp_path, caps
 
 
 def test_train_pseudo_mask_flags_reach_the_settings_and_the_cache_key(tmp_path, capsys) -> None:
-    """--pseudo-box-precision, --pseudo-cam-scaling, --pseudo-pos-interpolation: extra["zero_shot"], the model, the key."""
+    """--pseudo-box-precision, --pseudo-cam-scaling, --pseudo-pos-interpolation: extra["zero_shot"], model, key."""
     from cosegkit.cli import _config_from_args
     from cosegkit.clip import FrozenClip
     from cosegkit.engine.pseudo import build_zero_shot, cache_key
     from cosegkit.testing import register_tiny_clips
 
     def config(*flags: str):
-        base = ["train", "--dataset", "folder", "--root", "photos", "--pseudo-masks", "zero-shot", "--image-size", "32",
-                "--clip-model", TINY_CLIP, "--clip-pretrained", "none", "--pseudo-background", "grass", "sky"]  # fmt: skip
+        base = ["train", "--dataset", "folder", "--root", "photos", "--pseudo-masks", "zero-shot",
+                "--image-size", "32", "--clip-model", TINY_CLIP, "--clip-pretrained", "none",
+                "--pseudo-background", "grass", "sky"]  # fmt: skip
         return _config_from_args(build_parser().parse_args([*base, *flags]))
 
     register_tiny_clips()

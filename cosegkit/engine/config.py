@@ -65,7 +65,8 @@ class TrainConfig:
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
     ``top_k``. The grouping layer (``use_grouping``, an extension) takes ``grouping_level``,
     ``num_groups``, ``grouping_layers`` and ``grouping_activation`` as :class:`~cosegkit.LCCo`
-    does; a config written before the last two existed reads as 2 and ``"gelu"``. Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
+    does; a config written before the last two existed reads as 2 and ``"gelu"``.
+    Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
     with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
 
