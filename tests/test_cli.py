@@ -352,6 +352,10 @@ def test_evaluate_runs_a_model_at_the_size_it_was_trained_at(run_at_64, tmp_path
     seen.clear()
     assert main(["evaluate", "--model", str(run_at_64 / "model"), "--data", "synthetic", "--device", "cpu"]) == 0
     assert set(seen) == {(64, 64)}  # the run's synthetic world, drawn at the model's size
+    seen.clear()
+    synthetic = ["--data", "synthetic", "--device", "cpu", "--image-size", "40"]
+    assert main(["evaluate", "--model", str(run_at_64 / "model"), *synthetic]) == 0
+    assert set(seen) == {(40, 40)}  # the run's synthetic world, drawn at the size asked for
 
     # a model saved before the size was stored, outside a run folder: 224, with a one-line notice
     older = without_stored_sizes(Path(shutil.copytree(run_at_64 / "model", tmp_path / "older")))

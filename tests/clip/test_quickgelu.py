@@ -237,6 +237,27 @@ def test_openai_file_under_a_gelu_name_is_built_quickgelu(fmt, weights, caplog) 
     assert f"OpenAI CLIP weights in OpenAI's {expected}" in notes[0] and f"building {TWIN!r}" in notes[0]
 
 
+WRAPPINGS = {
+    "state_dict entry": lambda state: {"state_dict": state},
+    "module. prefixes": lambda state: {"module." + key: value for key, value in state.items()},
+}
+
+
+@pytest.mark.parametrize("wrapping", list(WRAPPINGS))
+def test_wrapped_openai_state_dict_is_built_quickgelu(wrapping, weights, tmp_path, caplog) -> None:
+    """A checkpoint open_clip unwraps (its ``state_dict`` entry, DDP's ``module.``) is read unwrapped here too."""
+    state = torch.load(weights["files"]["state dict"], weights_only=True)
+    file = tmp_path / "wrapped.pt"
+    torch.save(WRAPPINGS[wrapping](state), file)
+    with caplog.at_level(logging.WARNING, logger="cosegkit.clip"):
+        clip = FrozenClip.from_name(TINY_CLIP, file, classnames=CLASSNAMES)
+    assert activations(clip.model) == {"QuickGELU"}
+    assert clip.source["model_name"] == TWIN
+    assert gap(clip, weights["reference"]) < SAME
+    notes = [r.getMessage() for r in caplog.records if r.name.startswith("cosegkit.clip")]
+    assert len(notes) == 1 and "OpenAI CLIP weights in OpenAI's state-dict format" in notes[0], notes
+
+
 @pytest.mark.parametrize("fmt", OPENAI_FORMATS)
 def test_openai_file_under_the_quickgelu_name_loads_without_a_note(fmt, weights, caplog) -> None:
     quick_gelu_architecture(TINY_CLIP)
@@ -244,6 +265,24 @@ def test_openai_file_under_the_quickgelu_name_loads_without_a_note(fmt, weights,
         clip = FrozenClip.from_name(TWIN, weights["files"][fmt], classnames=CLASSNAMES)
     assert activations(clip.model) == {"QuickGELU"} and gap(clip, weights["reference"]) < SAME
     assert not [r for r in caplog.records if r.name.startswith("cosegkit.clip")]
+
+
+def test_a_different_config_under_the_twin_name_is_left_alone(tmp_path, monkeypatch) -> None:
+    """A user's own ``<name>-quickgelu`` of another architecture is kept; the twin gets another name."""
+    factory = open_clip.factory
+    # open_clip's registry is global: work on copies, restored after the test
+    monkeypatch.setattr(factory, "_MODEL_CONFIGS", dict(factory._MODEL_CONFIGS))
+    monkeypatch.setattr(factory, "_MODEL_CONFIG_PATHS", list(factory._MODEL_CONFIG_PATHS))
+    base = open_clip.get_model_config(TINY_CLIP)
+    users = {**base, "embed_dim": base["embed_dim"] * 2, "quick_gelu": True}
+    (tmp_path / f"{TWIN}.json").write_text(json.dumps(users))
+    open_clip.add_model_config(tmp_path / f"{TWIN}.json")
+    name = quick_gelu_architecture(TINY_CLIP)
+    assert name == TINY_CLIP + "-cosegkit-quickgelu"
+    assert open_clip.get_model_config(name) == {**base, "quick_gelu": True}
+    assert open_clip.get_model_config(TWIN) == users
+    assert quick_gelu_architecture(TINY_CLIP) == name
+    assert open_clip.get_model_config(TWIN) == users
 
 
 def test_open_clip_file_is_built_as_named(weights) -> None:

@@ -68,3 +68,22 @@ def test_missing_masks_and_empty_groups_name_the_python_argument_and_the_flag(tm
     assert [len(g) for g in read] == [2, 3, 3]
     with pytest.raises(ValueError, match=r"missing_masks must be one of \['error', 'skip'\], got 'ignore' \(--missing-masks\)"):
         TrainConfig(**config, missing_masks="ignore")
+
+
+def test_a_mask_with_width_and_height_swapped_is_refused(tmp_path) -> None:
+    """Sizes are compared as (width, height): a 6x8 mask of an 8x6 image is wrong, not the same pixels."""
+    from PIL import Image
+
+    from cosegkit.data.types import DataError, Group
+    from cosegkit.engine.config import check_mask_sizes
+
+    Image.new("RGB", (8, 6)).save(tmp_path / "a.jpg")
+    Image.new("L", (6, 8)).save(tmp_path / "a.png")
+    Image.new("RGB", (8, 6)).save(tmp_path / "b.jpg")
+    Image.new("L", (8, 6)).save(tmp_path / "b.png")
+    images, masks = (tmp_path / "a.jpg", tmp_path / "b.jpg"), (tmp_path / "a.png", tmp_path / "b.png")
+    with pytest.raises(DataError) as info:
+        check_mask_sizes([Group("cats", images, masks)])
+    message = str(info.value)
+    assert f"{masks[0]} is 6x8 but {images[0]} is 8x6" in message and "1 mask(s) of 2" in message
+    check_mask_sizes([Group("cats", images[1:], masks[1:])])  # the right size passes

@@ -81,6 +81,21 @@ def test_the_zero_shot_input_size_is_in_the_cache_key(clip) -> None:
     assert key != base
 
 
+def test_the_zero_shot_defaults_scale_twice_and_resize_bilinearly(clip) -> None:
+    """Guards against: a flipped default in ``zero_shot_settings`` or ``ZeroShotCoseg``.
+
+    The cache-key test above sees a flipped default only where the flip lands on the value it tries.
+
+    CLIP-ES scales its CAMs twice and resizes the positional embedding bilinearly; both the
+    pseudo masks of a run and a ``ZeroShotCoseg`` built by hand do the same unless told otherwise.
+    """
+    from cosegkit.zeroshot import ZeroShotCoseg
+
+    config = TrainConfig(dataset="folder", root="photos", pseudo_masks="zero-shot")
+    for zs in (build_zero_shot(config, clip), ZeroShotCoseg(clip)):
+        assert (zs.cam_scaling, zs.pos_interpolation) == ("twice", "bilinear")
+
+
 # ---------------------------------------------------------------------------------------------
 # the loader
 

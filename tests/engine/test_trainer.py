@@ -234,9 +234,16 @@ def _folder_with_a_wrong_size_mask(root: Path, group: int) -> tuple[list, Path]:
     return groups, wrong
 
 
-@pytest.mark.parametrize("held_out", [False, True])
-def test_a_wrong_size_mask_is_refused_before_the_model_is_built(tmp_path, monkeypatch, held_out) -> None:
-    """Every pair's size is read from the headers before training: not at the step that samples the mask."""
+@pytest.mark.parametrize(
+    "held_out, pseudo_masks",
+    [(False, None), (True, None), (True, "zero-shot")],
+    ids=["training", "held-out", "held-out with zero-shot pseudo masks"],
+)
+def test_a_wrong_size_mask_is_refused_before_the_model_is_built(tmp_path, monkeypatch, held_out, pseudo_masks) -> None:
+    """Every pair's size is read from the headers before training: not at the step that samples the mask.
+
+    Held-out masks are checked too, also where training reads pseudo masks instead of its own.
+    """
     import cosegkit.engine.trainer as trainer
     from cosegkit.data.types import DataError
 
@@ -251,6 +258,7 @@ def test_a_wrong_size_mask_is_refused_before_the_model_is_built(tmp_path, monkey
         classes=names[:2],
         eval_classes=names[2:] if held_out else None,
         steps=1,
+        pseudo_masks=pseudo_masks,
     )
     with pytest.raises(DataError) as info:
         train(config, tmp_path / "run", progress=False)

@@ -281,3 +281,33 @@ def test_default_modules_need_an_smp_model(tiny_clip) -> None:
         default_modules(TinyNet(), tiny_clip)
     with pytest.raises(CosegValueError, match="need a CLIP"):
         SetAwareNetwork(build("fpn"))
+
+
+def test_check_finds_the_gradient_of_an_output_that_sums_to_a_constant() -> None:
+    """A softmax over classes sums to 1 at every pixel: a plain sum of it has gradient 0, up to rounding.
+
+    The check's randomly weighted reduction still sees the real gradient; a plain sum would
+    report rounding noise (about 1e-6) as "reached".
+    """
+    torch.manual_seed(0)
+    net = smp.Unet("resnet18", encoder_weights=None, classes=2, activation="softmax2d")
+    model = SetAwareNetwork(net, {-1: ImageSetCorrespondence(512, heads=4)})  # the check runs at construction
+    report = model.check_gradients(64)
+    assert report.modules["ImageSetCorrespondence at encoder feature -1"] > 1e-2
+    assert set(report.features) == {-5, -4, -3, -2, -1}  # Unet's decoder reads every feature
+    assert all(norm > 1e-2 for norm in report.features.values()), report.features
+
+
+def test_class_probs_come_from_the_last_regularization_to_run(tiny_clip) -> None:
+    d, p = tiny_clip.embed_dim, tiny_clip.num_prompts
+    torch.manual_seed(1)
+    first = ClipRegularization(16, d, p)
+    torch.manual_seed(2)
+    last = ClipRegularization(16, d, p)
+    modules = {"body": last, "stem": first}  # stem runs before body, whatever the mapping's order
+    model = SetAwareNetwork(TinyNet(), modules, clip=tiny_clip, mean=None, std=None).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 3, 32, 32))
+    ran_first, ran_last = out.module_outputs["stem"].class_probs, out.module_outputs["body"].class_probs
+    assert not torch.allclose(ran_first, ran_last)
+    assert torch.equal(out.class_probs, ran_last)
