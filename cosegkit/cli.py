@@ -763,7 +763,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             device=info.device,
             model_key=key,
             on_set=on_set,
-            log=print if info.is_main else None,
+            log=print,
         )
     except KeyboardInterrupt:
         print(
