@@ -172,7 +172,9 @@ def plan_sets(
     groups: dict[Any, list[int]] = {}
     for i, path in enumerate(files):
         groups.setdefault(Path(path).parent if by_folder else None, []).append(i)
-    return [[members[j] for j in chunk] for members in groups.values() for chunk in balanced_sets(len(members), set_size)]
+    return [
+        [members[j] for j in chunk] for members in groups.values() for chunk in balanced_sets(len(members), set_size)
+    ]
 
 
 def stored_setting(model: torch.nn.Module, key: str) -> int | None:
@@ -254,7 +256,7 @@ def _check_header(path: Path) -> None:
 
 
 def read_for_network(path: str | os.PathLike[str], side: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """One image resized to ``(3, side, side)`` in [0, 1], and its own ``(H, W)`` as :func:`~cosegkit.data.io.load_image` reads it.
+    """One image resized to ``(3, side, side)`` in [0, 1], and its own ``(H, W)`` as ``load_image`` reads it.
 
     A JPEG is decoded at a reduced scale (libjpeg's DCT scaling, never below ``side``) before
     the antialiased resize: a 3 MP photo becomes at most a quarter of its pixels before any
@@ -357,7 +359,9 @@ def _settings_conflict(out: Path, settings: dict[str, Any]) -> str | None:
         return None
     flags = {"image_size": "--image-size", "preset": "--preset", "model": "--model"}
     differ = [
-        f"{flags[k]} {before.get(k)} there, {settings[k]} now" for k in flags if before.get(k, settings[k]) != settings[k]
+        f"{flag} {before.get(key)} there, {settings[key]} now"
+        for key, flag in flags.items()
+        if before.get(key, settings[key]) != settings[key]
     ]
     return "; ".join(differ) or None
 
@@ -383,7 +387,8 @@ def _write_set(
             atomic_write(out / names[i], lambda tmp, p=picture: p.save(tmp, format="PNG"))
             if overlays:
                 tinted = overlay(load_image(files[i]), mask)
-                atomic_write(out / (Path(names[i]).stem + "_overlay.png"), lambda tmp, p=tinted: p.save(tmp, format="PNG"))
+                target = out / (Path(names[i]).stem + "_overlay.png")
+                atomic_write(target, lambda tmp, p=tinted: p.save(tmp, format="PNG"))
     manifest.write("".join(json.dumps(r) + "\n" for r in records))
     manifest.flush()
 
@@ -490,8 +495,10 @@ def segment_files(
         >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=["cat", "dog", "fox"])
         >>> zs = ZeroShotCoseg(clip, background=["grass", "sky"])
         >>> found = []
+        >>> def report(number, set_files, output):
+        ...     found.append((number, len(set_files), zs.classnames[output.common_class[0]]))
         >>> written, _ = segment_files(zs, files[1:], folder / "zs", image_size=32, set_size=2, workers=0,
-        ...                            on_set=lambda k, f, out: found.append((k, len(f), zs.classnames[out.common_class[0]])))
+        ...                            on_set=report)
         >>> len(written), [(k, n) for k, n, name in found], all(name in zs.classnames for k, n, name in found)
         (3, [(1, 3)], True)
     """
@@ -503,7 +510,9 @@ def segment_files(
         raise CosegValueError(f"the output folder {str(out_dir)!r} is a file; pass a folder as --out")
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise CosegValueError(f"workers must be a non-negative integer (0: read in this process), got {workers!r}; set --workers")
+        raise CosegValueError(
+            f"workers must be a non-negative integer (0: read in this process), got {workers!r}; set --workers"
+        )
     if set_size is None:
         set_size = stored_setting(model, "set_size") or DEFAULT_SET_SIZE
     if set_size == "all":
@@ -535,7 +544,8 @@ def segment_files(
     plan = plan_sets(readable, set_size, by_folder=by_folder)
     set_files = [[str(readable[i]) for i in chunk] for chunk in plan]
 
-    settings = {"image_size": side, "preset": preset, "model": model_key or type(getattr(model, "module", model)).__name__}
+    key = model_key or type(getattr(model, "module", model)).__name__
+    settings = {"image_size": side, "preset": preset, "model": key}
     conflict = _settings_conflict(out, settings)
     if conflict:
         raise CosegValueError(
@@ -563,34 +573,29 @@ def segment_files(
     loader = DataLoader(
         _NetworkInputs(readable, side),
         batch_sampler=[plan[k] for k in mine],
-        num_workers=workers,
+        num_workers=workers if mine else 0,
         collate_fn=_as_list,
     )
-    failed: list[tuple[Path, str]] = []
     with (
         open(out / f"manifest.part{rank}.jsonl", "a", encoding="utf-8") as manifest,
         ThreadPoolExecutor(max_workers=1) as writer,
     ):
         pending: list[Future] = []
         for k, batch in zip(mine, loader, strict=True):
-            good = [(i, image, size) for i, image, size, error in batch if error is None]
-            records = []
-            for i, _, _, error in batch:
-                if error is not None:
-                    if not skip_bad:
-                        raise DataError(f"{error}; pass --skip-bad (skip_bad=True) to segment the other images")
-                    failed.append((readable[i], error))
-                    records.append({"image": str(readable[i]), "mask": None, "set": k + 1, "set_files": set_files[k], "error": error})
-            probs = torch.empty(0)
-            output = None
+            entry = {"set": k + 1, "set_files": set_files[k]}
+            records, good = [], []
+            for i, image, size, error in batch:  # in the set's order
+                if error is None:
+                    good.append((i, image, size))
+                    records.append({"image": str(readable[i]), "mask": names[i], **entry})
+                elif skip_bad:
+                    records.append({"image": str(readable[i]), "mask": None, **entry, "error": error})
+                else:
+                    raise DataError(f"{error}; pass --skip-bad (skip_bad=True) to segment the other images")
+            output, probs = None, torch.empty(0)
             if good:
-                images = torch.stack([image for _, image, _ in good])
-                output = model(images[None].to(device))
+                output = model(torch.stack([image for _, image, _ in good])[None].to(device))
                 probs = mask_probs(output)[0, :, 0].cpu()  # (n, s, s)
-            records += [
-                {"image": str(readable[i]), "mask": names[i], "set": k + 1, "set_files": set_files[k]} for i, _, _ in good
-            ]
-            records.sort(key=lambda r: set_files[k].index(r["image"]))
             while len(pending) >= _WRITES_IN_FLIGHT:
                 pending.pop(0).result()
             items = [(i, size) for i, _, size in good]

@@ -273,7 +273,8 @@ def test_cli_zero_shot_segments_at_224_without_a_notice(photos, tmp_path, capsys
     from cosegkit.testing import TINY_CLIP
 
     argv = ["segment", "--zero-shot", "--clip-model", TINY_CLIP, "--clip-pretrained", "none", "--device", "cpu",
-            str(photos / "dogs"), "--out", str(tmp_path / "zs"), "--workers", "0", "--vocabulary", "cat", "dog"]  # fmt: skip
+            str(photos / "dogs"), "--out", str(tmp_path / "zs"), "--workers", "0",
+            "--vocabulary", "cat", "dog"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "network side 224" in out and "stores no image size" not in out and "wrote 4 masks" in out
@@ -281,7 +282,8 @@ def test_cli_zero_shot_segments_at_224_without_a_notice(photos, tmp_path, capsys
 
 def test_cli_errors_name_their_flag(photos, tmp_path, capsys) -> None:
     folder = tiny_model().save_pretrained(tmp_path / "model")
-    argv = ["segment", "--model", str(folder), str(photos / "dogs"), "--device", "cpu", "--out", str(tmp_path / "masks")]
+    argv = ["segment", "--model", str(folder), str(photos / "dogs"), "--device", "cpu",
+            "--out", str(tmp_path / "masks")]  # fmt: skip
     assert main([*argv, "--image-size", "32", "--workers", "-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--workers" in err and len(err.splitlines()) == 1
