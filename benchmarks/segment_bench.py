@@ -7,9 +7,12 @@ The photos are generated in a temporary folder (``--folder`` keeps and reuses th
 random colour fields with noise, saved as JPEG (quality 90), so they decode like photos. Printed:
 
 - **peak memory**, one fresh subprocess per row: the process's peak resident set
-  (``ru_maxrss`` of ``RUSAGE_SELF``), its resident set once the model is built, and the largest
-  peak of its data-loader workers (``RUSAGE_CHILDREN``), for each photo count. Streamed, the
-  peak must not grow with the number of photos.
+  (``ru_maxrss`` of ``RUSAGE_SELF``), its resident set once the model is built, and the peak of
+  its data-loader workers' private memory together (``Private_Clean + Private_Dirty`` of
+  ``/proc/<pid>/smaps_rollup``, sampled every 20 ms: a forked worker shares the model's pages
+  with the process, so its resident set would count them again), for each photo count; and
+  the same process running the bare forward on one random set instead, for reference.
+  Streamed, the peak must not grow with the number of photos.
 - **throughput**, in one process: :func:`~cosegkit.engine.segment.segment_files` on the
   smallest collection (read, resize, forward, masks written at 3 MP) against the bare model
   forward on ready tensors of the same sets (same set sizes, same image size), alternated
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,22 +86,58 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def private_mb(pid: int) -> float:
+    """A process's private memory (USS): what it holds that no other process shares."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:  # it has just exited
+        return 0.0
+    fields = dict(line.split(":", 1) for line in text.splitlines()[1:])
+    return sum(int(fields.get(k, "0 kB").split()[0]) for k in ("Private_Clean", "Private_Dirty")) / 1024
+
+
+class WorkerSampler(threading.Thread):
+    """Samples the summed private memory of this process's children every 20 ms; keeps the peak."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.stop = 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            pids = set()
+            for children in Path("/proc/self/task").glob("*/children"):
+                pids.update(int(p) for p in children.read_text().split())
+            self.peak = max(self.peak, sum(private_mb(pid) for pid in pids))
+
+
 def child_memory(args: argparse.Namespace) -> None:
-    """One row of the memory table: segment the folder's photos, print peak memory as JSON."""
+    """One row of the memory table: segment the folder's photos (or run the bare forward), print JSON."""
+    import torch
+
     from cosegkit.engine.segment import collect_images, segment_files
 
     model = build_model(args)
     after_model = rss_mb()
-    files = collect_images([args.child_folder])
+    sampler = WorkerSampler()
+    sampler.start()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        written, _ = segment_files(
-            model, files, out, set_size=args.set_size, image_size=args.image_size, workers=args.workers
-        )
+    if args.child_folder == "bare":
+        with torch.inference_mode():
+            model(torch.rand(1, args.set_size, 3, args.image_size, args.image_size))
+        photos = 0
+    else:
+        files = collect_images([args.child_folder])
+        with tempfile.TemporaryDirectory() as out:
+            written, _ = segment_files(
+                model, files, out, set_size=args.set_size, image_size=args.image_size, workers=args.workers
+            )
+        photos = len(written)
     seconds = time.perf_counter() - start
+    sampler.stop.set()
+    sampler.join()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps(dict(photos=len(written), peak_mb=own, model_mb=after_model, worker_peak_mb=workers, s=seconds)))
+    print(json.dumps(dict(photos=photos, peak_mb=own, model_mb=after_model, worker_peak_mb=sampler.peak, s=seconds)))
 
 
 def throughput(args: argparse.Namespace, files: list[Path]) -> dict[str, float]:
@@ -175,9 +215,9 @@ def main() -> None:
         results: dict[str, object] = {"model": model_name, "workers": workers}
         if not args.skip_memory:
             print("\npeak memory (one fresh process per row)")
-            print(f"{'photos':>7}  {'peak RSS':>10}  {'after model':>11}  {'worker peak':>11}  {'time':>8}")
+            print(f"{'photos':>12}  {'peak RSS':>10}  {'after model':>11}  {'workers USS':>11}  {'time':>8}")
             rows = []
-            for count, folder in folders.items():
+            for folder in ["bare", *folders.values()]:
                 argv = [sys.executable, __file__, "--child-folder", str(folder), "--set-size", str(args.set_size),
                         "--image-size", str(args.image_size), "--encoder", args.encoder,
                         "--clip-model", args.clip_model]  # fmt: skip
@@ -185,8 +225,9 @@ def main() -> None:
                 done = subprocess.run(argv, capture_output=True, text=True, check=True)
                 row = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append(row)
+                label = "bare forward" if folder == "bare" else str(row["photos"])
                 print(
-                    f"{row['photos']:>7}  {row['peak_mb']:>7.0f} MB  {row['model_mb']:>8.0f} MB  "
+                    f"{label:>12}  {row['peak_mb']:>7.0f} MB  {row['model_mb']:>8.0f} MB  "
                     f"{row['worker_peak_mb']:>8.0f} MB  {row['s']:>6.1f} s"
                 )
             results["memory"] = rows

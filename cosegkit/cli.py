@@ -724,12 +724,19 @@ def _class_reporter(zs):
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     from cosegkit.engine.distributed import cleanup, setup
+    from cosegkit.data.io import IMAGE_EXTENSIONS
     from cosegkit.engine.segment import DEFAULT_IMAGE_SIZE, collect_images, segment_files, stored_setting
 
     _check_model_or_zero_shot(args)
-    files = collect_images(args.inputs)
+    try:
+        files = collect_images(args.inputs)
+    except FileNotFoundError as err:
+        raise _UsageError(f"input {err}; pass image files, folders or glob patterns before --out") from None
     if not files:
-        raise _UsageError(f"no image files found in {args.inputs}")
+        raise _UsageError(
+            f"no image files found in {args.inputs} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            f"pass image files, folders or glob patterns"
+        )
     info = setup(args.device)
     on_set = None
     image_size = args.image_size
@@ -772,6 +779,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    except OSError as err:  # the output folder: not writable, disk full
+        raise _UsageError(f"writing to --out {args.out!r} failed: {type(err).__name__}: {err}") from None
     finally:
         cleanup()
     if info.is_main:

@@ -292,6 +292,18 @@ def test_cli_errors_name_their_flag(photos, tmp_path, capsys) -> None:
     assert main([*argv, "--image-size", "40", "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--image-size 32 there, 40 now" in err and "--out" in err and len(err.splitlines()) == 1
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("")
+    flags = ["--model", str(folder), "--image-size", "32", "--workers", "0", "--device", "cpu"]
+    for inputs, out, message in (
+        (photos / "dogs", tmp_path / "afile" / "masks", "writing to --out"),  # below a file: mkdir fails
+        (tmp_path / "nothing*.jpg", tmp_path / "x", "pass image files, folders or glob patterns before --out"),
+        (tmp_path / "notes", tmp_path / "x", "no image files found"),
+    ):
+        assert main(["segment", str(inputs), "--out", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------- torchrun
