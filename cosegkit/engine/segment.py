@@ -19,7 +19,7 @@ Running the same command again skips every set whose masks are all written and l
 killed run continues where it stopped. ``<out>/segment.json`` records the settings the masks were
 made with; other settings are refused rather than mixed.
 
-**Several processes.** Under ``torchrun`` (an initialised :mod:`torch.distributed` process group),
+**Several processes.** Under ``torchrun`` (an initialised ``torch.distributed`` process group),
 process ``rank`` of ``world`` takes every ``world``-th set still to do, from the ``rank``-th on.
 """
 
@@ -66,14 +66,14 @@ __all__ = [
 ]
 
 DEFAULT_SET_SIZE = 5
-"""Images per set when the model stores no training set size: ``cosegkit train``'s default ``N``,
-so a model trained with the defaults sees sets of the size it learnt on."""
+"""Images per set when the model stores no training set size. It is ``cosegkit train``'s default
+``N``, so a model trained with the defaults sees sets of the size it learnt on."""
 
 DEFAULT_IMAGE_SIZE = 224
-"""The network's input side when neither the call nor the model says: CLIP ViT-B-16's own size."""
+"""The network's input side when neither the call nor the model says (CLIP ViT-B-16's own size)."""
 
 MANIFEST_NAME = "manifest.jsonl"
-"""The manifest in the output folder: one JSON line per input file."""
+"""The manifest's name in the output folder (one JSON line per input file)."""
 
 SETTINGS_NAME = "segment.json"
 _ORIENTATION = 0x0112  # EXIF orientation; 5 to 8 swap width and height
@@ -260,7 +260,7 @@ def read_for_network(path: str | os.PathLike[str], side: int) -> tuple[torch.Ten
 
     A JPEG is decoded at a reduced scale (libjpeg's DCT scaling, never below ``side``) before
     the antialiased resize: a 3 MP photo becomes at most a quarter of its pixels before any
-    float copy exists. Other formats are decoded fully, as :func:`~cosegkit.data.io.load_image`
+    float copy exists. Other formats are decoded fully, as :func:`~cosegkit.data.load_image`
     does. The EXIF orientation is applied.
 
     Raises:
