@@ -258,9 +258,9 @@ def _check_header(path: Path) -> None:
 def read_for_network(path: str | os.PathLike[str], side: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """One image resized to ``(3, side, side)`` in [0, 1], and its own ``(H, W)`` as ``load_image`` reads it.
 
-    A JPEG is decoded at a reduced scale (libjpeg's DCT scaling, never below ``side``) before
-    the antialiased resize: a 3 MP photo becomes at most a quarter of its pixels before any
-    float copy exists. Other formats are decoded fully, as :func:`~cosegkit.data.load_image`
+    A JPEG is decoded at a reduced scale (libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never below
+    ``side``) before the antialiased resize: for a side of 224 a 2048 x 1536 photo is decoded as
+    512 x 384, and no full-size copy exists. Other formats are decoded fully, as :func:`~cosegkit.data.load_image`
     does. The EXIF orientation is applied.
 
     Raises:
