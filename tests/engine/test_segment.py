@@ -328,3 +328,28 @@ def test_two_gloo_processes_write_the_masks_of_one(photos, tmp_path) -> None:
     assert a.keys() == b.keys() and len(a) == 9 and all(np.array_equal(a[k], b[k]) for k in a)
     assert (tmp_path / "one" / "manifest.jsonl").read_text() == (tmp_path / "two" / "manifest.jsonl").read_text()
     assert not list((tmp_path / "two").glob("manifest.part*"))
+
+
+def test_set_size_all_makes_one_set_per_folder(photos, tmp_path) -> None:
+    sizes = []
+    segment_files(
+        tiny_model(), files_of(photos), tmp_path / "masks", set_size="all", image_size=32, workers=0,
+        on_set=lambda k, f, o: sizes.append((k, len(f))),
+    )  # fmt: skip
+    assert sizes == [(1, 5), (2, 4)]
+    with pytest.raises(CosegValueError, match="--set-size"):
+        segment_files(tiny_model(), files_of(photos), tmp_path / "other", set_size=0, workers=0)
+
+
+def test_an_interrupted_command_says_how_to_continue(photos, tmp_path, capsys, monkeypatch) -> None:
+    import cosegkit.engine.segment as engine
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "segment_files", interrupted)
+    folder = tiny_model().save_pretrained(tmp_path / "model")
+    argv = ["segment", "--model", str(folder), str(photos / "dogs"), "--out", str(tmp_path / "masks")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert "interrupted" in err and "run the same command again to continue" in err and len(err.splitlines()) == 1
