@@ -54,10 +54,11 @@ def make_photos(folder: Path, count: int, width: int, height: int, seed: int = 0
         paths.append(path)
         if path.is_file():
             continue
-        coarse = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
+        own = np.random.default_rng([seed, i])  # photo i's content whatever was generated before
+        coarse = Image.fromarray(own.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(
             (width, height), Image.Resampling.BICUBIC
         )
-        shift = int(rng.integers(0, width))
+        shift = int(own.integers(0, width))
         pixels = np.asarray(coarse, dtype=np.float32) + np.roll(noise, shift, axis=1)
         Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
     return paths
