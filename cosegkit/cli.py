@@ -723,8 +723,8 @@ def _class_reporter(zs):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from cosegkit.engine.distributed import cleanup, setup
     from cosegkit.data.io import IMAGE_EXTENSIONS
+    from cosegkit.engine.distributed import cleanup, setup
     from cosegkit.engine.segment import DEFAULT_IMAGE_SIZE, collect_images, segment_files, stored_setting
 
     _check_model_or_zero_shot(args)
