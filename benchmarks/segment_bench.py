@@ -98,7 +98,7 @@ def private_mb(pid: int) -> float:
 
 
 class WorkerSampler(threading.Thread):
-    """Samples the summed private memory of this process's children every 20 ms; keeps the peak."""
+    """Samples the summed private memory of this process's descendants every 20 ms; keeps the peak."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -106,10 +106,22 @@ class WorkerSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.wait(0.02):
-            pids = set()
-            for children in Path("/proc/self/task").glob("*/children"):
-                pids.update(int(p) for p in children.read_text().split())
-            self.peak = max(self.peak, sum(private_mb(pid) for pid in pids))
+            self.peak = max(self.peak, sum(private_mb(pid) for pid in descendants(os.getpid())))
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (workers may be children of a fork server, not of this process)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for children in Path(f"/proc/{todo.pop()}/task").glob("*/children"):
+            try:
+                new = {int(p) for p in children.read_text().split()} - found
+            except OSError:  # the process has just exited
+                continue
+            found |= new
+            todo += new
+    return found
 
 
 def child_memory(args: argparse.Namespace) -> None:
