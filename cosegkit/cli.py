@@ -796,13 +796,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segment_set_size(value: str) -> int | str:
+    return "all" if value.lower() in ("all", "none", "group") else _positive(value)
+
+
 def _add_segment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "segment",
         help="co-segment your own images and write one mask PNG per image",
         formatter_class=_FORMATTER,
-        description="Co-segment images that share an object: all of them form one set (or sets of "
-        "--set-size). Writes <out>/<stem>.png masks (0/255) at each image's original size. "
+        description="Co-segment images that share an object. Writes <out>/<stem>.png masks (0/255) at each "
+        "image's original size and <out>/manifest.jsonl, one line per input: its mask and set. "
+        "Sets: the images of each folder, in input order (folders never mixed unless --mix-folders), cut into "
+        "ceil(M / n) sets of at most n = --set-size images whose sizes differ by at most one; no image is left "
+        "alone (with --set-size 2 and an odd count one set takes three). The default n is the model's training "
+        "set size, or 5 when it stores none. The images stream through --workers processes, so memory does not "
+        "grow with their number. Running the same command again after an interruption skips the sets already "
+        "written; under torchrun each process takes its share of the sets. "
         "With --zero-shot no trained model is needed: a frozen CLIP finds the class each set shares "
         "(printed per set; --class-name fixes it) and segments it with CLIP-ES's softmax-GradCAM and "
         "CAA, on the images resized to --image-size (default 224) as for a model.",
@@ -810,6 +820,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
   cosegkit segment --model runs/pascal/model photos/*.jpg --out masks/
   cosegkit segment --model runs/pascal/model photos/ --out masks/ --overlay --set-size 8
   cosegkit segment --model runs/pascal/model 'photos/**/*.png' --out masks/ --skip-bad
+  cosegkit segment --model runs/pascal photos/ --out masks/ --workers 8     # a large collection
+  torchrun --nproc-per-node 2 -m cosegkit segment --model runs/pascal photos/ --out masks/
 
   # zero-shot: no trained model, a frozen CLIP (downloads the weights once; or --clip-pretrained FILE)
   cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
@@ -822,12 +834,25 @@ or before another option: they take every word up to the next option.
     )
     p.add_argument("inputs", nargs="+", help="image files, folders, or glob patterns")
     p.add_argument("--model", help="a model folder, or a run folder; or --zero-shot")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--set-size", type=_set_size, default=None, help="images per set (default: all in one set)")
-    p.add_argument("--image-size", type=_positive, default=224, help="network resolution (default 224)")
+    p.add_argument("--out", required=True, help="output folder (masks, manifest.jsonl)")
+    p.add_argument(
+        "--set-size",
+        type=_segment_set_size,
+        default=None,
+        help="images per set at most, or 'all' (default: the model's training set size, else 5)",
+    )
+    p.add_argument(
+        "--mix-folders", action="store_true", help="let images of different folders share a set (default: not)"
+    )
+    p.add_argument(
+        "--image-size", type=_positive, default=None, help="network resolution (default: the model's, else 224)"
+    )
     p.add_argument("--preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="binarisation (default ssnm)")
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files instead of stopping")
+    p.add_argument(
+        "--workers", type=int, default=None, help="image-reading processes (default: up to 4; 0: in this process)"
+    )
     p.add_argument("--device", default="auto")
     _add_zero_shot_options(p)
     p.set_defaults(func=_cmd_segment)
@@ -835,10 +860,8 @@ or before another option: they take every word up to the next option.
 
 def _class_reporter(zs):
     """An ``on_set`` for segment_files that prints the class each set was found to share."""
-    count = [0]
 
-    def report(files: list[Path], output) -> None:
-        count[0] += 1
+    def report(number: int, files: list[Path], output) -> None:
         scores = output.class_scores[0].float().cpu() / max(1, len(files))  # mean cosine over the set
         chosen = int(output.common_class[0])
         how = "--class-name" if zs.class_name else "found"
@@ -847,7 +870,7 @@ def _class_reporter(zs):
         label = "CLIP's best others" if zs.class_name else "runners-up"
         where = files[0].name + (f" .. {files[-1].name}" if len(files) > 1 else "")
         print(
-            f"set {count[0]} ({_plural(len(files), 'image')}, {where}): {zs.classnames[chosen]!r} ({how}; "
+            f"set {number} ({_plural(len(files), 'image')}, {where}): {zs.classnames[chosen]!r} ({how}; "
             f"mean cosine {scores[chosen]:.3f}" + (f"; {label} {runners}" if runners else "") + ")"
         )
 
@@ -855,37 +878,73 @@ def _class_reporter(zs):
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from cosegkit.engine.distributed import _pick_device
-    from cosegkit.engine.segment import collect_images, segment_files
+    from cosegkit.data.io import IMAGE_EXTENSIONS
+    from cosegkit.engine.distributed import cleanup, setup
+    from cosegkit.engine.segment import DEFAULT_IMAGE_SIZE, collect_images, segment_files, stored_setting
 
     _check_model_or_zero_shot(args)
-    files = collect_images(args.inputs)
+    try:
+        files = collect_images(args.inputs)
+    except FileNotFoundError as err:
+        raise _UsageError(f"input {err}; pass image files, folders or glob patterns before --out") from None
     if not files:
-        raise _UsageError(f"no image files found in {args.inputs}")
-    device = _pick_device(args.device, 0)
+        raise _UsageError(
+            f"no image files found in {args.inputs} (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+            f"pass image files, folders or glob patterns"
+        )
+    info = setup(args.device)
     on_set = None
+    image_size = args.image_size
     if args.zero_shot:
-        model = _load_zero_shot(args, device)
+        model = _load_zero_shot(args, info.device)
         on_set = _class_reporter(model)
+        given = [f"--{o.replace('_', '-')}={getattr(args, o)}" for o in _ZERO_SHOT_OPTIONS if getattr(args, o)]
+        key = " ".join(["zero-shot", *given])
     else:
-        model, _ = _load_model(args.model, device)
-    written, skipped = segment_files(
-        model,
-        files,
-        args.out,
-        set_size=args.set_size,
-        image_size=args.image_size,
-        preset=args.preset,
-        overlays=args.overlay,
-        skip_bad=args.skip_bad,
-        device=device,
-        on_set=on_set,
-    )
-    print(
-        f"wrote {len(written)} masks to {args.out}" + (f"; skipped {len(skipped)} unreadable files" if skipped else "")
-    )
-    for path, reason in skipped:
-        print(f"  skipped {path}: {reason}")
+        model, folder = _load_model(args.model, info.device)
+        key = str(folder.resolve())
+        if image_size is None and stored_setting(model, "image_size") is None:
+            image_size = DEFAULT_IMAGE_SIZE
+            if info.is_main:
+                print(
+                    f"{folder / 'config.json'} stores no image size (saved by an older cosegkit): "
+                    f"segmenting at {DEFAULT_IMAGE_SIZE}; pass --image-size to choose"
+                )
+    try:
+        written, skipped = segment_files(
+            model,
+            files,
+            args.out,
+            set_size=args.set_size,
+            image_size=image_size,
+            by_folder=not args.mix_folders,
+            preset=args.preset,
+            overlays=args.overlay,
+            skip_bad=args.skip_bad,
+            workers=args.workers,
+            device=info.device,
+            model_key=key,
+            on_set=on_set,
+            log=print,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"cosegkit segment: interrupted; the sets finished so far are in {args.out}: "
+            f"run the same command again to continue",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as err:  # the output folder: not writable, disk full
+        raise _UsageError(f"writing to --out {args.out!r} failed: {type(err).__name__}: {err}") from None
+    finally:
+        cleanup()
+    if info.is_main:
+        print(
+            f"wrote {len(written)} masks to {args.out} (listed in {Path(args.out) / 'manifest.jsonl'})"
+            + (f"; skipped {len(skipped)} unreadable files" if skipped else "")
+        )
+        for path, reason in skipped:
+            print(f"  skipped {path}: {reason}")
     return 0
 
 

@@ -67,19 +67,21 @@ def test_zero_shot_segment_writes_a_mask_per_image_at_its_size(photos, tmp_path,
     assert segment(photos, out, *ZS, *VOCAB, "--overlay", "--set-size", "2") == 0
     stdout = capsys.readouterr().out
     assert "zero-shot: coseg-test-tiny (random weights), vit tower, 4 class names" in stdout
-    assert "set 1 (2 images, p0.png .. p1.png): " in stdout and "set 2 (1 image, p2.png): " in stdout
-    assert "(found;" in stdout and "wrote 3 masks" in stdout
+    # 3 images in sets of at most 2: one set of 3, no image left alone
+    assert "3 images in 1 sets of 3" in stdout and "set 1 (3 images, p0.png .. p2.png): " in stdout
+    assert "set 2" not in stdout and "(found;" in stdout and "wrote 3 masks" in stdout
     for i, (h, w) in enumerate(SIZES):
         mask = np.array(Image.open(out / f"p{i}.png"))
         assert mask.shape == (h, w) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
         assert Image.open(out / f"p{i}_overlay.png").size == (w, h)
-    assert len(list(out.iterdir())) == 6
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("p")) == ["manifest.jsonl", "segment.json"]
+    assert len(list(out.iterdir())) == 8
 
 
 def test_known_class_name_is_segmented_in_every_set(photos, tmp_path, capsys) -> None:
-    assert segment(photos, tmp_path / "masks", *ZS, *VOCAB, "--class-name", "dog", "--set-size", "2") == 0
+    assert segment(photos, tmp_path / "masks", *ZS, *VOCAB, "--class-name", "dog", "--set-size", "1") == 0
     stdout = capsys.readouterr().out
-    assert stdout.count("'dog' (--class-name;") == 2 and ", class 'dog'" in stdout
+    assert stdout.count("'dog' (--class-name;") == 3 and ", class 'dog'" in stdout
     assert len(list((tmp_path / "masks").glob("*.png"))) == 3
 
 
