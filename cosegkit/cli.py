@@ -417,7 +417,8 @@ def _model_folder(path: str) -> Path:
     folder = model_folder(path)  # a run folder gives its model/, as LCCo.from_pretrained does
     if not (folder / "config.json").is_file():
         raise _UsageError(
-            f"{path!r} is not a model folder (no config.json); pass run/model or a save_pretrained folder"
+            f"--model {path!r} is not a model folder (no config.json); pass --model with a cosegkit train run "
+            f"folder, its model/ or a save_pretrained folder"
         )
     return folder
 

@@ -35,12 +35,12 @@ def test_every_help_has_examples(command, capsys) -> None:
         (["train", "--resume"], "--resume needs the run folder"),
         (["train", "--epochs", "2"], "give --steps, not --epochs"),
         (["train", "--superpixel-weight", "1"], "turn the layer on"),
-        (["evaluate", "--model", "/nonexistent", "--data", "synthetic"], "not a model folder"),
+        (["evaluate", "--model", "/nonexistent", "--data", "synthetic"], "(no config.json); pass --model"),
         (["segment", "--model", "/nonexistent", "/no/such/*.jpg", "--out", "x"], "neither a file"),
         (["train", "--classes", "cat"], "the synthetic world trains on all its classes"),
         (["train", "--eval-classes", "cat"], "select groups of a dataset on disk"),
-        (["train", "--device", "gpu", "--steps", "1", "--out", "/nonexistent/run"], "unknown device 'gpu'"),
-        (["export", "--model", "/nonexistent", "--out", "m.pt2"], "not a model folder"),
+        (["train", "--device", "gpu", "--steps", "1", "--out", "/nonexistent/run"], "(--device on the command line)"),
+        (["export", "--model", "/nonexistent", "--out", "m.pt2"], "(no config.json); pass --model"),
         (["train", "--workers", "-1"], "workers must be a non-negative integer"),
     ],
 )
@@ -48,6 +48,15 @@ def test_bad_arguments_give_one_line(argv, message, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_segment_with_a_folder_that_holds_no_model_names_the_flag(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 12)).save(tmp_path / "a.png")
+    assert main(["segment", "--model", str(tmp_path / "nothing"), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "(no config.json); pass --model" in err and len(err.splitlines()) == 1
 
 
 def test_train_into_a_file_or_resuming_an_empty_folder_gives_one_line(tmp_path, capsys) -> None:

@@ -52,7 +52,7 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise CosegValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:<index>") from err
+        raise CosegValueError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:<index> (--device on the command line)") from err
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     if dev.type == "cuda":
