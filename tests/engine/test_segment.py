@@ -144,6 +144,57 @@ def test_workers_give_the_same_masks_as_reading_in_process(photos, tmp_path) -> 
     assert a.keys() == b.keys() and len(a) == 9 and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+MALLOC_PROBE = """
+import ctypes, ctypes.util, sys
+import cosegkit.engine.segment as segment
+
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = Mallinfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+held = segment._fixed_mmap_threshold() if sys.argv[1] == "held" else None
+libc.free(libc.malloc(8 << 20))  # a decoded photo, mmapped, then freed
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(1 << 20)  # the next one
+print(held, libc.mallinfo2().hblkhd - before >= 1 << 20)
+"""
+
+
+def test_workers_hold_the_mmap_threshold(tmp_path, monkeypatch) -> None:
+    """A freed 8 MB block lifts glibc's threshold: the next 1 MB would come from the (forked) heap."""
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+    if not hasattr(libc, "mallinfo2") or not hasattr(libc, "gnu_get_libc_version"):
+        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
+
+    def probe(arm: str) -> str:
+        done = subprocess.run([sys.executable, "-c", MALLOC_PROBE, arm], capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    assert probe("default") == "None False"  # glibc's own rule: the 1 MB block lands in the heap
+    assert probe("held") == "True True"  # held at 128 KiB: it is mmapped, and unmapped when freed
+
+    loaders = []
+
+    class Recording(segment.DataLoader):
+        def __init__(self, *args, **kwargs) -> None:
+            loaders.append(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(segment, "DataLoader", Recording)
+    files = [tmp_path / "a.png", tmp_path / "b.png"]
+    for path in files:
+        Image.new("RGB", (20, 10)).save(path)
+    segment_files(tiny_model(), files, tmp_path / "masks", image_size=16, workers=1)
+    assert loaders[0]["worker_init_fn"] is segment._fixed_mmap_threshold
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 2
+
+
 # ---------------------------------------------------------------------- manifest and resuming
 class Interrupted(Exception):
     pass
