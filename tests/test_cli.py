@@ -42,6 +42,7 @@ def test_every_help_has_examples(command, capsys) -> None:
         (["train", "--device", "gpu", "--steps", "1", "--out", "/nonexistent/run"], "(--device on the command line)"),
         (["export", "--model", "/nonexistent", "--out", "m.pt2"], "(no config.json); pass --model"),
         (["train", "--workers", "-1"], "workers must be a non-negative integer"),
+        (["train", "--image-size", "8"], "at least 16 px, got image_size=8 (--image-size)"),
     ],
 )
 def test_bad_arguments_give_one_line(argv, message, capsys) -> None:

@@ -218,6 +218,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CosegValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dataset == "synthetic" and self.image_size < 16:
+            raise CosegValueError(
+                f"the synthetic world draws images of at least 16 px, got image_size={self.image_size} "
+                f"(--image-size)"
+            )
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise CosegValueError(
                 f"workers must be a non-negative integer (0: load in the main process), got {self.workers!r}"
