@@ -1,5 +1,13 @@
-"""Co-segmentation datasets: readers for the field's layouts, image-set sampling, a synthetic world."""
+"""Co-segmentation datasets: readers for the field's layouts, image-set sampling, a synthetic world and a composite one."""
 
+from cosegkit.data.composite import (
+    CompositeCosegDataset,
+    CompositeSet,
+    CompositeWorld,
+    CutOut,
+    ObjectPose,
+    split_photos,
+)
 from cosegkit.data.io import (
     IMAGE_EXTENSIONS,
     check_pair,
@@ -43,10 +51,15 @@ __all__ = [
     "READERS",
     "VOC_CLASSES",
     "Augmentation",
+    "CompositeCosegDataset",
+    "CompositeSet",
+    "CompositeWorld",
+    "CutOut",
     "DataError",
     "EvalSets",
     "Group",
     "ObjectClass",
+    "ObjectPose",
     "SyntheticBatch",
     "SyntheticCosegDataset",
     "SyntheticSet",
@@ -72,6 +85,7 @@ __all__ = [
     "read_pascal_voc",
     "read_processed",
     "read_voc_segmentation",
+    "split_photos",
     "voc_colour",
     "write_folder_dataset",
 ]
