@@ -39,7 +39,7 @@ What the world promises (the argument of :mod:`cosegkit.data.synthetic`, for rea
 
 - **Split by photo.** ``photos=`` builds the world from a subset of the photos (cut-outs and
   backgrounds alike), e.g. :func:`split_photos`'s training or held-out part; every generated
-  object records its source photo (:attr:`CompositeSet.source_photos`), every image its
+  object records its source photo (``source_photos`` of :class:`CompositeSet`), every image its
   background photo.
 
 Example:
@@ -65,7 +65,7 @@ import math
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+import pathlib
 from typing import Any
 
 import numpy as np
@@ -97,19 +97,19 @@ class CutOut:
     """One object cut out of a masked photo, cropped to its mask's bounding box.
 
     Attributes:
-        rgba: the cut-out at the world's working resolution, an RGBA :class:`PIL.Image.Image`
-            (alpha 255 on the object, 0 off it).
+        rgba: the cut-out at the world's working resolution, ``(h, w, 4)`` uint8 RGBA (alpha
+            255 on the object, 0 off it).
         class_index: the object's class, an index into ``CompositeWorld.classes``.
         photo: the source photo's path, as the reader gave it.
 
     Example:
-        >>> from PIL import Image
-        >>> cut = CutOut(Image.new("RGBA", (4, 3)), class_index=0, photo="cat.jpg")
-        >>> cut.rgba.size, cut.photo
-        ((4, 3), 'cat.jpg')
+        >>> import numpy as np
+        >>> cut = CutOut(np.zeros((3, 4, 4), dtype=np.uint8), class_index=0, photo="cat.jpg")
+        >>> cut.rgba.shape, cut.photo
+        ((3, 4, 4), 'cat.jpg')
     """
 
-    rgba: Image.Image
+    rgba: np.ndarray
     class_index: int
     photo: str
 
@@ -192,7 +192,7 @@ class CompositeSet:
         return len(self.captions)
 
 
-def _photo_key(path: str | Path) -> str:
+def _photo_key(path: str | pathlib.Path) -> str:
     return str(path)
 
 
@@ -291,7 +291,7 @@ class CompositeWorld:
         image_size: int = 128,
         objects_per_image: int | tuple[int, int] = (2, 3),
         seed: int = 0,
-        photos: Collection[str | Path] | None = None,
+        photos: Collection[str | pathlib.Path] | None = None,
         object_size: float | tuple[float, float] = (0.35, 0.7),
         min_visible: float = 0.5,
         max_tries: int = 30,
@@ -339,8 +339,8 @@ class CompositeWorld:
         Example:
             >>> import torch
             >>> world = CompositeWorld.from_arrays([torch.rand(3, 9, 9)] * 4, [torch.ones(9, 9)] * 4, "abcd", image_size=32)
-            >>> world.cutouts[0].rgba.size, world.cutouts[3].photo
-            ((9, 9), '3')
+            >>> world.cutouts[0].rgba.shape, world.cutouts[3].photo
+            ((9, 9, 4), '3')
         """
         if not len(images) == len(masks) == len(class_names):
             raise CosegValueError(
@@ -403,6 +403,7 @@ class CompositeWorld:
         working = math.ceil(self.object_size[1] * self.image_size)  # the largest side ever pasted
         self.classes: list[str] = []
         self.cutouts: list[CutOut] = []
+        self._images: list[Image.Image] = []  # the cut-outs as PIL images, for resizing
         photo_classes: dict[str, set[int]] = {}
         thumbs: dict[str, np.ndarray] = {}
         skipped = 0
@@ -427,7 +428,8 @@ class CompositeWorld:
             if longer > working:
                 w, h = cut.size
                 cut = cut.resize((max(1, round(w * working / longer)), max(1, round(h * working / longer))), Image.Resampling.BOX)
-            self.cutouts.append(CutOut(cut, c, photo))
+            self.cutouts.append(CutOut(np.asarray(cut), c, photo))
+            self._images.append(cut)
         if skipped:
             warnings.warn(f"{skipped} photo(s) without a mask or with an empty mask give no cut-out", stacklevel=3)
         self.num_classes = len(self.classes)
@@ -622,7 +624,7 @@ class CompositeWorld:
         )
         rgbs, alphas = [], []
         for j, i in enumerate(cuts):
-            rgb, alpha = self._resize(self.cutouts[i].rgba, sizes[j], bool(flips[j]))
+            rgb, alpha = self._resize(self._images[i], sizes[j], bool(flips[j]))
             rgbs.append(rgb * gains[j].astype(np.float32)[:, None, None])
             alphas.append(alpha)
 
@@ -638,7 +640,7 @@ class CompositeWorld:
             cells = rng.permutation(g * g)[:k]
             for j, i in enumerate(cuts):
                 if max(alphas[j].shape) > cell:
-                    rgb, alphas[j] = self._resize(self.cutouts[i].rgba, cell, bool(flips[j]))
+                    rgb, alphas[j] = self._resize(self._images[i], cell, bool(flips[j]))
                     rgbs[j] = rgb * gains[j].astype(np.float32)[:, None, None]
             ys = [int((c // g) * cell + rng.integers(0, cell - a.shape[0] + 1)) for c, a in zip(cells, alphas, strict=True)]
             xs = [int((c % g) * cell + rng.integers(0, cell - a.shape[1] + 1)) for c, a in zip(cells, alphas, strict=True)]
