@@ -25,7 +25,10 @@ What the world promises (the argument of :mod:`cosegkit.data.synthetic`, for rea
      target's is in every image.
   2. An object's cut-out is a uniform draw among its class's cut-outs, whatever its role (the
      target's cut-outs of one set come from distinct photos while the class has enough of them:
-     an image still sees a uniform draw). Its scale, flip, colour jitter and place are drawn
+     an image still sees a uniform draw). Readers whose photos hold several classes
+     (``voc_segmentation``, ``coco``, ``msrc``) are the one exception: a distractor's cut-out is
+     drawn among the photos the image does not use yet, the target's first, so the distractor
+     cannot come from the target's photo while the target can come from any. Its scale, flip, colour jitter and place are drawn
      i.i.d. per object, without looking at its role; the draw order is a uniform permutation.
   3. Occlusion is constrained symmetrically: places are redrawn until *every* object keeps at
      least ``min_visible`` of its pixels; after ``max_tries`` a role-blind fallback puts the
@@ -257,8 +260,9 @@ class CompositeWorld:
         image_size: side ``S`` of the square images, in pixels (>= 16).
         objects_per_image: ``K`` objects per image, an int or an inclusive ``(low, high)``
             range drawn uniformly per image (the target plus ``K - 1`` distractors).
-        seed: the default seed of :meth:`sample_batch` and :class:`CompositeCosegDataset`
-            callers; construction itself is not random.
+        seed: the world's seed, mixed into every seeded sample (``sample_set(seed=s)`` draws
+            from ``(world seed, *s)``): worlds of different seeds give different sets for the
+            same sample seeds. Construction itself is not random.
         photos: build the world from these photos only (paths or strings, as the reader gave
             them), e.g. one part of :func:`split_photos`; ``None``: every photo.
         object_size: the longer side of a pasted object, as a fraction of ``S``, an inclusive
@@ -487,9 +491,9 @@ class CompositeWorld:
 
         Args:
             set_size: images in the set, ``N >= 1``.
-            seed: an int or a tuple of ints that fixes the set (same seed, same set); as in
-                :meth:`~cosegkit.data.synthetic.SyntheticWorld.sample_set`, trailing zeros are
-                ignored.
+            seed: an int or a tuple of ints that fixes the set (same seed and world seed,
+                same set); as in :meth:`~cosegkit.data.synthetic.SyntheticWorld.sample_set`,
+                trailing zeros are ignored.
             generator: a NumPy or torch generator to draw from instead of ``seed``. With
                 neither, a seed is drawn from torch's global RNG.
             target: the target's class index; drawn uniformly when ``None``.
@@ -509,6 +513,10 @@ class CompositeWorld:
         """
         n = _positive_int(set_size, "set_size")
         rng = _make_rng(seed, generator)
+        if seed is not None:
+            words = _check_seed(seed)
+            world = self.seed if isinstance(self.seed, list) else [self.seed]
+            rng = np.random.default_rng([*world, *(words if isinstance(words, list) else [words])])
         if target is None:
             t = int(rng.integers(self.num_classes))
         elif isinstance(target, (int, np.integer)) and not isinstance(target, bool) and 0 <= target < self.num_classes:

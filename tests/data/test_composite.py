@@ -153,10 +153,15 @@ def test_objects_overlap_and_the_fallback_keeps_them_apart():
 def test_same_seed_same_set_and_items_are_independent():
     world = _world(image_size=32)
     _assert_same_sets(world.sample_set(3, seed=5), world.sample_set(3, seed=5))
-    _assert_same_sets(world.sample_set(3, seed=5), world.sample_set(3, generator=np.random.default_rng(5)))
+    _assert_same_sets(
+        world.sample_set(3, generator=np.random.default_rng(5)), world.sample_set(3, generator=np.random.default_rng(5))
+    )
     assert not torch.equal(world.sample_set(3, seed=5).images, world.sample_set(3, seed=6).images)
     again = _world(image_size=32)  # a world rebuilt from the same photos gives the same sets
     _assert_same_sets(world.sample_set(3, seed=(1, 2)), again.sample_set(3, seed=(1, 2)))
+    other = _world(image_size=32, seed=1)  # the world's seed enters every sample
+    assert not torch.equal(world.sample_set(3, seed=(1, 2)).images, other.sample_set(3, seed=(1, 2)).images)
+    _assert_same_sets(other.sample_set(3, seed=4), _world(image_size=32, seed=1).sample_set(3, seed=4))
     ds = CompositeCosegDataset(world, set_size=3, length=6, seed=2)
     item = ds[4]  # set 4 without sets 0..3
     ref = world.sample_set(3, seed=(2, 4))
