@@ -65,21 +65,21 @@ objects in an image.
 from __future__ import annotations
 
 import math
+import pathlib
 import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-import pathlib
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from cosegkit.data.io import load_group_item
 from cosegkit.data.synthetic import (
     Seed,
     SyntheticBatch,
+    SyntheticCosegDataset,
     _caption,
     _check_seed,
     _make_rng,
@@ -710,7 +710,7 @@ class CompositeWorld:
 # ---------------------------------------------------------------------------- dataset
 
 
-class CompositeCosegDataset(Dataset):
+class CompositeCosegDataset(SyntheticCosegDataset):
     """A map-style dataset of composite sets: item ``i`` is a fixed function of ``(seed, i)``.
 
     Item ``i`` is ``world.sample_set(set_size, seed=(seed, i))`` as the dict of
@@ -731,28 +731,4 @@ class CompositeCosegDataset(Dataset):
         (torch.Size([3, 3, 32, 32]), torch.int64, 3)
     """
 
-    def __init__(self, world: CompositeWorld, set_size: int, length: int, seed: int = 0) -> None:
-        if not isinstance(world, CompositeWorld):
-            raise CosegValueError(f"expected a CompositeWorld, got {type(world).__name__}")
-        self.world = world
-        self.set_size = _positive_int(set_size, "set_size")
-        self.length = _positive_int(length, "length", 0)
-        self.seed = _check_seed(seed)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"dataset indices are ints, got {type(index).__name__}")
-        i = int(index) + self.length if index < 0 else int(index)
-        if not 0 <= i < self.length:
-            raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
-        words = self.seed if isinstance(self.seed, list) else [self.seed]
-        s = self.world.sample_set(self.set_size, seed=(*words, i))
-        return {
-            "images": s.images,
-            "masks": s.masks,
-            "target": torch.tensor(s.target, dtype=torch.int64),
-            "captions": s.captions,
-        }
+    world_type = CompositeWorld

@@ -688,9 +688,12 @@ class SyntheticCosegDataset(Dataset):
         (torch.Size([4, 3, 3, 32, 32]), torch.Size([4, 3, 1, 32, 32]), torch.Size([4]))
     """
 
+    world_type: type = SyntheticWorld
+    """The world class this dataset draws from (a subclass of the dataset names its own)."""
+
     def __init__(self, world: SyntheticWorld, set_size: int, length: int, seed: int = 0) -> None:
-        if not isinstance(world, SyntheticWorld):
-            raise CosegValueError(f"expected a SyntheticWorld, got {type(world).__name__}")
+        if not isinstance(world, self.world_type):
+            raise CosegValueError(f"expected a {self.world_type.__name__}, got {type(world).__name__}")
         self.world = world
         self.set_size = _positive_int(set_size, "set_size")
         self.length = _positive_int(length, "length", 0)
