@@ -334,7 +334,7 @@ class SetAwareNetwork(nn.Module):
         A second module of the same class at the same point gets `` (2)``, and so on.
         """
         labels: list[str] = []
-        for point, module in zip(self.points, self.inserted):
+        for point, module in zip(self.points, self.inserted, strict=True):
             label = f"{type(module).__name__} at {self._where(point)}"
             count = sum(existing == label or existing.startswith(label + " (") for existing in labels)
             labels.append(label if count == 0 else f"{label} ({count + 1})")
@@ -545,7 +545,7 @@ class SetAwareNetwork(nn.Module):
             at += len(probes[k])
         modules: dict[str, float] = {}
         at = 0
-        for i, (label, group) in enumerate(zip(self.labels(), params)):
+        for i, (label, group) in enumerate(zip(self.labels(), params, strict=True)):
             if group:
                 modules[label] = float(torch.tensor(param_norms[at : at + len(group)]).square().sum().sqrt())
             else:  # no trainable parameters: whether its output reaches

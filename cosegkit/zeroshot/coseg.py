@@ -32,8 +32,8 @@ from einops import rearrange, reduce
 from torch import nn
 
 from cosegkit._validation import check_image_set, resolve_valid
-from cosegkit.layers._blocks import masked_sum
 from cosegkit.errors import CosegValueError
+from cosegkit.layers._blocks import masked_sum
 from cosegkit.zeroshot.caa import caa_refine, check_box_precision, minmax_scale
 from cosegkit.zeroshot.prompts import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS, encode_prompts
 from cosegkit.zeroshot.towers import check_pos_interpolation, check_tower, resnet_pass, vit_pass

@@ -28,11 +28,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cosegkit import LCCo
-from cosegkit.models.lcco import CLIP_CONFIG_DIR
 from cosegkit.cli import main
 from cosegkit.clip import FrozenClip
 from cosegkit.clip.activation import OPENAI_ONLY_KEYS, quick_gelu_architecture, trained_architecture
 from cosegkit.errors import CosegValueError
+from cosegkit.models.lcco import CLIP_CONFIG_DIR
 from cosegkit.zeroshot import ZeroShotCoseg
 from tests._support import TINY_CLIP, tiny_lcco
 from tests.engine.test_trainer import TINY_ARGS, cli_env

@@ -83,7 +83,7 @@ def test_shapes_dtypes_and_records(seed):
     assert s.masks.shape == (n, 1, 48, 48) and s.masks.dtype == torch.float32
     assert s.object_maps.shape == s.class_maps.shape == (n, 1, 48, 48)
     assert s.object_maps.dtype == s.class_maps.dtype == torch.int64
-    assert 0 <= s.images.min() and s.images.max() <= 1
+    assert s.images.min() >= 0 and s.images.max() <= 1
     assert torch.equal(s.masks, (s.class_maps == s.target).float())
     assert s.target_name == world.classes[s.target] == f"class{s.target}"
     assert len(s) == n
@@ -100,7 +100,7 @@ def test_shapes_dtypes_and_records(seed):
         assert torch.equal(s.class_maps[i], lookup[s.object_maps[i]])
         for j, (pose, fraction) in enumerate(zip(poses, s.visible_fractions[i], strict=True)):
             assert isinstance(pose, ObjectPose)
-            assert 0 <= pose.y and pose.y + pose.height <= 48 and 0 <= pose.x and pose.x + pose.width <= 48
+            assert pose.y >= 0 and pose.y + pose.height <= 48 and pose.x >= 0 and pose.x + pose.width <= 48
             visible = s.object_maps[i, 0] == j
             assert visible.sum() > 0
             rows, cols = visible.any(1).nonzero(), visible.any(0).nonzero()
