@@ -17,21 +17,10 @@ import time
 
 import numpy as np
 import torch
+from synthetic_speed import images_per_second  # the same timing loop (benchmarks/ is on the path)
 
 from cosegkit.data.composite import CompositeWorld
 from cosegkit.data.readers import get_reader
-
-
-def images_per_second(world: CompositeWorld, set_size: int, sets: int, repeats: int) -> list[float]:
-    """Images per second of each timed run (after one warm-up set)."""
-    world.sample_set(set_size, seed=0)
-    rates = []
-    for r in range(repeats):
-        start = time.perf_counter()
-        for i in range(sets):
-            world.sample_set(set_size, seed=(r, i))
-        rates.append(sets * set_size / (time.perf_counter() - start))
-    return rates
 
 
 def main() -> None:
