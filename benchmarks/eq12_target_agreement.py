@@ -50,7 +50,7 @@ def main() -> None:
     import torch
 
     from cosegkit.clip import FrozenClip
-    from cosegkit.clip.pretrain import ClipPretrainConfig, pretrain_synthetic_clip, register_synthetic_clip
+    from cosegkit.engine.pretrain import ClipPretrainConfig, pretrain_synthetic_clip, register_synthetic_clip
     from cosegkit.data import TrainSets
     from cosegkit.data.readers import get_reader
     from cosegkit.data.sampling import Augmentation, _item_seed

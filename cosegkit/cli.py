@@ -452,7 +452,7 @@ def _notice(message: str | None) -> None:
 
 
 def _load_model(path: str, device):
-    from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.engine.pretrain import register_synthetic_clip
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import register_tiny_clips
 
@@ -663,7 +663,7 @@ def _zero_shot_settings(args: argparse.Namespace) -> dict:
 def _load_zero_shot(args: argparse.Namespace, device):
     """A ZeroShotCoseg from the zero-shot options; prints one line saying what it is."""
     from cosegkit.clip import FrozenClip
-    from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.engine.pretrain import register_synthetic_clip
     from cosegkit.testing import register_tiny_clips
     from cosegkit.zeroshot import ZeroShotCoseg
 

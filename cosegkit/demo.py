@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from cosegkit.clip.frozen import FrozenClip
-from cosegkit.clip.pretrain import (
+from cosegkit.engine.pretrain import (
     SYNTHETIC_CLIP,
     SYNTHETIC_TEMPLATES,
     ClipPretrainConfig,
@@ -163,7 +163,7 @@ def demo_zero_shot(clip: FrozenClip) -> ZeroShotCoseg:
         >>> from unittest import mock
         >>> import torch
         >>> from cosegkit.clip import FrozenClip
-        >>> from cosegkit.clip.pretrain import (SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig,
+        >>> from cosegkit.engine.pretrain import (SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig,
         ...                                     register_synthetic_clip)
         >>> from cosegkit.demo import demo_zero_shot
         >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):  # a throw-away cache
@@ -262,7 +262,7 @@ def run_demo(
     Even ``quick=True`` (or ``steps=1, clip_steps=1``) still builds, trains, evaluates and saves
     three ResNet-18 LCCo models (``cosegkit demo --quick`` took 11 s of wall time on an idle
     2-core CPU, and up to a minute with the cores shared), so the example below only shows what
-    the demo trains. The CLIP weights are cached under :func:`~cosegkit.clip.pretrain.cache_folder`
+    the demo trains. The CLIP weights are cached under :func:`~cosegkit.engine.pretrain.cache_folder`
     (``$COSEGKIT_CACHE`` moves it).
 
     Args:

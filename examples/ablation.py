@@ -119,7 +119,7 @@ def readout_scores(run: Path, clip_path: str) -> dict:
     if all(key in scores for key in wanted):
         return scores
     from cosegkit import FrozenClip, GroupingReadout, LCCo
-    from cosegkit.clip.pretrain import register_synthetic_clip
+    from cosegkit.engine.pretrain import register_synthetic_clip
     from cosegkit.diagnostics import grouping_diagnostics
     from cosegkit.engine import TrainConfig, build_eval_sets, evaluate
 
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="run folders and the table (default runs/ablation-<table>)")
     args = parser.parse_args()
 
-    from cosegkit.clip.pretrain import ClipPretrainConfig, pretrain_synthetic_clip
+    from cosegkit.engine.pretrain import ClipPretrainConfig, pretrain_synthetic_clip
 
     clip_path = str(pretrain_synthetic_clip(ClipPretrainConfig(num_classes=16, steps=args.clip_steps)))
     rows = {"modules": lambda: module_rows(args.variant), "readings": reading_rows, "grouping": grouping_rows}[

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from cosegkit.clip.pretrain import ClipPretrainConfig, pretrain_synthetic_clip
+from cosegkit.engine.pretrain import ClipPretrainConfig, pretrain_synthetic_clip
 from cosegkit.data.synthetic import write_folder_dataset
 from cosegkit.demo import demo_train_config
 from cosegkit.engine import build_eval_sets, evaluate, find_checkpoints, train

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from cosegkit.clip.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig, pretrain_synthetic_clip
+from cosegkit.engine.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig, pretrain_synthetic_clip
 from cosegkit.engine import TrainConfig, train
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from cosegkit.clip.frozen import FrozenClip
-from cosegkit.clip.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig, pretrain_synthetic_clip
+from cosegkit.engine.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES, ClipPretrainConfig, pretrain_synthetic_clip
 from cosegkit.data.synthetic import write_folder_dataset
 from cosegkit.demo import ZERO_SHOT_SIZE, DemoBudget, demo_train_config
 from cosegkit.engine import build_eval_sets, evaluate, find_checkpoints, train

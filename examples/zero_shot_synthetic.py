@@ -19,7 +19,7 @@ import time
 import torch
 
 from cosegkit.clip.frozen import FrozenClip
-from cosegkit.clip.pretrain import (
+from cosegkit.engine.pretrain import (
     SYNTHETIC_CLIP,
     SYNTHETIC_TEMPLATES,
     ClipPretrainConfig,

@@ -64,6 +64,8 @@ objects in an image.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import pathlib
 import warnings
@@ -448,6 +450,7 @@ class CompositeWorld:
                 f"undefined: lower objects_per_image or add classes"
             )
         self._by_class = [np.array(members) for members in by_class]
+        self._fingerprint: str | None = None
         self._photos = sorted(thumbs)
         self._thumbs = np.stack([thumbs[p] for p in self._photos])
         # photo x class: whether the photo holds the class (its background shows it)
@@ -470,6 +473,43 @@ class CompositeWorld:
     def photos(self) -> list[str]:
         """Every photo the world uses (for cut-outs or backgrounds), sorted."""
         return list(self._photos)
+
+    def fingerprint(self) -> str:
+        """A short hash of what the world generates: its settings and the pixels it draws from.
+
+        Equal for worlds built from the same photos with the same settings, wherever the photos
+        lie on disk; it names cached work done on the world (e.g. a CLIP pre-trained on it,
+        :func:`~cosegkit.engine.pretrain.pretrain_clip`).
+
+        Example:
+            >>> import torch
+            >>> images, masks = [torch.full((3, 9, 9), i / 4) for i in range(4)], [torch.ones(9, 9)] * 4
+            >>> world = CompositeWorld.from_arrays(images, masks, "abcd", image_size=32)
+            >>> again = CompositeWorld.from_arrays(images, masks, "abcd", image_size=32)
+            >>> other = CompositeWorld.from_arrays(images[::-1], masks, "abcd", image_size=32)
+            >>> len(world.fingerprint()), world.fingerprint() == again.fingerprint(), world.fingerprint() == other.fingerprint()
+            (16, True, False)
+        """
+        if self._fingerprint is None:
+            settings = {
+                "world": "composite",
+                "classes": self.classes,
+                "image_size": self.image_size,
+                "objects_per_image": list(self.objects_per_image),
+                "object_size": list(self.object_size),
+                "min_visible": self.min_visible,
+                "max_tries": self.max_tries,
+                "jitter": self.jitter,
+                "seed": self.seed,
+            }
+            digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+            for cut in self.cutouts:
+                digest.update(np.array([cut.class_index, *cut.rgba.shape], dtype=np.int64).tobytes())
+                digest.update(np.ascontiguousarray(cut.rgba).tobytes())
+            digest.update(np.ascontiguousarray(self._thumbs).tobytes())
+            digest.update(self._photo_has.tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return (

@@ -60,6 +60,8 @@ Axis legend: ``b`` batch of sets, ``n`` images per set, ``c`` channels (RGB), ``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -416,6 +418,31 @@ class SyntheticWorld:
     def class_names(self) -> list[str]:
         """The class names, in class-index order (e.g. a CLIP prompt vocabulary)."""
         return [c.name for c in self.classes]
+
+    def fingerprint(self) -> str:
+        """A short hash of the world's settings, which fix everything it generates.
+
+        It names cached work done on the world (e.g. a CLIP pre-trained on it,
+        :func:`~cosegkit.engine.pretrain.pretrain_clip`).
+
+        Example:
+            >>> world = SyntheticWorld(num_classes=6, image_size=32)
+            >>> world.fingerprint() == SyntheticWorld(num_classes=6, image_size=32).fingerprint()
+            True
+            >>> world.fingerprint() == SyntheticWorld(num_classes=6, image_size=32, seed=1).fingerprint()
+            False
+        """
+        settings = {
+            "world": "synthetic",
+            "num_classes": self.num_classes,
+            "image_size": self.image_size,
+            "objects_per_image": list(self.objects_per_image),
+            "object_size": list(self.object_size),
+            "min_visible": self.min_visible,
+            "max_tries": self.max_tries,
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (

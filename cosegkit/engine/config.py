@@ -89,7 +89,7 @@ class TrainConfig:
 
     The CLIP vocabulary is the synthetic world's class names (with the template ``"a {}"``)
     when the dataset is synthetic or the CLIP is the synthetic one
-    (:data:`~cosegkit.clip.pretrain.SYNTHETIC_CLIP`), else the default vocabulary.
+    (:data:`~cosegkit.engine.pretrain.SYNTHETIC_CLIP`), else the default vocabulary.
 
     Example:
         >>> import tempfile
@@ -368,7 +368,7 @@ class TrainConfig:
         The world's class names (template ``"a {}"``) on the synthetic dataset, and with the
         synthetic CLIP on any dataset (it knows no other words).
         """
-        from cosegkit.clip.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES
+        from cosegkit.engine.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES
 
         if self.dataset == "synthetic" or self.clip_model == SYNTHETIC_CLIP:
             return self.world().class_names, list(SYNTHETIC_TEMPLATES)
@@ -720,7 +720,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         >>> all(torch.equal(a[name], b[name]) for name in b)
         True
     """
-    from cosegkit.clip.pretrain import SYNTHETIC_CLIP, register_synthetic_clip
+    from cosegkit.engine.pretrain import SYNTHETIC_CLIP, register_synthetic_clip
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
 
