@@ -117,7 +117,9 @@ class ZeroShotCoseg(nn.Module):
         class_name: segment this class in every set instead of the set's argmax.
         image_size: the CLIP input size: ``None`` keeps the input's size, each side rounded up
             to a multiple of the patch (CLIP-ES), an int or ``(H, W)`` resizes to it (rounded
-            the same way). ResNet towers always take the CLIP's own size.
+            the same way). A ResNet tower takes the CLIP's own size when ``None``, and an
+            explicit size rounded up to a multiple of 32 (its stride), its attention pool's
+            positional embedding resized to the larger grid as a ViT's is.
         attention_blocks: CAA averages the attention of this many last blocks (CLIP-ES: 8).
         box_threshold: CAA's box threshold, a fraction of the CAM's maximum (CLIP-ES: 0.4).
         box_precision: ``"uint8"`` (CLIP-ES's ``scoremap2bbox``: the box threshold applied to
@@ -131,8 +133,8 @@ class ZeroShotCoseg(nn.Module):
             same again on the result) or ``"once"``. The second pass lifts to 1 the peak of a
             weak CAM, one whose spread (max - min) is not large against the 1e-7
             (:data:`~cosegkit.zeroshot.CAM_SCALINGS`).
-        pos_interpolation: how a ViT's positional embedding is resized to a patch grid other
-            than its own: ``"bilinear"`` (CLIP-ES) or ``"bicubic"``
+        pos_interpolation: how a positional embedding (a ViT's, or a ResNet's attention
+            pool's) is resized to a grid other than its own: ``"bilinear"`` (CLIP-ES) or ``"bicubic"``
             (:func:`~cosegkit.zeroshot.towers.interpolate_positional_embedding`).
 
     Example:
@@ -240,7 +242,7 @@ class ZeroShotCoseg(nn.Module):
     def input_size(self, h: int, w: int) -> tuple[int, int]:
         """The CLIP input size for images of ``h x w``."""
         visual = self.clip.model.visual
-        if self.tower == "resnet":
+        if self.tower == "resnet" and self.image_size is None:
             return tuple(self.clip.image_size)
         if self.image_size is None:
             size = (h, w)
@@ -248,7 +250,7 @@ class ZeroShotCoseg(nn.Module):
             size = (self.image_size, self.image_size)
         else:
             size = tuple(self.image_size)
-        ph, pw = visual.patch_size
+        ph, pw = (32, 32) if self.tower == "resnet" else visual.patch_size  # a ResNet's grid has stride 32
         return (max(1, math.ceil(size[0] / ph)) * ph, max(1, math.ceil(size[1] / pw)) * pw)
 
     def set_scores(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -298,7 +300,7 @@ class ZeroShotCoseg(nn.Module):
             if self.tower == "vit":
                 tp = vit_pass(visual, x, self.attention_blocks, pos_interpolation=self.pos_interpolation)
             else:
-                tp = resnet_pass(visual, x)
+                tp = resnet_pass(visual, x, self.pos_interpolation)
             fg = self.foreground_bank.to(tp.pooled.dtype)
             bank = torch.cat([fg, self.background_bank.to(fg.dtype)])  # (q, d)
             if tuple(x.shape[-2:]) == tuple(self.clip.image_size):

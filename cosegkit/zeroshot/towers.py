@@ -14,6 +14,7 @@ joint embedding width, ``h w`` patch grid.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ __all__ = [
     "check_pos_interpolation",
     "check_tower",
     "interpolate_positional_embedding",
+    "attention_pool",
     "resnet_pass",
     "vit_pass",
 ]
@@ -289,8 +291,63 @@ def vit_pass(
     return TowerPass(pooled, patch_mean, leaf["ln_1"], (gh, gw), attention)
 
 
-def resnet_pass(visual: nn.Module, x: torch.Tensor) -> TowerPass:
+def attention_pool(pool: nn.Module, x: torch.Tensor, pos_interpolation: str = "bilinear") -> torch.Tensor:
+    """open_clip's ``AttentionPool2d`` on a feature grid of any size ``(bn, c, h, w) -> (bn, d)``.
+
+    The same computation as the module's own forward (the grid's mean as the query token,
+    positional embedding, one multi-head attention, the query's output), with the positional
+    embedding resized to the grid by :func:`interpolate_positional_embedding` when the grid is
+    not the tower's own (as MaskCLIP runs a ResNet CLIP at other sizes). On the tower's own
+    grid it equals ``pool(x)``.
+
+    Example:
+        >>> import torch
+        >>> from open_clip.modified_resnet import AttentionPool2d
+        >>> from cosegkit.zeroshot.towers import attention_pool
+        >>> pool = AttentionPool2d(spacial_dim=2, embed_dim=16, num_heads=2, output_dim=8).eval()
+        >>> x = torch.randn(3, 16, 2, 2)
+        >>> torch.allclose(attention_pool(pool, x), pool(x), atol=1e-6)
+        True
+        >>> attention_pool(pool, torch.randn(3, 16, 5, 4)).shape  # a larger grid
+        torch.Size([3, 8])
+    """
+    pos = pool.positional_embedding
+    side = math.isqrt(pos.shape[0] - 1)
+    grid = tuple(x.shape[-2:])
+    if grid != (side, side):
+        pos = interpolate_positional_embedding(pos, (side, side), grid, pos_interpolation)
+    t = rearrange(x, "bn c h w -> (h w) bn c")
+    t = torch.cat([t.mean(dim=0, keepdim=True), t], dim=0)
+    t = t + pos[:, None, :].to(t.dtype)
+    out, _ = F.multi_head_attention_forward(
+        query=t,
+        key=t,
+        value=t,
+        embed_dim_to_check=t.shape[-1],
+        num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight,
+        k_proj_weight=pool.k_proj.weight,
+        v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None,
+        in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None,
+        bias_v=None,
+        add_zero_attn=False,
+        dropout_p=0.0,
+        out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias,
+        use_separate_proj_weight=True,
+        training=False,
+        need_weights=False,
+    )
+    return out[0]
+
+
+def resnet_pass(visual: nn.Module, x: torch.Tensor, pos_interpolation: str = "bilinear") -> TowerPass:
     """Run open_clip's ModifiedResNet; GradCAM's layer is ``layer4``'s output. No attention (no CAA).
+
+    Images of the tower's own size run as the tower does; other sizes (multiples of 32) pool
+    with the positional embedding resized to the larger grid (:func:`attention_pool`).
 
     Example:
         A tiny random ResNet CLIP at its own 64 px:
@@ -306,11 +363,13 @@ def resnet_pass(visual: nn.Module, x: torch.Tensor) -> TowerPass:
         (torch.Size([2, 32]), True)
         >>> tp.leaf.shape, tp.grid, tp.attention  # layer4's channels on its grid; no attention
         (torch.Size([2, 256, 2, 2]), (2, 2), None)
+        >>> resnet_pass(clip.model.visual, torch.randn(2, 3, 128, 96)).grid  # a larger input, a larger grid
+        (4, 3)
     """
     with torch.no_grad():
         y = visual.layer3(visual.layer2(visual.layer1(visual.stem(x))))
         y = visual.layer4(y)
     leaf = y.detach().requires_grad_(True)
     with torch.enable_grad():
-        pooled = visual.attnpool(leaf)
+        pooled = attention_pool(visual.attnpool, leaf, pos_interpolation)
     return TowerPass(pooled, pooled, leaf, tuple(leaf.shape[-2:]), None)

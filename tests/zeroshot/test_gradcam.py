@@ -297,8 +297,34 @@ def test_resnet_tower(tiny_rn) -> None:
             torch.testing.assert_close(out.cams[i, j], cam, **TOL)
 
 
-def test_resnet_takes_its_own_input_size(tiny_rn) -> None:
-    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND, image_size=(96, 128))  # ignored: the attention pool is fixed
+def test_resnet_takes_its_own_input_size_by_default(tiny_rn) -> None:
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND)
     assert zs.input_size(50, 70) == (64, 64)
     out = zs(torch.rand(1, 2, 3, 50, 70))
     assert out.cams.shape == (1, 2, 2, 2) and out.probs.shape == (1, 2, 1, 50, 70)
+
+
+def test_resnet_at_a_larger_size_pools_with_a_resized_positional_embedding(tiny_rn) -> None:
+    """An explicit size runs the ResNet on a larger grid, its attention pool's embedding resized as a ViT's."""
+    import copy
+
+    from cosegkit.zeroshot.towers import interpolate_positional_embedding, resnet_pass
+
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND, image_size=(96, 120))
+    assert zs.input_size(50, 70) == (96, 128)  # rounded up to the stride, 32
+    out = zs(torch.rand(1, 2, 3, 50, 70))
+    assert out.cams.shape == (1, 2, 3, 4) and out.probs.shape == (1, 2, 1, 50, 70)
+    # the reference: open_clip's own pool, its parameter replaced by the resized embedding
+    visual = tiny_rn.model.visual
+    x = torch.randn(2, 3, 96, 128)
+    for mode in ("bilinear", "bicubic"):
+        pool = copy.deepcopy(visual.attnpool)
+        side = round((pool.positional_embedding.shape[0] - 1) ** 0.5)
+        pool.positional_embedding = torch.nn.Parameter(
+            interpolate_positional_embedding(pool.positional_embedding.data, (side, side), (3, 4), mode)
+        )
+        with torch.no_grad():
+            y = visual.layer4(visual.layer3(visual.layer2(visual.layer1(visual.stem(x)))))
+            expected = pool(y)
+        torch.testing.assert_close(resnet_pass(visual, x, mode).pooled.detach(), expected, **TOL)
+    assert not torch.allclose(resnet_pass(visual, x, "bilinear").pooled, resnet_pass(visual, x, "bicubic").pooled)
