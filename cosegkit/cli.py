@@ -962,6 +962,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
   cosegkit demo
   cosegkit demo --out demo-out --steps 1200
   cosegkit demo --quick
+  cosegkit demo --world pascal --root data/pascal_voc_coseg   # real photographs
 """,
     )
     p.add_argument("--out", default="cosegkit-demo", help="output folder (default cosegkit-demo)")
@@ -969,6 +970,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-steps", type=_positive, default=None, help="CLIP pre-training steps")
     p.add_argument("--quick", action="store_true", help="a tiny budget: checks the pipeline, measures nothing")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--world",
+        choices=("synthetic", "pascal"),
+        default="synthetic",
+        help="synthetic: coloured shapes (default); pascal: real PASCAL-VOC photos at --root, split by "
+        "photo, as a composite world of their object cut-outs",
+    )
+    p.add_argument("--root", default=None, help="the PASCAL-VOC co-segmentation folder (--world pascal)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -983,6 +992,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         quick=args.quick,
         seed=args.seed,
         progress=not args.no_progress,
+        world=args.world,
+        root=args.root,
     )
     return 0
 

@@ -23,6 +23,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +31,14 @@ from PIL import Image, ImageDraw
 
 from cosegkit.clip.frozen import FrozenClip
 from cosegkit.engine.pretrain import (
+    COMPOSITE_CLIP,
+    COMPOSITE_RECIPE,
     SYNTHETIC_CLIP,
     SYNTHETIC_TEMPLATES,
     ClipPretrainConfig,
+    pretrain_clip,
     pretrain_synthetic_clip,
+    register_composite_clip,
     register_synthetic_clip,
     zero_shot_accuracy,
 )
@@ -45,7 +50,18 @@ from cosegkit.engine.trainer import train
 from cosegkit.errors import CosegValueError
 from cosegkit.zeroshot import ZeroShotCoseg
 
-__all__ = ["ZERO_SHOT_SIZE", "DemoBudget", "demo_train_config", "demo_zero_shot", "run_demo"]
+__all__ = [
+    "DEMO_WORLDS",
+    "PASCAL_ZERO_SHOT_SIZE",
+    "ZERO_SHOT_SIZE",
+    "DemoBudget",
+    "DemoWorld",
+    "demo_clip",
+    "demo_train_config",
+    "demo_zero_shot",
+    "prepare_world_clip",
+    "run_demo",
+]
 
 #: The side of the zero-shot model's CLIP input in the demo, 2.5 times the synthetic CLIP's 64 px
 #: (a 20 x 20 patch grid instead of 8 x 8), as CLIP-ES runs a CLIP trained at 224 px on images
@@ -66,6 +82,50 @@ class DemoBudget:
 
 QUICK = DemoBudget(clip_steps=3, steps=3, eval_sets=4)
 
+#: The side of the zero-shot model's CLIP input on the real-photo world: the composite CLIP's
+#: ResNet tower, trained at 64 px, runs at twice its size (a 4 x 4 grid instead of 2 x 2), its
+#: attention pool's positional embedding resized to the grid. Chosen on sets drawn apart from
+#: the held-out ones (see the datasets page).
+PASCAL_ZERO_SHOT_SIZE = 128
+
+
+@dataclass(frozen=True)
+class DemoWorld:
+    """A world the demo (and ``benchmarks/results_table.py``) runs on, with its budget."""
+
+    name: str
+    description: str
+    budget: DemoBudget
+    quick: DemoBudget
+
+
+DEMO_WORLDS: dict[str, DemoWorld] = {
+    "synthetic": DemoWorld(
+        "synthetic",
+        "the synthetic world: 16 classes (shape x colour x texture), 2-3 objects per image, 64 px",
+        DemoBudget(),
+        QUICK,
+    ),
+    "pascal": DemoWorld(
+        "pascal",
+        "real photographs: PASCAL-VOC object cut-outs (14 classes, split by photo), 2-3 per image, 96 px",
+        DemoBudget(clip_steps=COMPOSITE_RECIPE.steps, steps=600, eval_sets=60),
+        QUICK,
+    ),
+}
+"""The demo's worlds: ``"synthetic"`` (the default) and ``"pascal"`` (``cosegkit demo --world pascal
+--root PATH``, the PASCAL-VOC co-segmentation photos as a :class:`~cosegkit.data.composite.CompositeWorld`)."""
+
+
+def _check_world(world: str, root: str | Path | None) -> None:
+    if world not in DEMO_WORLDS:
+        raise CosegValueError(f"unknown demo world {world!r}; choose one of {list(DEMO_WORLDS)} (--world)")
+    if world == "pascal" and not root:
+        raise CosegValueError(
+            "the real-photo world needs the PASCAL-VOC co-segmentation folder: pass --root PATH "
+            "(the folder that holds Pascal_10/ or the class folders)"
+        )
+
 
 def _say(message: str) -> None:
     print(message, flush=True)
@@ -79,6 +139,8 @@ def demo_train_config(
     *,
     modules: bool = True,
     variant: str = "default",
+    world: str = "synthetic",
+    root: str | Path | None = None,
 ) -> TrainConfig:
     """The training config of the demo's models (and of ``examples/ablation.py``).
 
@@ -116,6 +178,41 @@ def demo_train_config(
         >>> sorted(k for k, v in config.to_dict().items() if baseline.to_dict()[k] != v)
         ['use_correspondence', 'use_interaction', 'use_regularization']
     """
+    _check_world(world, root)
+    if world == "pascal":
+        return TrainConfig(
+            dataset="composite",
+            root=str(root),
+            reader="pascal_voc",
+            held_out=0.3,
+            split_seed=0,
+            world_seed=0,
+            world_objects=(2, 3),
+            image_size=96,
+            set_size=4,
+            batch_size=4,
+            encoder="resnet18",
+            encoder_weights=None,
+            encoder_depth=3,
+            decoder_channels=[64, 48, 32],
+            clip_model=COMPOSITE_CLIP,
+            clip_pretrained=str(clip_path),
+            use_correspondence=modules,
+            use_interaction=modules,
+            use_regularization=modules,
+            top_k=3,
+            heads=4,
+            variant=variant,
+            steps=steps,
+            lr=1e-3,
+            warmup=max(1, steps // 20),
+            seed=seed,
+            checkpoint_every=max(1, steps // 4),
+            log_every=max(1, steps // 50),
+            device="cpu",
+            eval_set_size=4,
+            extra={"eval_sets": eval_sets},
+        )
     return TrainConfig(
         dataset="synthetic",
         world_classes=16,
@@ -148,7 +245,7 @@ def demo_train_config(
     )
 
 
-def demo_zero_shot(clip: FrozenClip) -> ZeroShotCoseg:
+def demo_zero_shot(clip: FrozenClip, world: str = "synthetic") -> ZeroShotCoseg:
     """The demo's zero-shot co-segmenter over the synthetic CLIP (see :data:`ZERO_SHOT_SIZE`).
 
     CLIP-ES's method and defaults throughout (softmax over the world's 16 classes and CLIP-ES's
@@ -181,7 +278,80 @@ def demo_zero_shot(clip: FrozenClip) -> ZeroShotCoseg:
         >>> out.probs.shape, out.cams.shape
         (torch.Size([1, 2, 1, 64, 64]), torch.Size([1, 2, 20, 20]))
     """
-    return ZeroShotCoseg(clip, templates=SYNTHETIC_TEMPLATES, synonyms={}, image_size=ZERO_SHOT_SIZE)
+    size = PASCAL_ZERO_SHOT_SIZE if world == "pascal" else ZERO_SHOT_SIZE
+    return ZeroShotCoseg(clip, templates=SYNTHETIC_TEMPLATES, synonyms={}, image_size=size)
+
+
+def demo_clip(world: str, clip_path: str | Path | None, *, root: str | Path | None = None) -> FrozenClip:
+    """The world's small CLIP (weights at ``clip_path``; ``None``: random), over the world's class names.
+
+    Example:
+        >>> import os
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> from cosegkit.demo import demo_clip
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):
+        ...     clip = demo_clip("synthetic", None)
+        >>> len(clip.classnames), clip.image_size
+        (16, (64, 64))
+    """
+    _check_world(world, root)
+    if world == "pascal":
+        register_composite_clip()
+        names = demo_train_config("", 1, world=world, root=root).world().class_names
+        arch = COMPOSITE_CLIP
+    else:
+        register_synthetic_clip()
+        names = ClipPretrainConfig().world().class_names
+        arch = SYNTHETIC_CLIP
+    return FrozenClip.from_name(
+        arch, pretrained=None if clip_path is None else str(clip_path), classnames=names, templates=SYNTHETIC_TEMPLATES
+    )
+
+
+def prepare_world_clip(
+    world: str,
+    *,
+    root: str | Path | None = None,
+    clip_steps: int | None = None,
+    quick: bool = False,
+    progress: Any = None,
+    eval_sets: int = 60,
+) -> tuple[Path, dict]:
+    """Pre-train (or load from the cache) the world's small CLIP; its weights file and held-out accuracy.
+
+    ``"synthetic"``: :func:`~cosegkit.engine.pretrain.pretrain_synthetic_clip` on the demo's
+    16-class world. ``"pascal"``: :func:`~cosegkit.engine.pretrain.pretrain_clip` with
+    :data:`~cosegkit.engine.pretrain.COMPOSITE_RECIPE` on the composite world of the
+    *training* photos only, at the CLIP's 64 px; the accuracy is measured on sets of the
+    held-out photos. ``progress(step, steps, loss)`` is called after each step.
+
+    Returns:
+        ``(weights, accuracy)``: the ``.safetensors`` path and
+        :func:`~cosegkit.engine.pretrain.zero_shot_accuracy`'s dict (per set and per image)
+        plus the pre-training ``seconds`` (0 when the cache had it).
+    """
+    from dataclasses import replace
+
+    _check_world(world, root)
+    start = time.perf_counter()
+    steps = clip_steps or (QUICK.clip_steps if quick else DEMO_WORLDS[world].budget.clip_steps)
+    if world == "pascal":
+        config = replace(demo_train_config("", 1, world=world, root=root), image_size=64)
+        path = pretrain_clip(config.world(), replace(COMPOSITE_RECIPE, steps=steps), cache=not quick, progress=progress)
+        held_out = config.held_out_world()
+        seed: tuple[int, ...] = (12345,)
+    else:
+        clip_config = ClipPretrainConfig(
+            num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=steps
+        )
+        path = pretrain_synthetic_clip(clip_config, cache=not quick, progress=progress)
+        held_out = clip_config.world()
+        seed = (12345,)
+    seconds = time.perf_counter() - start
+    clip = demo_clip(world, path, root=root)
+    accuracy = zero_shot_accuracy(clip, held_out, sets=eval_sets, set_size=4 if world == "pascal" else 5, seed=seed)
+    return path, {**accuracy, "seconds": round(seconds, 1)}
 
 
 def _train_or_resume(config: TrainConfig, run: Path, progress: bool) -> dict:
@@ -201,8 +371,12 @@ def _train_or_resume(config: TrainConfig, run: Path, progress: bool) -> dict:
     result = train(None if resume else config, run, resume=resume, progress=progress)
     seconds = time.perf_counter() - start
     ev = result.evaluation
-    assert ev is not None  # synthetic runs always evaluate
-    return {"P": ev.P, "J": ev.J, "images": ev.images, "train_seconds": round(seconds, 1)}
+    assert ev is not None  # runs on a generated world always evaluate
+    scores = {"P": ev.P, "J": ev.J, "images": ev.images, "train_seconds": round(seconds, 1)}
+    photos = getattr(result, "photo_evaluation", None)
+    if photos is not None:
+        scores["photos"] = {"P": photos.P, "J": photos.J, "images": photos.images}
+    return scores
 
 
 def _tile(x: torch.Tensor, size: int) -> Image.Image:
@@ -214,27 +388,40 @@ def _tile(x: torch.Tensor, size: int) -> Image.Image:
 
 
 @torch.inference_mode()
-def _figure(models: dict[str, torch.nn.Module], config: TrainConfig, path: Path, sets: int = 3) -> None:
-    world = config.world()
-    eval_sets = build_eval_sets(config, sets=sets)
+def _figure(
+    models: dict[str, torch.nn.Module],
+    eval_sets: Any,
+    class_names: list[str],
+    path: Path,
+    sets: int | list[int] = 3,
+    *,
+    oracle: set[str] = frozenset(),
+) -> None:
+    """Images, ground truth and each model's masks for some of ``eval_sets`` (indices, or the first ``sets``)."""
+    picks = list(range(sets)) if isinstance(sets, int) else list(sets)
     tile, pad, label_w = 96, 4, 100
     rows = ["image", "truth", *models]
-    n = config.eval_set_size or config.set_size
+    n = max(int(eval_sets[i]["images"].shape[0]) for i in picks)
     width = label_w + n * (tile + pad)
-    height = sets * (len(rows) * (tile + pad) + 24)
+    height = len(picks) * (len(rows) * (tile + pad) + 24)
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     y = 0
-    for s in range(sets):
+    for number, s in enumerate(picks):
         item = eval_sets[s]
-        target = world.class_names[int(item["group"])]
-        draw.text((4, y + 4), f"set {s + 1}: the common object is a {target}", fill="black")
+        target = class_names[int(item["group"])] if int(item["group"]) < len(class_names) else str(int(item["group"]))
+        draw.text((4, y + 4), f"set {number + 1}: the common object is a {target}", fill="black")
         y += 24
         images = item["images"][None]
-        masks = {name: model.predict(images)[0] for name, model in models.items()}
+        masks = {}
+        for name, model in models.items():
+            if name in oracle:
+                masks[name] = model.predict(images, common_class=item["group"].view(1))[0]
+            else:
+                masks[name] = model.predict(images)[0]
         for row in rows:
             draw.text((4, y + tile // 2 - 6), row, fill="black")
-            for i in range(n):
+            for i in range(int(item["images"].shape[0])):
                 if row == "image":
                     x = item["images"][i]
                 elif row == "truth":
@@ -246,6 +433,31 @@ def _figure(models: dict[str, torch.nn.Module], config: TrainConfig, path: Path,
     canvas.save(path)
 
 
+def _photo_picks(eval_sets: Any, count: int = 4) -> list[int]:
+    """The first set of ``count`` different classes, spread over the classes."""
+    firsts: dict[int, int] = {}
+    for i in range(len(eval_sets)):
+        firsts.setdefault(int(eval_sets[i]["group"]), i)
+    classes = sorted(firsts)
+    step = max(1, len(classes) // count)
+    return [firsts[c] for c in classes[::step][:count]]
+
+
+def photo_figure(runs: dict[str, Path], clip_path: str | Path, root: str | Path, path: str | Path) -> None:
+    """The real-photo figure: held-out photo sets, truth, each run's model and the zero-shot model.
+
+    ``runs`` maps row names to run folders of the ``"pascal"`` world (their ``model`` is loaded).
+    """
+    from cosegkit.engine.config import build_photo_eval_sets
+    from cosegkit.models.lcco import LCCo
+
+    models: dict[str, torch.nn.Module] = {name: LCCo.from_pretrained(Path(run) / "model") for name, run in runs.items()}
+    models["Zero-shot"] = demo_zero_shot(demo_clip("pascal", clip_path, root=root), world="pascal")
+    config = TrainConfig.load(Path(next(iter(runs.values()))) / "config.json")
+    photos = build_photo_eval_sets(config)
+    _figure(models, photos, config.world().class_names, Path(path), _photo_picks(photos))
+
+
 def run_demo(
     out: str | Path = "cosegkit-demo",
     *,
@@ -254,6 +466,8 @@ def run_demo(
     quick: bool = False,
     seed: int = 0,
     progress: bool = True,
+    world: str = "synthetic",
+    root: str | Path | None = None,
 ) -> dict:
     """Run the demo (see the module docstring) and return what it measured.
 
@@ -265,21 +479,30 @@ def run_demo(
     the demo trains. The CLIP weights are cached under :func:`~cosegkit.engine.pretrain.cache_folder`
     (``$COSEGKIT_CACHE`` moves it).
 
+    ``world="pascal"`` (``cosegkit demo --world pascal --root PATH``) runs the same demo on real
+    photographs: the PASCAL-VOC co-segmentation photos at ``root`` split by photo, a composite
+    world of their object cut-outs for training and held-out sets, the composite CLIP
+    pre-trained on the training photos' world only; every model is also scored on the held-out
+    real photos as sets of one class, and the figure shows held-out photo sets.
+
     Args:
         out: output folder.
         steps: training steps of each model (default 600; 3 with ``quick``).
-        clip_steps: CLIP pre-training steps (default 600; 3 with ``quick``).
+        clip_steps: CLIP pre-training steps (default: the world's budget; 3 with ``quick``).
         quick: a tiny budget that checks the pipeline in seconds; its numbers mean nothing.
         seed: seed of both models' initialisation and data.
         progress: show progress bars.
+        world: ``"synthetic"`` or ``"pascal"`` (:data:`DEMO_WORLDS`).
+        root: the PASCAL-VOC co-segmentation folder (``world="pascal"`` only).
 
     Returns:
         The results as a dict, also written to ``<out>/results.json``. Under ``"clip"``, the
         CLIP's zero-shot scores, pre-training seconds and weights file; under ``"Baseline"``,
         ``"LCCo"`` (the default variant) and ``"LCCo-paper"``, each model's held-out ``P``,
-        ``J``, ``images`` and ``train_seconds``; under ``"Zero-shot"``, the frozen CLIP's ``P``,
+        ``J``, ``images`` and ``train_seconds`` (on ``"pascal"``, also ``"photos"``: the same
+        on the held-out real photos); under ``"Zero-shot"``, the frozen CLIP's ``P``,
         ``J``, ``images``, ``class_accuracy`` (how often it names the set's common object) and
-        ``seconds``; and ``"wall_seconds"`` and ``"quick"``.
+        ``seconds``; and ``"wall_seconds"``, ``"quick"`` and ``"world"``.
 
     Example:
         The default budget and the three models, each trained in its own run folder under ``out``:
@@ -295,8 +518,17 @@ def run_demo(
         baseline False False False default 600
         lcco True True True default 600
         lcco-paper True True True paper 600
+
+        The real-photo world needs its folder:
+
+        >>> run_demo(world="pascal")
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: the real-photo world needs the PASCAL-VOC co-segmentation folder: pass --root PATH (the folder that holds Pascal_10/ or the class folders)
     """
-    budget = QUICK if quick else DemoBudget()
+    _check_world(world, root)
+    spec = DEMO_WORLDS[world]
+    budget = spec.quick if quick else spec.budget
     steps = steps or budget.steps
     clip_steps = clip_steps or budget.clip_steps
     out = Path(out)
@@ -305,12 +537,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
 
-    _say("[1/5] the synthetic world: 16 classes (shape x colour x texture), 2-3 objects per image, 64 px")
-    clip_config = ClipPretrainConfig(
-        num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=clip_steps
-    )
-    world = clip_config.world()
-
+    _say(f"[1/5] {spec.description}")
     _say(f"[2/5] a small CLIP pre-trained on the world's captions ({clip_steps} steps; cached)")
     bar = None
     if progress:
@@ -323,23 +550,22 @@ def run_demo(
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-    start = time.perf_counter()
-    clip_path = pretrain_synthetic_clip(clip_config, cache=not quick, progress=clip_progress)
+    clip_path, zero_shot = prepare_world_clip(
+        world, root=root, clip_steps=clip_steps, quick=quick, progress=clip_progress, eval_sets=budget.eval_sets
+    )
     if bar is not None:
         bar.close()
-    clip_seconds = time.perf_counter() - start
-    config = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=True)
-    register_synthetic_clip()
-    clip = FrozenClip.from_name(
-        SYNTHETIC_CLIP, pretrained=str(clip_path), classnames=world.class_names, templates=SYNTHETIC_TEMPLATES
-    )
-    zero_shot = zero_shot_accuracy(clip, world, sets=budget.eval_sets)
+    config = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=True, world=world, root=root)
+    clip = demo_clip(world, clip_path, root=root)
+    class_names = list(clip.classnames)
     _say(
         f"  CLIP names a held-out set's common object {100 * zero_shot['set_top1']:.0f}% of the time "
-        f"(top-5 {100 * zero_shot['set_top5']:.0f}%, chance {100 * zero_shot['chance']:.0f}%)"
+        f"(top-5 {100 * zero_shot['set_top5']:.0f}%, chance {100 * zero_shot['chance']:.0f}%); "
+        f"an image's top class is one it holds {100 * zero_shot['image_top1']:.0f}% of the time "
+        f"(chance {100 * zero_shot['image_chance']:.0f}%)"
     )
 
-    results: dict = {"clip": {**zero_shot, "seconds": round(clip_seconds, 1), "weights": str(clip_path)}}
+    results: dict = {"world": world, "clip": {**zero_shot, "weights": str(clip_path)}}
     variants = (
         ("Baseline", "baseline", False, "default", "single image: all three modules off"),
         ("LCCo", "lcco", True, "default", "all three modules, cosegkit's default readings"),
@@ -349,15 +575,17 @@ def run_demo(
     _say(f"[3/5] three models, the same budget each: {steps} steps of 4 sets x 4 images")
     for name, folder, modules, variant, what in variants:
         _say(f"  {name}: {what}")
-        cfg = demo_train_config(clip_path, steps, seed, budget.eval_sets, modules=modules, variant=variant)
+        cfg = demo_train_config(
+            clip_path, steps, seed, budget.eval_sets, modules=modules, variant=variant, world=world, root=root
+        )
         results[name] = _train_or_resume(cfg, out / folder, progress)
         runs[name] = out / folder
 
     _say("[4/5] zero-shot: the frozen CLIP alone (CLIP-ES with the set's own class), on the same held-out sets")
     start = time.perf_counter()
-    zero_shot_model = demo_zero_shot(clip)
+    zero_shot_model = demo_zero_shot(clip, world=world)
     held_out_sets = build_eval_sets(config, sets=budget.eval_sets)
-    ev = evaluate(zero_shot_model, held_out_sets, batch_size=4, group_names=world.class_names)
+    ev = evaluate(zero_shot_model, held_out_sets, batch_size=4, group_names=class_names)
     named = sum(
         int(zero_shot_model.set_scores(item["images"][None]).argmax().item() == int(item["group"]))
         for item in held_out_sets
@@ -369,25 +597,46 @@ def run_demo(
         "class_accuracy": named / len(held_out_sets),
         "seconds": round(time.perf_counter() - start, 1),
     }
+    photos = None
+    if world == "pascal":
+        from cosegkit.engine.config import build_photo_eval_sets
+
+        photos = build_photo_eval_sets(config)
+        ev = evaluate(zero_shot_model, photos, batch_size=1)
+        results["Zero-shot"]["photos"] = {"P": ev.P, "J": ev.J, "images": ev.images}
     _say("[5/5] the figure (the held-out evaluation of each trained model is in its run's eval.json)")
     from cosegkit.models.lcco import LCCo
 
     models: dict[str, torch.nn.Module] = {name: LCCo.from_pretrained(run / "model") for name, run in runs.items()}
     models["Zero-shot"] = zero_shot_model
-    _figure(models, config, out / "figure.png")
+    if photos is not None:
+        _figure(models, photos, class_names, out / "figure.png", _photo_picks(photos))
+    else:
+        _figure(models, build_eval_sets(config, sets=3), class_names, out / "figure.png")
     results["wall_seconds"] = round(time.perf_counter() - wall, 1)
     results["quick"] = quick
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     held_out = results["LCCo"]["images"]
     _say("")
-    _say(f"held-out synthetic sets: {held_out} images, P/J protocol 'ssnm' (adaptive threshold, cap 0.8)")
-    _say(f"{'model':<11} {'P (%)':>7} {'J (%)':>7} {'train s':>8}")
+    what = "synthetic sets" if world == "synthetic" else "composite sets of held-out photos' cut-outs"
+    _say(f"held-out {what}: {held_out} images, P/J protocol 'ssnm' (adaptive threshold, cap 0.8)")
+    header = f"{'model':<11} {'P (%)':>7} {'J (%)':>7}"
+    if photos is not None:
+        header += f" {'P photos':>9} {'J photos':>9}"
+    _say(header + f" {'train s':>8}")
+
+    def photo_cells(r: dict) -> str:
+        if photos is None:
+            return ""
+        p = r.get("photos")
+        return f" {100 * p['P']:9.2f} {100 * p['J']:9.2f}" if p else f" {'':>9} {'':>9}"
+
     for name in runs:
         r = results[name]
-        _say(f"{name:<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f} {r['train_seconds']:8.1f}")
+        _say(f"{name:<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f}{photo_cells(r)} {r['train_seconds']:8.1f}")
     r = results["Zero-shot"]
-    _say(f"{'Zero-shot':<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f} {'none':>8}   (no training, no masks)")
+    _say(f"{'Zero-shot':<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f}{photo_cells(r)} {'none':>8}   (no training, no masks)")
     for name in ("LCCo", "LCCo-paper"):
         dp = 100 * (results[name]["P"] - results["Baseline"]["P"])
         dj = 100 * (results[name]["J"] - results["Baseline"]["J"])

@@ -41,6 +41,7 @@ from cosegkit.errors import CosegValueError
 __all__ = [
     "COMPOSITE_CLIP",
     "COMPOSITE_CLIP_CONFIG",
+    "COMPOSITE_RECIPE",
     "SYNTHETIC_CLIP",
     "SYNTHETIC_CLIP_CONFIG",
     "SYNTHETIC_TEMPLATES",
@@ -246,6 +247,12 @@ class ClipRecipe:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: The composite CLIP's recipe for real photographs (``cosegkit demo --world pascal``,
+#: ``cosegkit pretrain-clip --dataset composite``); the measurements that chose it are on the
+#: datasets page.
+COMPOSITE_RECIPE = ClipRecipe(COMPOSITE_CLIP, steps=2000, batch_size=128, lr=2e-3)
 
 
 @dataclass(frozen=True)

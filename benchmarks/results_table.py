@@ -1,0 +1,197 @@
+"""One results table on both worlds: every model, the same budget per world, several seeds.
+
+Rows (``ROWS``; adding a model is one entry): the single-image Baseline, LCCo (cosegkit's
+default readings), LCCo-paper (eq. 2, 5, 7, 8 as printed), zero-shot (the frozen CLIP alone,
+CLIP-ES), LCCo trained on zero-shot pseudo masks of its own CLIP (no ground truth), and a
+ceiling, the class oracle: LCCo told each set's true class (the regularization's class forced to
+the truth), trained the same way.
+
+Worlds (``cosegkit.demo.DEMO_WORLDS``): ``synthetic``, the demo's coloured shapes, and
+``pascal``, the composite world of real PASCAL-VOC object cut-outs split by photo
+(``--root``); on ``pascal`` every model is also scored on the held-out real photos themselves,
+as sets of one class. Each world pre-trains its small CLIP once (cached) and trains every row
+with that world's budget (:func:`cosegkit.demo.demo_train_config`).
+
+Every (world, row, seed) is a run folder under ``--out``; a finished one keeps its scores in
+``scores.json`` and is not run again, an interrupted one continues from its last checkpoint.
+Runs go ``--jobs`` at a time (one per core by default). All seeds of a world are scored on the
+same held-out sets, so the spread over seeds measures training, not which sets were drawn.
+
+    python benchmarks/results_table.py --root ../shared/data/pascal_voc_coseg           # both worlds, 3 seeds
+    python benchmarks/results_table.py --worlds pascal --rows Baseline LCCo --seeds 1 --root ...
+    python benchmarks/results_table.py --quick --root ...                                # a pipeline check
+
+Prints the table and writes ``<out>/table.md``, ``<out>/table.json`` and, for the real photos,
+``<out>/figure-pascal.png`` (image / truth / Baseline / LCCo / zero-shot on held-out photo sets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+_OFF = {"use_correspondence": False, "use_interaction": False, "use_regularization": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A model of the table: TrainConfig settings over the world's LCCo config, or the zero-shot model."""
+
+    settings: dict = dataclasses.field(default_factory=dict)
+    zero_shot: bool = False
+    what: str = ""
+
+
+ROWS: dict[str, Row] = {
+    "Baseline": Row(_OFF, what="single image: all three modules off"),
+    "LCCo": Row({}, what="all three modules, cosegkit's default readings"),
+    "LCCo-paper": Row({"variant": "paper"}, what="all three modules, eq. 2, 5, 7 and 8 as printed"),
+    "Zero-shot": Row(zero_shot=True, what="the frozen CLIP alone (CLIP-ES), no training, no masks"),
+    "LCCo, pseudo masks": Row({"pseudo_masks": "zero-shot"}, what="LCCo trained on its CLIP's zero-shot masks"),
+    "Class oracle": Row({"class_oracle": True}, what="ceiling: LCCo told each set's true class"),
+}
+
+#: the evaluation seed shared by every seed's run of a world (the demo's held-out sets)
+EVAL_SEED = 1
+
+
+def slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-").replace("--", "-")
+
+
+def _scores(ev) -> dict:
+    return {"P": ev.P, "J": ev.J, "images": ev.images}
+
+
+def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, clip_path: str, out: str) -> dict:
+    """Train (or resume) one row of one world for one seed, or score the zero-shot model; its scores."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cosegkit.demo import demo_train_config, demo_zero_shot
+    from cosegkit.engine import evaluate, find_checkpoints, train
+    from cosegkit.engine.config import build_eval_sets, build_photo_eval_sets
+
+    folder = Path(out)
+    done = folder / "scores.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    row = ROWS[label]
+    config = demo_train_config(
+        clip_path, budget["steps"], seed, budget["eval_sets"], world=world, root=root
+    )
+    config = dataclasses.replace(config, **row.settings)
+    config.extra["eval_seed"] = EVAL_SEED
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if row.zero_shot:
+        from cosegkit.demo import demo_clip
+
+        clip = demo_clip(world, clip_path, root=root)
+        model = demo_zero_shot(clip, world=world)
+        scores = {"sets": _scores(evaluate(model, build_eval_sets(config), batch_size=4))}
+        if config.dataset == "composite":
+            scores["photos"] = _scores(evaluate(model, build_photo_eval_sets(config), batch_size=1))
+    else:
+        resume = bool(find_checkpoints(folder / "checkpoints"))
+        result = train(None if resume else config, folder, resume=resume, progress=False)
+        scores = {"sets": _scores(result.evaluation)}
+        if getattr(result, "photo_evaluation", None) is not None:
+            scores["photos"] = _scores(result.photo_evaluation)
+    scores["seconds"] = round(time.perf_counter() - start, 1)
+    done.write_text(json.dumps(scores, indent=2) + "\n")
+    return scores
+
+
+def _stat(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float]) -> str:
+    m, s = _stat([100 * v for v in values])
+    return "" if math.isnan(m) else f"{m:.2f} ± {s:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", nargs="+", choices=("synthetic", "pascal"), default=["synthetic", "pascal"])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
+                        help=f"rows to run (default all: {', '.join(ROWS)})")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per trained row (default 3)")
+    parser.add_argument("--root", default=None, help="the PASCAL-VOC co-segmentation folder (world 'pascal')")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
+    parser.add_argument("--quick", action="store_true", help="a tiny budget that checks the pipeline")
+    parser.add_argument("--out", default="runs/results-table", help="run folders and the table")
+    args = parser.parse_args()
+
+    from cosegkit.demo import DEMO_WORLDS, prepare_world_clip
+
+    if "pascal" in args.worlds and not args.root:
+        parser.error("world 'pascal' needs the PASCAL-VOC co-segmentation folder: pass --root PATH")
+    out = Path(args.out)
+    results: dict = {}
+    clips: dict = {}
+    start = time.perf_counter()
+    for world in args.worlds:
+        budget = dataclasses.asdict(DEMO_WORLDS[world].quick if args.quick else DEMO_WORLDS[world].budget)
+        print(f"[{world}] pre-training (or loading) the CLIP: {budget['clip_steps']} steps", flush=True)
+        path, accuracy = prepare_world_clip(world, root=args.root, clip_steps=budget["clip_steps"], quick=args.quick)
+        clips[world] = {"weights": str(path), **accuracy}
+        print(f"[{world}] CLIP: {json.dumps(accuracy)}", flush=True)
+        jobs = {}
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for label in args.rows:
+                seeds = [0] if ROWS[label].zero_shot else range(args.seeds)
+                for seed in seeds:
+                    folder = out / world / slug(label) / f"seed{seed}"
+                    jobs[(label, seed)] = pool.submit(
+                        run_one, world, args.root, label, seed, budget, str(path), str(folder)
+                    )
+            for (label, seed), job in jobs.items():
+                results[(world, label, seed)] = job.result()
+                print(f"[{world}] {label} seed {seed}: {json.dumps(results[(world, label, seed)])}", flush=True)
+        results[(world, "budget")] = budget
+    wall = time.perf_counter() - start
+
+    lines, table = [], []
+    for world in args.worlds:
+        photos = any("photos" in v for k, v in results.items() if k[0] == world and isinstance(v, dict) and k[1] != "budget")
+        head = "| model | P (%) | J (%) |" + (" P photos (%) | J photos (%) |" if photos else "")
+        lines += [f"**{world}**", "", head, "| --- | --: | --: |" + (" --: | --: |" if photos else "")]
+        for label in args.rows:
+            runs = [v for k, v in results.items() if k[0] == world and k[1] == label]
+            cells = [_cell([r["sets"]["P"] for r in runs]), _cell([r["sets"]["J"] for r in runs])]
+            if photos:
+                cells += [_cell([r["photos"]["P"] for r in runs if "photos" in r]),
+                          _cell([r["photos"]["J"] for r in runs if "photos" in r])]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            table.append({"world": world, "row": label, "settings": ROWS[label].settings, "runs": runs})
+        b = results[(world, "budget")]
+        lines += ["", f"{world}: {b['steps']} steps per run, {b['eval_sets']} held-out sets; CLIP "
+                  f"{clips[world]}.", ""]
+    lines.append(f"Mean ± standard deviation over seeds (zero-shot: one deterministic run). "
+                 f"Wall time {wall / 60:.1f} min with {args.jobs} runs at once.")
+    text = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(text)
+    (out / "table.json").write_text(json.dumps({"rows": table, "clips": clips, "seeds": args.seeds}, indent=2))
+    print(text)
+    if "pascal" in args.worlds and {"Baseline", "LCCo", "Zero-shot"} <= set(args.rows):
+        from cosegkit.demo import photo_figure
+
+        photo_figure({name: out / "pascal" / slug(name) / "seed0" for name in ("Baseline", "LCCo")},
+                     clips["pascal"]["weights"], args.root, out / "figure-pascal.png")
+        print(f"figure: {out / 'figure-pascal.png'}")
+
+
+if __name__ == "__main__":
+    main()
