@@ -599,7 +599,7 @@ class LCCo(nn.Module):
 
     @property
     def class_oracle(self) -> bool:
-        """Whether the model is told each set's class: then every forward pass needs ``common_class``.
+        """Whether the model is told each set's class, and so needs ``common_class`` at every forward pass.
 
         A model trained as a class oracle (``cosegkit train --class-oracle``) regularised its
         features with each set's true class instead of its own choice :math:`i^*`; it is

@@ -144,7 +144,7 @@ def test_evaluate_gives_each_set_its_group(oracle_run, monkeypatch) -> None:
 
 def test_evaluate_without_the_classes_refuses_an_oracle(oracle_run) -> None:
     config, run, _ = oracle_run
-    with pytest.raises(CosegValueError, match="class oracle.*class_oracle=True"):
+    with pytest.raises(CosegValueError, match=r"class oracle.*class_oracle=True"):
         evaluate(LCCo.from_pretrained(run), build_eval_sets(config, sets=1))
 
 

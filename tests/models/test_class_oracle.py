@@ -154,7 +154,7 @@ def test_lcco_checks_the_shape_and_range(model: LCCo) -> None:
 
 def test_common_class_without_the_regularization_module_is_refused() -> None:
     baseline = tiny_lcco(use_regularization=False).eval()
-    with pytest.raises(CosegValueError, match="use_regularization=False.*without common_class"):
+    with pytest.raises(CosegValueError, match=r"use_regularization=False.*without common_class"):
         baseline(rand_images(1, 2), common_class=torch.tensor([0]))
 
 
@@ -162,7 +162,7 @@ def test_common_class_without_the_regularization_module_is_refused() -> None:
 def test_a_class_oracle_needs_the_class_at_every_forward() -> None:
     oracle = tiny_lcco(class_oracle=True).eval()
     images = rand_images(1, 3)
-    with pytest.raises(CosegValueError, match="class oracle.*pass common_class.*model.class_oracle = False"):
+    with pytest.raises(CosegValueError, match=r"class oracle.*pass common_class.*model\.class_oracle = False"):
         oracle(images)
     with pytest.raises(CosegValueError, match="class oracle"):
         oracle.predict(images)
@@ -207,11 +207,11 @@ def test_segmenting_and_exporting_refuse_a_class_oracle(tmp_path) -> None:
     oracle = tiny_lcco(class_oracle=True).eval()
     refuse_class_oracle(tiny_lcco().eval(), "segment new images")  # a model that finds its class passes
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
-    with pytest.raises(CosegValueError, match="class oracle .*cannot segment new images"):
+    with pytest.raises(CosegValueError, match=r"class oracle .*cannot segment new images"):
         segment_files(oracle, [tmp_path / "a.png"], tmp_path / "masks", workers=0)
     assert not (tmp_path / "masks").exists()  # refused before anything is written
-    with pytest.raises(CosegValueError, match="class oracle .*cannot export"):
+    with pytest.raises(CosegValueError, match=r"class oracle .*cannot export"):
         export_program(oracle, set_size=2, image_size=32)
-    with pytest.raises(CosegValueError, match="class oracle .*cannot export"):
+    with pytest.raises(CosegValueError, match=r"class oracle .*cannot export"):
         export_onnx(oracle, tmp_path / "oracle.onnx", set_size=2, image_size=32)
     assert not (tmp_path / "oracle.onnx").exists()
