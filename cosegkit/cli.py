@@ -56,6 +56,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
   # the single-image Baseline (all three modules off)
   cosegkit train --dataset synthetic --no-correspondence --no-interaction --no-regularization
 
+  # a ceiling: LCCo told each set's true class in eq. 8 (generated worlds; evaluate gives it the classes too)
+  cosegkit train --dataset synthetic --class-oracle
+
   # groups of photos without masks: train on CLIP's zero-shot pseudo masks (photos/images/<group>/*.jpg)
   cosegkit train --pseudo-masks zero-shot --dataset folder --root photos/ --out runs/photos
 
@@ -87,6 +90,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--no-correspondence", action="store_true", help="switch off ISFC (eq. 1-2)")
     m.add_argument("--no-interaction", action="store_true", help="switch off CLIP interaction (eq. 3-5)")
     m.add_argument("--no-regularization", action="store_true", help="switch off CLIP regularization (eq. 6-8)")
+    m.add_argument(
+        "--class-oracle",
+        action="store_true",
+        help="a ceiling, not a model for new images: give eq. 8 each set's true class instead of its own i* "
+        "(training and scoring; generated worlds only)",
+    )
     m.add_argument(
         "--variant",
         choices=("default", "paper"),
@@ -235,6 +244,7 @@ def _config_from_args(args: argparse.Namespace):
         use_correspondence=not args.no_correspondence,
         use_interaction=not args.no_interaction,
         use_regularization=not args.no_regularization,
+        class_oracle=args.class_oracle,
         top_k=args.top_k,
         heads=args.heads,
         variant=args.variant,
@@ -444,6 +454,13 @@ def _trained_image_size(given: int | None, path: str) -> tuple[int, str | None]:
         f"{folder / 'config.json'} stores no image size (saved by an older cosegkit): using {_OLDER_MODEL_SIZE}; "
         f"pass --image-size to choose"
     )
+
+
+def _is_class_oracle(path: str) -> bool:
+    """Whether the model folder's config.json says it is a class oracle (reads no weights)."""
+    from cosegkit.models.lcco import read_config
+
+    return bool(read_config(_model_folder(path)).get("class_oracle", False))
 
 
 def _notice(message: str | None) -> None:
@@ -760,6 +777,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             )
         check_mask_sizes(groups, remedy="or leave their groups out with --classes")
         read.append((name, groups))
+    oracle = not args.zero_shot and _is_class_oracle(args.model)
+    if oracle:
+        readers = [name for name, data in read if not isinstance(data, TrainConfig)]
+        if readers:
+            raise _UsageError(
+                f"--model {args.model!r} is a class oracle (trained with --class-oracle): it is scored told each "
+                f"set's class, which only its own world's sets give by index (--data synthetic), not --data "
+                f"{', '.join(readers)}"
+            )
     notice = None
     if args.zero_shot:
         image_size = args.image_size or 224
@@ -783,12 +809,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     results = {}
     for name, dataset, names in datasets:
         result = evaluate(
-            model, dataset, preset=args.preset, batch_size=args.batch_size, group_names=names, device=device
+            model,
+            dataset,
+            preset=args.preset,
+            batch_size=args.batch_size,
+            group_names=names,
+            device=device,
+            class_oracle=oracle,
         )
         results[name] = result.to_dict()
-        print(
-            f"{name:<12} images {result.images:>5}   P {100 * result.P:6.2f}   J {100 * result.J:6.2f}   ({args.preset})"
-        )
+        how = f"{args.preset}, class oracle: each set told its class" if oracle else args.preset
+        print(f"{name:<12} images {result.images:>5}   P {100 * result.P:6.2f}   J {100 * result.J:6.2f}   ({how})")
         if args.per_group:
             for group, s in result.per_group.items():
                 print(f"    {group:<24} images {s['images']:>4}   P {100 * s['P']:6.2f}   J {100 * s['J']:6.2f}")

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from cosegkit.errors import CosegValueError
+from cosegkit.models.lcco import refuse_class_oracle
 
 __all__ = [
     "ExportReport",
@@ -130,6 +131,7 @@ def export_program(
         >>> bool(torch.allclose(program.module()(images), model.predict(images), atol=1e-5))
         True
     """
+    refuse_class_oracle(model, "export a graph for new images")
     image_size, set_size = trained_size(model, image_size, set_size)
     example = _example(batch_size, set_size, image_size, _device_of(model))
     with torch.no_grad():
@@ -210,6 +212,7 @@ def export_onnx(
         >>> report.input_shape, report.max_abs_diff < 1e-4
         ((1, 2, 3, 32, 32), True)
     """
+    refuse_class_oracle(model, "export a graph for new images")
     _require_onnx()
     path = Path(path)
     if path.is_dir():

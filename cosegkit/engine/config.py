@@ -28,6 +28,7 @@ from cosegkit.data.types import DataError, Group
 from cosegkit.errors import CosegValueError
 
 __all__ = [
+    "CLASS_ORACLE_DATASETS",
     "DATASETS",
     "SyntheticTrainSets",
     "TrainConfig",
@@ -36,12 +37,19 @@ __all__ = [
     "build_train_sets",
     "check_mask_sizes",
     "labelled_eval_groups",
+    "oracle_class_names",
     "steps_for_epochs",
     "train_groups",
 ]
 
 DATASETS: tuple[str, ...] = ("synthetic", *READERS)
 """Dataset names ``cosegkit train`` accepts: the synthetic world and every reader."""
+
+CLASS_ORACLE_DATASETS: tuple[str, ...] = ("synthetic", "composite")
+"""The datasets ``class_oracle`` works on: generated worlds, whose sets' ``group`` is the target's
+class index and whose CLIP vocabulary is the world's class names in class-index order, so a
+group index is a vocabulary index. A reader's group index is a position in the groups it found,
+which no vocabulary follows."""
 
 
 def _flag(name: str) -> str:
@@ -63,7 +71,11 @@ class TrainConfig:
 
     Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
-    ``top_k``. The grouping layer (``use_grouping``, an extension) takes ``grouping_level``,
+    ``top_k``. ``class_oracle`` trains and scores a *class oracle*: each set's true class
+    (its ``group``) replaces the regularization module's own choice :math:`i^*` (eq. 6-8), in
+    training and in the evaluation at the end (:data:`~cosegkit.engine.config.CLASS_ORACLE_DATASETS`
+    only; the saved model records it, see :attr:`LCCo.class_oracle <cosegkit.LCCo.class_oracle>`).
+    The grouping layer (``use_grouping``, an extension) takes ``grouping_level``,
     ``num_groups``, ``grouping_layers`` and ``grouping_activation`` as :class:`~cosegkit.LCCo`
     does; a config written before the last two existed reads as 2 and ``"gelu"``.
     Optimisation: ``steps`` of ``batch_size`` sets of ``set_size`` images, AdamW
@@ -152,6 +164,7 @@ class TrainConfig:
     use_correspondence: bool = True
     use_interaction: bool = True
     use_regularization: bool = True
+    class_oracle: bool = False
     top_k: int = 5
     heads: int = 8
     variant: str = "default"
@@ -240,6 +253,7 @@ class TrainConfig:
         ):
             raise CosegValueError(f"class_prior must be non-negative, got {self.class_prior!r} (--class-prior)")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+        self._check_class_oracle()
         self._check_pseudo_masks()
         if self.grouping_level not in (1, 2, 3):
             raise CosegValueError(f"grouping_level must be 1, 2 or 3, got {self.grouping_level!r}")
@@ -280,6 +294,24 @@ class TrainConfig:
         from cosegkit.models.lcco import get_variant
 
         get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
+
+    def _check_class_oracle(self) -> None:
+        if not isinstance(self.class_oracle, bool):
+            raise CosegValueError(f"class_oracle must be True or False, got {self.class_oracle!r} (--class-oracle)")
+        if not self.class_oracle:
+            return
+        if self.dataset not in CLASS_ORACLE_DATASETS:
+            worlds = " or ".join(repr(d) for d in CLASS_ORACLE_DATASETS if d in DATASETS)
+            raise CosegValueError(
+                f"class_oracle (--class-oracle) needs a generated world, dataset {worlds}, where a set's group is "
+                f"its class's index in the vocabulary; the groups of dataset {self.dataset!r} are numbered in "
+                f"reading order, which no vocabulary follows"
+            )
+        if not self.use_regularization:
+            raise CosegValueError(
+                "class_oracle (--class-oracle) gives the CLIP regularization module (eq. 6-8) each set's class; "
+                "drop --no-regularization (use_regularization=True)"
+            )
 
     def _check_pseudo_masks(self) -> None:
         from cosegkit.engine.pseudo import PSEUDO_MASKS
@@ -648,6 +680,28 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
     return EvalSets(groups, config.eval_set_size, config.image_size)
 
 
+def oracle_class_names(config: TrainConfig) -> list[str]:
+    """The class name of each ``group`` index of ``config``'s sets, which a class oracle's vocabulary must equal.
+
+    Raises:
+        CosegValueError: the dataset is not one of :data:`CLASS_ORACLE_DATASETS`.
+
+    Example:
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.config import oracle_class_names
+        >>> config = TrainConfig(world_classes=4, image_size=32, class_oracle=True)
+        >>> oracle_class_names(config) == config.world().class_names == config.vocabulary()[0]
+        True
+    """
+    if config.dataset not in CLASS_ORACLE_DATASETS:
+        worlds = [d for d in CLASS_ORACLE_DATASETS if d in DATASETS]
+        raise CosegValueError(
+            f"dataset {config.dataset!r} has no class names by group index: the class oracle (--class-oracle) "
+            f"needs one of {worlds}"
+        )
+    return list(config.world().class_names)
+
+
 def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = None) -> tuple[list[Group], list[str]]:
     """The evaluation groups that have masks, and the names of those that have none.
 
@@ -758,4 +812,5 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         grouping_activation=config.grouping_activation,
         image_size=config.image_size,
         set_size=config.set_size,
+        class_oracle=config.class_oracle,
     )

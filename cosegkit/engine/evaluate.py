@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from cosegkit.data.sampling import collate_sets
 from cosegkit.data.types import DataError
 from cosegkit.engine.distributed import DistInfo, all_gather_cat
+from cosegkit.errors import CosegValueError
 from cosegkit.metrics.functional import precision_jaccard, reduce_scores
 
 __all__ = ["EvalResult", "evaluate"]
@@ -82,6 +83,22 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+def _check_oracle(net: torch.nn.Module, group_names: Sequence[str] | None) -> None:
+    """Refuse the class oracle for a model without CLIP regularization, or for groups that are not its vocabulary."""
+    if not getattr(net, "use_regularization", False):
+        raise CosegValueError(
+            f"class_oracle=True gives each set's class to an LCCo's CLIP regularization module (eq. 6-8), and this "
+            f"{type(net).__name__} has none; evaluate it with class_oracle=False"
+        )
+    vocabulary = list(net.clip.classnames)
+    if group_names is not None and list(group_names) != vocabulary:
+        raise CosegValueError(
+            f"class_oracle=True passes each set's group index as its vocabulary index, but the groups "
+            f"{list(group_names)[:4]}... are not the model's vocabulary {vocabulary[:4]}...; the oracle scores "
+            f"sets of the world the model was trained on (cosegkit evaluate: --data synthetic)"
+        )
+
+
 @torch.inference_mode()
 def evaluate(
     model: torch.nn.Module,
@@ -94,6 +111,7 @@ def evaluate(
     workers: int = 0,
     dist: DistInfo | None = None,
     progress: Any = None,
+    class_oracle: bool = False,
 ) -> EvalResult:
     """Score ``model`` on every set of ``dataset`` with :func:`~cosegkit.metrics.precision_jaccard`.
 
@@ -117,9 +135,18 @@ def evaluate(
         workers: data-loader worker processes.
         dist: the process group's rank and size; each rank scores every ``world``-th set.
         progress: a callable wrapping an iterable in a progress bar (e.g. ``tqdm``), or None.
+        class_oracle: give the model each set's true class, its ``group``, as ``common_class``
+            (:meth:`LCCo.forward <cosegkit.LCCo.forward>`): the class oracle, and the way a
+            model with :attr:`LCCo.class_oracle <cosegkit.LCCo.class_oracle>` is scored. The
+            sets' group indices must be the model's vocabulary indices, as in the synthetic
+            world's sets; with ``group_names`` they are checked against the vocabulary.
 
     Returns:
         An :class:`EvalResult`.
+
+    Raises:
+        CosegValueError: ``class_oracle`` with a model that has no CLIP regularization
+            module, or with ``group_names`` that are not the model's vocabulary.
 
     Example:
         A tiny random model (no weights are downloaded) scored on three synthetic sets of two
@@ -143,8 +170,16 @@ def evaluate(
         (True, 6)
         >>> model.training  # evaluate leaves the model in eval mode
         False
+
+        The class oracle: each set's true class replaces the model's own choice:
+
+        >>> oracle = evaluate(model, sets, batch_size=2, group_names=names, class_oracle=True)
+        >>> oracle.images, 0 <= oracle.J <= 1
+        (6, True)
     """
     net = _unwrap(model)
+    if class_oracle:
+        _check_oracle(net, group_names)
     net.eval()
     indices = list(range(len(dataset)))
     if dist is not None and dist.world > 1:
@@ -168,7 +203,8 @@ def evaluate(
         images = batch["images"].to(device)
         valid = batch["valid"].to(device)
         score = batch.get("score", batch["valid"]).to(device) & valid
-        probs = mask_probs(net(images, valid))
+        given = {"common_class": batch["group"].to(device)} if class_oracle else {}
+        probs = mask_probs(net(images, valid, **given))
         masks = batch["masks"].to(device)
         p, j = precision_jaccard(probs, masks, preset=preset, size=tuple(masks.shape[-2:]), valid=score)
         keep = ~torch.isnan(p)

@@ -456,7 +456,8 @@ def segment_files(
 
     Args:
         model: an :class:`~cosegkit.LCCo`, or a :class:`~cosegkit.zeroshot.ZeroShotCoseg` (no
-            training: a frozen CLIP names and segments the set's common class).
+            training: a frozen CLIP names and segments the set's common class); not a class
+            oracle (:func:`~cosegkit.models.lcco.refuse_class_oracle`).
         files: image files (any size, any format Pillow reads), e.g. from :func:`collect_images`.
         out_dir: output folder (created).
         set_size: images per set at most; ``None``: the model's stored training set size, else
@@ -532,6 +533,9 @@ def segment_files(
         >>> len(written), [(k, n) for k, n, name in found], all(name in zs.classnames for k, n, name in found)
         (3, [(1, 3)], True)
     """
+    from cosegkit.models.lcco import refuse_class_oracle
+
+    refuse_class_oracle(model, "segment new images")
     get_preset(preset)
     if not files:
         raise CosegValueError("no images to segment")

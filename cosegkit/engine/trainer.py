@@ -12,6 +12,9 @@ A run folder holds::
     class_targets/       with class_targets="cached": each training image's masked CLIP embedding (eq. 12),
                          computed once (cosegkit.engine.class_targets)
 
+With ``class_oracle`` each set's true class (its ``group``) is given to the model as
+``common_class`` at every step and in the evaluation at the end: the class oracle.
+
 Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
 ``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
 index, so the data of a step depends on nothing but the step. A checkpoint holds the model,
@@ -31,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -257,12 +261,33 @@ def _check_replicas(model: torch.nn.Module, dist: distributed.DistInfo, run: Pat
 
 
 def _class_choices(out: Any) -> dict[str, float]:
-    """Agreement of the model's set-level class choices with eq. (12)'s target on this batch."""
+    """Agreement of the model's set-level class choices with eq. (12)'s target on this batch.
+
+    ``acc/istar`` is the module's own choice (the arg-max of its class probabilities), also
+    when a class oracle's given class regularised the features.
+    """
     if out.class_targets is None:
         return {}
     from cosegkit.diagnostics import choice_agreement
 
-    return {f"acc/{k}": v for k, v in choice_agreement(out, out.class_targets).items()}
+    probs = getattr(out, "class_probs", None)
+    own = out.common_class if probs is None else probs.argmax(dim=-1)
+    choices = SimpleNamespace(common_class=own, topk_indices=getattr(out, "topk_indices", None))
+    return {f"acc/{k}": v for k, v in choice_agreement(choices, out.class_targets).items()}
+
+
+def _check_oracle_vocabulary(config: TrainConfig, model: torch.nn.Module) -> None:
+    """A class oracle's sets name their class by index: the model's vocabulary must list the classes in that order."""
+    from cosegkit.engine.config import oracle_class_names
+
+    names = oracle_class_names(config)
+    vocabulary = list(model.clip.classnames)
+    if vocabulary != names:
+        raise CosegValueError(
+            f"the class oracle (--class-oracle) gives each set's class index to the CLIP regularization, so the "
+            f"CLIP vocabulary must be the world's class names in class order; the vocabulary starts "
+            f"{vocabulary[:4]}, the world's classes start {names[:4]}"
+        )
 
 
 def _progress(total: int, initial: int, enabled: bool, desc: str):
@@ -390,6 +415,8 @@ def _train(
         if not resume:
             config.save(run / "config.json")
     model = build_model(config).to(device)
+    if config.class_oracle:
+        _check_oracle_vocabulary(config, model)
     store = None
     if config.pseudo_masks:
         store = _pseudo_masks(config, data_groups, model, run, device, dist, progress)
@@ -474,6 +501,8 @@ def _train(
                 given = {"masks": masks}
                 if targets is not None:  # eq. (12)'s target from the cache: no second CLIP pass
                     given = {"class_targets": targets.targets(batch["group"], batch["indices"], batch["valid"])}
+                if config.class_oracle:  # each set's true class replaces the model's own choice i*
+                    given["common_class"] = batch["group"].to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = forward(images, valid=valid, **given)
                 extra = {}
@@ -542,7 +571,15 @@ def _train(
         names = [g.name for g in getattr(eval_sets, "groups", [])] or None
         if config.dataset == "synthetic":
             names = config.world().class_names
-        evaluation = evaluate(model, eval_sets, preset=config.eval_preset, group_names=names, device=device, dist=dist)
+        evaluation = evaluate(
+            model,
+            eval_sets,
+            preset=config.eval_preset,
+            group_names=names,
+            device=device,
+            dist=dist,
+            class_oracle=config.class_oracle,
+        )
         if dist.is_main:
             (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
     return TrainResult(run, config.steps, loss_value, evaluation)

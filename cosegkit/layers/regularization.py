@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from cosegkit._validation import check_feature_set, check_set_vectors, check_text_bank, resolve_valid
+from cosegkit._validation import (
+    check_feature_set,
+    check_set_vectors,
+    check_text_bank,
+    is_compiling,
+    resolve_valid,
+)
 from cosegkit.errors import CosegShapeError, CosegValueError
 from cosegkit.layers._blocks import MLP, ConvFFN, masked_max, masked_mean, unit_rms
 from cosegkit.layers.variants import resolve_settings
@@ -46,7 +52,10 @@ class ClipRegularizationOutput(NamedTuple):
     Attributes:
         features: regularised features :math:`\\hat F^3_i`, ``(B, N, C, h, w)`` (eq. 8).
         class_probs: :math:`v`, probabilities over the ``P`` prompts, ``(B, P)`` (eq. 7).
-        common_class: :math:`i^*`, the set's most likely prompt, ``(B,)`` long (eq. 6).
+        common_class: the prompt whose text embedding regularised the features, ``(B,)`` long:
+            :math:`i^*`, the set's most likely prompt (eq. 6), or the class the forward pass
+            was given in its place (``common_class=``, the class oracle). The module's own
+            choice is always ``class_probs.argmax(-1)``.
 
     Example:
         >>> import torch
@@ -89,6 +98,11 @@ class ClipRegularization(nn.Module):
     makes the MLP see their ranking at a usable scale. The argmax passes no gradient; :math:`v`
     is trained by the classification loss of eq. (12).
 
+    The *class oracle* gives the forward pass each set's true class as ``common_class``: it
+    replaces :math:`i^*` in eq. (8), while :math:`v` is computed and returned as before (so the
+    classification loss still trains :math:`\mathrm{MLP}_3`). What a model scores with the
+    oracle and without it separates finding the class from segmenting it.
+
     Built with its defaults, the module is the one ``LCCo()`` builds (the ``"default"``
     variant of :data:`~cosegkit.layers.variants.VARIANTS`: mean pool, CLIP's ranking with
     weight 3, residual, unit-RMS :math:`h^{txt}_{i^*}`); ``variant="paper"`` gives eq. (7)
@@ -118,6 +132,7 @@ class ClipRegularization(nn.Module):
         - similarity: :math:`(B, N, P)`
         - text_embeddings: :math:`(P, D)`
         - valid: :math:`(B, N)` boolean, optional
+        - common_class: :math:`(B,)` integer, optional
         - output: :class:`ClipRegularizationOutput`
 
     Example:
@@ -129,6 +144,13 @@ class ClipRegularization(nn.Module):
         (torch.Size([2, 4, 32, 8, 8]), torch.Size([2, 10]), torch.Size([2]))
         >>> reg.class_pool, ClipRegularization(32, 16, 10, variant="paper").class_pool
         ('mean', 'max')
+
+        The class oracle: each set's class is given, and its text embedding is the one used:
+
+        >>> forced = reg(torch.randn(2, 4, 32, 8, 8), torch.randn(2, 4, 10), torch.randn(10, 16),
+        ...              common_class=torch.tensor([7, 2]))
+        >>> forced.common_class.tolist(), forced.class_probs.shape  # v is still the module's own
+        ([7, 2], torch.Size([2, 10]))
     """
 
     def __init__(
@@ -193,8 +215,9 @@ class ClipRegularization(nn.Module):
         similarity: torch.Tensor,
         text_embeddings: torch.Tensor,
         valid: torch.Tensor | None = None,
+        common_class: torch.Tensor | None = None,
     ) -> ClipRegularizationOutput:
-        """Regularise ``features`` towards the set's most likely CLIP class.
+        """Regularise ``features`` towards the set's most likely CLIP class (or a given one).
 
         Args:
             features: ``(B, N, C, h, w)``.
@@ -202,9 +225,16 @@ class ClipRegularization(nn.Module):
                 :class:`ClipInteraction` or :func:`~cosegkit.layers.clip_similarity`.
             text_embeddings: ``(P, D)`` CLIP text bank.
             valid: optional boolean ``(B, N)``; False marks padded images.
+            common_class: optional ``(B,)`` integer: each set's class as an index into the
+                ``P`` prompts (the class oracle). It replaces :math:`i^*` in eq. (8); the
+                class probabilities :math:`v` are computed and returned all the same.
 
         Returns:
             A :class:`ClipRegularizationOutput`.
+
+        Raises:
+            CosegShapeError: ``common_class`` is not one index per set.
+            CosegValueError: ``common_class`` is not integer, or an index is outside ``[0, P)``.
         """
         check_feature_set(features, self.channels)
         b, n = features.shape[:2]
@@ -219,6 +249,8 @@ class ClipRegularization(nn.Module):
         valid = resolve_valid(valid, b, n, features.device)
         logits, common = self.classify(similarity, valid)
         probs = logits.softmax(dim=-1)
+        if common_class is not None:  # the class oracle: the given class replaces i*
+            common = self._check_common_class(common_class, b).to(common.device)
 
         x = rearrange(features, "b n c h w -> (b n) c h w")
         chosen = text_embeddings[common].to(x.dtype)  # h^{txt}_{i*}, (b, d)
@@ -230,6 +262,31 @@ class ClipRegularization(nn.Module):
         if self.residual:
             out = out + features
         return ClipRegularizationOutput(out, probs, common)
+
+    def _check_common_class(self, common_class: torch.Tensor, b: int) -> torch.Tensor:
+        """``common_class`` as long, after checking it holds one prompt index per set."""
+        if is_compiling():
+            return common_class.long()
+        if not isinstance(common_class, torch.Tensor):
+            raise CosegValueError(
+                f"common_class must be a (B,) tensor of prompt indices, got {type(common_class).__name__}; "
+                f"pass e.g. torch.tensor(indices)"
+            )
+        if tuple(common_class.shape) != (b,):
+            raise CosegShapeError(
+                f"expected common_class of shape {(b,)}, one prompt index per set, got {tuple(common_class.shape)}"
+            )
+        if common_class.dtype == torch.bool or common_class.is_floating_point() or common_class.is_complex():
+            raise CosegValueError(
+                f"common_class must hold integer prompt indices, got dtype {common_class.dtype}; pass "
+                f"common_class.long()"
+            )
+        if b and not bool(((common_class >= 0) & (common_class < self.num_prompts)).all()):
+            raise CosegValueError(
+                f"common_class holds {common_class.tolist()}, but the vocabulary has {self.num_prompts} prompts; "
+                f"pass indices in [0, {self.num_prompts}), positions in the CLIP's class names"
+            )
+        return common_class.long()
 
     def extra_repr(self) -> str:
         return (

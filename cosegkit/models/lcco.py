@@ -34,7 +34,7 @@ from cosegkit.losses.classification import masked_images, targets_from_embedding
 from cosegkit.models.decoder import ConvBNReLU, DecoderBlock, feature_levels
 from cosegkit.models.output import LCCoOutput
 
-__all__ = ["VARIANTS", "LCCo", "get_variant"]
+__all__ = ["VARIANTS", "LCCo", "get_variant", "refuse_class_oracle"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -249,6 +249,33 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return kwargs
 
 
+def refuse_class_oracle(model: nn.Module, action: str) -> None:
+    """Refuse to ``action`` with a class-oracle model (:attr:`LCCo.class_oracle <cosegkit.LCCo.class_oracle>`).
+
+    New images come without their class, and a class oracle needs it; ``cosegkit segment``,
+    ``cosegkit export``, :func:`~cosegkit.engine.segment.segment_files` and the export functions
+    call this first. Any model that is not a class oracle passes.
+
+    Raises:
+        CosegValueError: the model is a class oracle.
+
+    Example:
+        >>> from cosegkit.models.lcco import refuse_class_oracle
+        >>> from cosegkit.testing import tiny_model
+        >>> refuse_class_oracle(tiny_model(), "segment new images")  # chooses its class itself: passes
+        >>> refuse_class_oracle(tiny_model(class_oracle=True), "segment new images")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        cosegkit.errors.CosegValueError: this LCCo is a class oracle ...: it cannot segment new images, ...
+    """
+    if getattr(model, "class_oracle", False):
+        raise CosegValueError(
+            f"this LCCo is a class oracle (trained told each set's true class, --class-oracle): it cannot {action}, "
+            f"which come without their class; use a model trained without --class-oracle (or set "
+            f"model.class_oracle = False to let this one choose the class itself)"
+        )
+
+
 class LCCo(nn.Module):
     r"""LCCo: a segmentation backbone refined by image-set correspondence and CLIP.
 
@@ -329,6 +356,10 @@ class LCCo(nn.Module):
             :func:`~cosegkit.export.export_onnx`) resize to it unless told another size.
         set_size: the images per set ``N`` the model was trained with, or ``None`` when
             unknown; saved with the model like ``image_size``.
+        class_oracle: the model is a *class oracle*: it is told each set's true class, which
+            replaces the regularization module's own choice :math:`i^*` (eq. 6-8), so
+            :meth:`forward` and :meth:`predict` need ``common_class``
+            (:attr:`class_oracle`). Needs the regularization module; saved with the model.
 
     Example:
         >>> import torch
@@ -376,6 +407,7 @@ class LCCo(nn.Module):
         micro_batch: int | None = 8,
         image_size: int | None = None,
         set_size: int | None = None,
+        class_oracle: bool = False,
     ) -> None:
         super().__init__()
         settings = resolve_settings(
@@ -528,6 +560,7 @@ class LCCo(nn.Module):
         }
         self.image_size = image_size
         self.set_size = set_size
+        self.class_oracle = class_oracle
 
     # ------------------------------------------------------------------ how it was trained
     @property
@@ -564,6 +597,44 @@ class LCCo(nn.Module):
     def set_size(self, value: int | None) -> None:
         self.config["set_size"] = _positive_or_none(value, "set_size")
 
+    @property
+    def class_oracle(self) -> bool:
+        """Whether the model is told each set's class, and so needs ``common_class`` at every forward pass.
+
+        A model trained as a class oracle (``cosegkit train --class-oracle``) regularised its
+        features with each set's true class instead of its own choice :math:`i^*`; it is
+        scored the same way (``evaluate(..., class_oracle=True)``), and new images, which come
+        without a class, cannot be segmented by it (``cosegkit segment`` and ``export``
+        refuse it). Stored in ``config.json``. Setting it to False lets the model choose the
+        class itself again: its :math:`\\mathrm{MLP}_3` was trained all the same.
+
+        Example:
+            >>> import torch
+            >>> from cosegkit.testing import register_tiny_clips
+            >>> _ = register_tiny_clips()
+            >>> from cosegkit import LCCo
+            >>> model = LCCo(encoder_name="tu-test_convnext", encoder_weights=None, decoder_channels=(16, 16, 8, 8),
+            ...              clip_model="coseg-test-tiny", clip_pretrained=None, classnames=["cat", "dog", "car"],
+            ...              use_correspondence=False, use_interaction=False, class_oracle=True)
+            >>> model.class_oracle, model.config["class_oracle"]
+            (True, True)
+            >>> out = model(torch.rand(2, 3, 3, 32, 32), common_class=torch.tensor([2, 0]))  # car, cat
+            >>> out.common_class.tolist()
+            [2, 0]
+        """
+        return bool(self.config.get("class_oracle", False))
+
+    @class_oracle.setter
+    def class_oracle(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise CosegValueError(f"class_oracle must be True or False, got {value!r}")
+        if value and not self.use_regularization:
+            raise CosegValueError(
+                "class_oracle=True gives the CLIP regularization module (eq. 6-8) each set's class, and this "
+                "model has none; build it with use_regularization=True (cosegkit train: without --no-regularization)"
+            )
+        self.config["class_oracle"] = value
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -571,6 +642,7 @@ class LCCo(nn.Module):
         valid: torch.Tensor | None = None,
         masks: torch.Tensor | None = None,
         class_targets: torch.Tensor | None = None,
+        common_class: torch.Tensor | None = None,
     ) -> LCCoOutput:
         """Co-segment batches of image sets.
 
@@ -589,11 +661,22 @@ class LCCo(nn.Module):
                 cached embeddings of the masked images). It is passed through to the output's
                 ``class_targets``, and the masked images do not go through CLIP (``masks`` is
                 then ignored).
+            common_class: optional ``(B,)`` integer: each set's true class as an index into
+                the vocabulary (``model.clip.classnames``), the *class oracle*. It replaces the
+                regularization module's choice :math:`i^*` in eq. (8); the class probabilities
+                are computed as before (the classification loss still trains them), and the
+                output's ``common_class`` is the given class. Needs the regularization module;
+                required when :attr:`class_oracle` is True.
 
         Returns:
             An :class:`~cosegkit.models.output.LCCoOutput`.
+
+        Raises:
+            CosegValueError: ``common_class`` without the regularization module, or missing on
+                a class-oracle model.
         """
         check_image_set(images)
+        self._check_oracle_input(common_class)
         if images.dtype != self.head.weight.dtype:  # float64 / float16 data: the model's own precision
             images = images.to(self.head.weight.dtype)
         b, n, _, h, w = images.shape
@@ -672,7 +755,7 @@ class LCCo(nn.Module):
         if self.use_regularization:
             if similarity is None:
                 similarity = clip_similarity(emb, text)
-            reg = self.regularization(as_set(f), similarity, text, valid)
+            reg = self.regularization(as_set(f), similarity, text, valid, common_class=common_class)
             f = flat(reg.features)
             out.class_probs, out.common_class = reg.class_probs, reg.common_class
         f = group(3, f)
@@ -683,9 +766,28 @@ class LCCo(nn.Module):
         out.similarity = similarity
         return out
 
+    def _check_oracle_input(self, common_class: torch.Tensor | None) -> None:
+        """Refuse ``common_class`` without the regularization module, and its absence on a class oracle."""
+        if common_class is not None and not self.use_regularization:
+            raise CosegValueError(
+                "common_class replaces the class chosen by the CLIP regularization module (eq. 6-8), and this "
+                "model has none (use_regularization=False); call it without common_class"
+            )
+        if common_class is None and self.class_oracle:
+            raise CosegValueError(
+                "this LCCo is a class oracle (class_oracle=True, trained told each set's true class): pass "
+                "common_class, a (B,) tensor of each set's index in model.clip.classnames (evaluate(..., "
+                "class_oracle=True) passes the sets' groups); to let it choose the class itself, set "
+                "model.class_oracle = False"
+            )
+
     @torch.inference_mode()
-    def predict(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    def predict(
+        self, images: torch.Tensor, valid: torch.Tensor | None = None, common_class: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mask probabilities ``(B, N, 1, H, W)``; switches the model to eval mode.
+
+        ``common_class`` is :meth:`forward`'s: each set's class, for a class oracle.
 
         Example:
             >>> import torch
@@ -699,7 +801,7 @@ class LCCo(nn.Module):
         """
         if self.training:
             self.eval()
-        return self(images, valid).masks.sigmoid()
+        return self(images, valid, common_class=common_class).masks.sigmoid()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that train (the frozen CLIP is never among :meth:`~torch.nn.Module.parameters` anyway)."""

@@ -22,7 +22,10 @@ class LCCoOutput:
         coarse_masks: coarse mask logits :math:`\\hat M^c_i` of eq. (11) on the CLIP patch
             grid, ``(B, N, 1, h, w)``; needs the CLIP interaction module.
         class_probs: :math:`v`, ``(B, P)``, eq. (7); needs the CLIP regularization module.
-        common_class: :math:`i^*`, ``(B,)`` long, eq. (6): an index into the vocabulary.
+        common_class: :math:`i^*`, ``(B,)`` long, eq. (6): an index into the vocabulary; the
+            class that regularised the features, so the given one when the forward pass was
+            given ``common_class`` (the class oracle; the module's own choice is then
+            ``class_probs.argmax(-1)``).
         topk_indices: the distilled prompts, ``(B, K)`` long; needs the interaction module.
         similarity: CLIP image-text similarity :math:`S`, ``(B, N, P)``.
         class_targets: the ground-truth common class of each set, ``(B,)`` long, computed
