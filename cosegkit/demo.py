@@ -59,6 +59,7 @@ __all__ = [
     "demo_clip",
     "demo_train_config",
     "demo_zero_shot",
+    "photo_figure",
     "prepare_world_clip",
     "run_demo",
 ]
@@ -82,7 +83,7 @@ class DemoBudget:
 
 QUICK = DemoBudget(clip_steps=3, steps=3, eval_sets=4)
 
-#: The side of the zero-shot model's CLIP input on the real-photo world: the composite CLIP's
+#: The side of the zero-shot model's CLIP input on the real-photo world. The composite CLIP's
 #: ResNet tower, trained at 64 px, runs at twice its size (a 4 x 4 grid instead of 2 x 2), its
 #: attention pool's positional embedding resized to the grid. Chosen on sets drawn apart from
 #: the held-out ones (see the datasets page).
@@ -113,8 +114,9 @@ DEMO_WORLDS: dict[str, DemoWorld] = {
         QUICK,
     ),
 }
-"""The demo's worlds: ``"synthetic"`` (the default) and ``"pascal"`` (``cosegkit demo --world pascal
---root PATH``, the PASCAL-VOC co-segmentation photos as a :class:`~cosegkit.data.composite.CompositeWorld`)."""
+"""The worlds the demo runs on, by name. ``"synthetic"`` is the default; ``"pascal"`` (``cosegkit demo
+--world pascal --root PATH``) is the PASCAL-VOC co-segmentation photos as a
+:class:`~cosegkit.data.composite.CompositeWorld`."""
 
 
 def _check_world(world: str, root: str | Path | None) -> None:

@@ -66,6 +66,8 @@ SYNTHETIC_CLIP_CONFIG: dict = {
 #: The open_clip architecture name under which :func:`register_composite_clip` registers the
 #: small CLIP for worlds of real photographs.
 COMPOSITE_CLIP = "coseg-composite-clip"
+#: The composite CLIP's open_clip config: a ``ModifiedResNet`` image tower (layers ``[2, 2, 2, 2]``,
+#: width 32) on 64 px input, the synthetic CLIP's text tower, a 64-wide joint space.
 COMPOSITE_CLIP_CONFIG: dict = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 64, "layers": [2, 2, 2, 2], "width": 32, "patch_size": None, "head_width": 32},
@@ -191,6 +193,12 @@ class CaptionedWorld(Protocol):
     in ``captions``, the shared class index in ``target`` and each image's class indices in
     ``present_classes``; ``fingerprint()`` is a short string that changes whenever what the
     world generates does (it names the cached weights).
+
+    Example:
+        >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> from cosegkit.engine.pretrain import CaptionedWorld
+        >>> isinstance(SyntheticWorld(num_classes=6, image_size=32), CaptionedWorld), isinstance(object(), CaptionedWorld)
+        (True, False)
     """
 
     @property
