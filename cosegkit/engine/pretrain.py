@@ -41,6 +41,7 @@ from cosegkit.errors import CosegValueError
 __all__ = [
     "COMPOSITE_CLIP",
     "COMPOSITE_CLIP_CONFIG",
+    "COMPOSITE_RECIPE",
     "SYNTHETIC_CLIP",
     "SYNTHETIC_CLIP_CONFIG",
     "SYNTHETIC_TEMPLATES",
@@ -246,6 +247,11 @@ class ClipRecipe:
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+COMPOSITE_RECIPE = ClipRecipe(COMPOSITE_CLIP, steps=2000, batch_size=128, lr=2e-3)
+"""The default recipe of the composite CLIP (``cosegkit pretrain-clip --dataset composite``): the
+ResNet tower of :data:`COMPOSITE_CLIP_CONFIG`, 2000 steps of 128 image-caption pairs."""
 
 
 @dataclass(frozen=True)
