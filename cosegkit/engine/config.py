@@ -50,9 +50,11 @@ DATASETS: tuple[str, ...] = ("synthetic", "composite", *READERS)
 """Dataset names ``cosegkit train`` accepts: the synthetic world, the composite world and every reader."""
 
 GENERATED_DATASETS: tuple[str, ...] = ("synthetic", "composite")
-"""The datasets whose training sets are generated (every set new, no epochs): the synthetic
-world of shapes and the composite world of real object cut-outs
-(:class:`~cosegkit.data.composite.CompositeWorld`)."""
+"""The datasets whose training sets are generated, every set new and no epochs.
+
+The synthetic world of shapes and the composite world of real object cut-outs
+(:class:`~cosegkit.data.composite.CompositeWorld`).
+"""
 
 _WORLD_CACHE_SIZE = 6  # composite worlds kept in memory (a PASCAL world at 128 px is about 30 MB)
 _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict()
@@ -477,6 +479,12 @@ class TrainConfig:
         Raises:
             DataError: the held-out photos do not give every class of the training world a
                 cut-out (a class's held-out photos all have empty masks).
+
+        Example:
+            >>> from cosegkit.engine import TrainConfig
+            >>> config = TrainConfig(world_classes=5, image_size=32)
+            >>> config.held_out_world().class_names == config.world().class_names  # other seeds, same world
+            True
         """
         if self.dataset == "composite":
             return _composite_world(self, held_out=True)
@@ -515,7 +523,19 @@ class SyntheticTrainSets(Dataset):
     """Items of a generated world (synthetic or composite) in the layout of :class:`~cosegkit.data.TrainSets`.
 
     Item ``i`` is ``world.sample_set(set_size, seed=(seed, i))`` with ``valid`` all True and
-    its target class under ``group``.
+    its target class under ``group`` (an index into ``world.class_names``). No augmentation:
+    every set is new.
+
+    Example:
+        >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> from cosegkit.engine.config import SyntheticTrainSets
+        >>> world = SyntheticWorld(num_classes=5, image_size=32)
+        >>> sets = SyntheticTrainSets(world, set_size=3, length=4, seed=0)
+        >>> item = sets[2]
+        >>> item["images"].shape, item["valid"].tolist()
+        (torch.Size([3, 3, 32, 32]), [True, True, True])
+        >>> world.class_names[int(item["group"])] == world.sample_set(3, seed=(0, 2)).target_name
+        True
     """
 
     def __init__(self, world: SyntheticWorld | CompositeWorld, set_size: int, length: int, seed: int = 0) -> None:
@@ -759,7 +779,7 @@ def build_train_sets(
 ) -> Dataset:
     """The training dataset of ``length`` items: generated sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups.
 
-    On the synthetic and the composite dataset, :class:`SyntheticTrainSets` of
+    On the synthetic and the composite dataset, :class:`~cosegkit.engine.config.SyntheticTrainSets` of
     :meth:`TrainConfig.world` (for the composite one, the world of the training photos),
     without augmentation: every set is new.
 

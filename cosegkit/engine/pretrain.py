@@ -66,6 +66,7 @@ SYNTHETIC_CLIP_CONFIG: dict = {
 #: The open_clip architecture name under which :func:`register_composite_clip` registers the
 #: small CLIP for worlds of real photographs.
 COMPOSITE_CLIP = "coseg-composite-clip"
+#: The open_clip config of :data:`COMPOSITE_CLIP`: a ``ModifiedResNet`` image tower on 64 px input.
 COMPOSITE_CLIP_CONFIG: dict = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 64, "layers": [2, 2, 2, 2], "width": 32, "patch_size": None, "head_width": 32},
