@@ -229,7 +229,9 @@ def _add_world_options(group: argparse._ArgumentGroup) -> None:
         default=0.3,
         help="composite world: the share of each class's photos held out of training (default 0.3)",
     )
-    group.add_argument("--split-seed", type=int, default=0, help="composite world: which photos are held out (default 0)")
+    group.add_argument(
+        "--split-seed", type=int, default=0, help="composite world: which photos are held out (default 0)"
+    )
 
 
 def _world_objects(values: Sequence[int]) -> tuple[int, int]:
@@ -832,15 +834,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if name in ("synthetic", "composite"):
             run_config = _model_folder(args.model).parent / "config.json"
             if not run_config.is_file():
-                raise _UsageError(
-                    f"--data {name} needs a model inside a run folder (its config.json names the world)"
-                )
+                raise _UsageError(f"--data {name} needs a model inside a run folder (its config.json names the world)")
             stored = TrainConfig.load(run_config)
             if (name == "composite") != (stored.dataset == "composite"):
                 raise _UsageError(
                     f"--data {name}: the model's run trained on dataset {stored.dataset!r}; "
-                    + ("--data composite scores a run of --dataset composite" if name == "composite" else
-                       "score a composite run with --data composite")
+                    + (
+                        "--data composite scores a run of --dataset composite"
+                        if name == "composite"
+                        else "score a composite run with --data composite"
+                    )
                 )
             if name == "composite":
                 check_mask_sizes(composite_groups(stored), remedy="or train on other classes (--classes)")
@@ -1258,7 +1261,11 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     held = config.held_out_world()
     print(
         f"{args.dataset} world: {world.num_classes} classes, {args.image_size} px"
-        + (f", {len(world.photos)} training photos ({len(held.photos)} held out)" if args.dataset == "composite" else "")
+        + (
+            f", {len(world.photos)} training photos ({len(held.photos)} held out)"
+            if args.dataset == "composite"
+            else ""
+        )
     )
     bar = None
     if not args.no_progress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,18 @@ def photos(tmp_path_factory):
 
 
 def data_args(root) -> list[str]:
-    return ["--dataset", "composite", "--root", str(root), "--reader", "folder", "--image-size", "32", "--set-size", "3"]
+    return [
+        "--dataset",
+        "composite",
+        "--root",
+        str(root),
+        "--reader",
+        "folder",
+        "--image-size",
+        "32",
+        "--set-size",
+        "3",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +150,7 @@ def test_pretrain_clip_trains_on_the_training_photos_only(photos, tmp_path, monk
     argv += ["--steps", "2", "--batch-size", "4", "--sets", "3", "--no-progress", "--json", str(tmp_path / "clip.json")]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    (world, recipe), = worlds
+    ((world, recipe),) = worlds
     config = TrainConfig(dataset="composite", root=str(photos), reader="folder", split_seed=2)
     train_photos, held = split_photos(composite_groups(config), 0.3, seed=2)
     assert set(world.photos) == train_photos and held.isdisjoint(world.photos)
@@ -147,7 +159,7 @@ def test_pretrain_clip_trains_on_the_training_photos_only(photos, tmp_path, monk
     assert f"weights: {record['weights']}" in out and "held-out sets (3 of 5 images, held-out photos)" in out
     assert "--clip-model coseg-composite-clip --clip-pretrained" in out
     assert record["world"] == world.fingerprint() and 0 <= record["set_top1"] <= 1 and record["chance"] == 1 / CLASSES
-    meta = json.loads(open(record["weights"].replace(".safetensors", ".json")).read())
+    meta = json.loads(Path(record["weights"]).with_suffix(".json").read_text())
     assert meta["recipe"]["steps"] == 2 and meta["world"]["fingerprint"] == world.fingerprint()
     # cached: the second call returns the same file
     assert main(argv) == 0

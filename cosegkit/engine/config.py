@@ -38,9 +38,9 @@ __all__ = [
     "build_eval_sets",
     "build_model",
     "build_photo_eval_sets",
-    "composite_groups",
     "build_train_sets",
     "check_mask_sizes",
+    "composite_groups",
     "labelled_eval_groups",
     "steps_for_epochs",
     "train_groups",
@@ -348,7 +348,7 @@ class TrainConfig:
                 "eval_classes (--eval-classes) names held-out groups of a dataset on disk; the composite world is "
                 "scored on held-out photos of its own classes (--held-out sets their share)"
             )
-        if self.pseudo_masks:  # training on pseudo masks reads a dataset's files, which the composite world never hands out
+        if self.pseudo_masks:  # pseudo masks are made for a dataset's files; the composite world hands out none
             raise CosegValueError(
                 "pseudo masks (--pseudo-masks) need a dataset of image files (e.g. --dataset folder); the composite "
                 "world pastes masked cut-outs into new images every step"
@@ -1028,7 +1028,12 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         >>> all(torch.equal(a[name], b[name]) for name in b)
         True
     """
-    from cosegkit.engine.pretrain import COMPOSITE_CLIP, SYNTHETIC_CLIP, register_composite_clip, register_synthetic_clip
+    from cosegkit.engine.pretrain import (
+        COMPOSITE_CLIP,
+        SYNTHETIC_CLIP,
+        register_composite_clip,
+        register_synthetic_clip,
+    )
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
 
