@@ -622,7 +622,10 @@ def composite_groups(config: TrainConfig) -> list[Group]:
 
 def _split(config: TrainConfig, groups: Sequence[Group]) -> tuple[frozenset[str], frozenset[str]]:
     """The composite config's (training, held-out) photos."""
-    return split_photos(groups, config.held_out, seed=config.split_seed)
+    try:
+        return split_photos(groups, config.held_out, seed=config.split_seed)
+    except CosegValueError as err:
+        raise CosegValueError(f"{err}: add photos to the class, or leave it out (--classes)") from err
 
 
 def _composite_world(config: TrainConfig, *, held_out: bool) -> CompositeWorld:
@@ -650,13 +653,16 @@ def _composite_world(config: TrainConfig, *, held_out: bool) -> CompositeWorld:
         _WORLDS.move_to_end(key)
         return _WORLDS[key]
     train, held = _split(config, groups)
-    world = CompositeWorld(
-        groups,
-        image_size=config.image_size,
-        objects_per_image=config.world_objects,
-        seed=config.world_seed,
-        photos=held if held_out else train,
-    )
+    try:
+        world = CompositeWorld(
+            groups,
+            image_size=config.image_size,
+            objects_per_image=config.world_objects,
+            seed=config.world_seed,
+            photos=held if held_out else train,
+        )
+    except CosegValueError as err:
+        raise CosegValueError(f"the composite world: {err} (--world-objects, --classes, --image-size)") from err
     if held_out:
         trained = _composite_world(config, held_out=False)
         if world.class_names != trained.class_names:

@@ -128,6 +128,16 @@ def test_the_composite_settings_belong_to_the_composite_dataset(photos) -> None:
         build_photo_eval_sets(TrainConfig(**TINY))
 
 
+def test_worlds_that_cannot_be_built_name_the_flags(photos, tmp_path) -> None:
+    names = sorted(p.name for p in (photos / "images").iterdir())
+    with pytest.raises(CosegValueError, match=r"more than the most objects per image.*\(--world-objects, --classes"):
+        composite(photos, classes=names[:3]).world()  # 3 classes, up to 3 objects per image
+    few = tmp_path / "few"
+    write_folder_dataset(SyntheticWorld(num_classes=CLASSES, image_size=32, objects_per_image=2), few, 1)
+    with pytest.raises(CosegValueError, match=r"a split needs at least 2.*\(--classes\)"):
+        composite(few).world()
+
+
 def test_classes_select_the_readers_groups(photos) -> None:
     names = sorted(p.name for p in (photos / "images").iterdir())
     config = composite(photos, classes=names[:4], world_objects=(2, 2))
