@@ -235,5 +235,9 @@ def test_a_composite_run_scores_held_out_sets_and_held_out_photos(photos, tmp_pa
     assert sorted(photos_json["per_group"]) == sorted(config.world().class_names)
     assert json.loads((run / "eval.json").read_text()) == result.evaluation.to_dict()
     assert TrainConfig.load(run / "config.json") == config
+    from cosegkit.diagnostics import diagnose_run
+
+    report = diagnose_run(run, sets=1, checkpoints=False)  # a set's group is its class: eq. (12) is scored too
+    assert "eq12" in report["stages"]["final"]["classes"]
     synthetic = train(TrainConfig(**TINY, steps=1), tmp_path / "synthetic", progress=False)
     assert synthetic.photo_evaluation is None and not (tmp_path / "synthetic" / "eval_photos.json").exists()
