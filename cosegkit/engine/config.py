@@ -432,8 +432,8 @@ class TrainConfig:
         On the composite dataset, a :class:`~cosegkit.data.composite.CompositeWorld` over the
         training part of :func:`~cosegkit.data.composite.split_photos` (``held_out``,
         ``split_seed``) of the reader's groups (``classes`` of them): no held-out photo is in
-        it, as a cut-out or as a background. Building it loads every photo once (about 4 s for
-        the 598 training photos of the shared PASCAL VOC co-segmentation set); built worlds are
+        it, as a cut-out or as a background. Building it loads every photo once (4 to 8 s for
+        the 598 training photos of the PASCAL-VOC co-segmentation set); built worlds are
         kept in memory, keyed by everything that defines them (the settings and the files'
         sizes and modification times), so training, evaluation and figures build it once.
         On any other dataset, the synthetic world of ``world_classes``, ``image_size``,
