@@ -186,10 +186,11 @@ def main() -> None:
     (out / "table.json").write_text(json.dumps({"rows": table, "clips": clips, "seeds": args.seeds}, indent=2))
     print(text)
     if "pascal" in args.worlds and {"Baseline", "LCCo", "Zero-shot"} <= set(args.rows):
-        from cosegkit.demo import photo_figure
+        from cosegkit.demo import demo_clip, demo_zero_shot, photo_figure
 
+        zero_shot = demo_zero_shot(demo_clip("pascal", clips["pascal"]["weights"], root=args.root), world="pascal")
         photo_figure({name: out / "pascal" / slug(name) / "seed0" for name in ("Baseline", "LCCo")},
-                     clips["pascal"]["weights"], args.root, out / "figure-pascal.png")
+                     out / "figure-pascal.png", zero_shot=zero_shot)
         print(f"figure: {out / 'figure-pascal.png'}")
 
 

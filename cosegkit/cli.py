@@ -1,4 +1,4 @@
-"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate`` and ``segment``.
+"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate``, ``segment``, ``export`` and ``pretrain-clip``.
 
 ``python -m cosegkit`` runs the same command. Bad arguments end with a one-line error (exit
 status 2), not a traceback.
@@ -58,6 +58,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
   # a ceiling: LCCo told each set's true class in eq. 8 (generated worlds; evaluate gives it the classes too)
   cosegkit train --dataset synthetic --class-oracle
+  # the composite world: real object cut-outs of masked photos pasted into generated sets, split by photo
+  # (30% of each class's photos held out; the run scores held-out sets and the held-out photos themselves)
+  cosegkit train --dataset composite --root ../shared/data/pascal_voc_coseg --reader pascal_voc \
+      --image-size 128 --world-objects 2 3 --held-out 0.3 --split-seed 0 --out runs/composite
 
   # groups of photos without masks: train on CLIP's zero-shot pseudo masks (photos/images/<group>/*.jpg)
   cosegkit train --pseudo-masks zero-shot --dataset folder --root photos/ --out runs/photos
@@ -67,13 +71,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 """,
     )
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=DATASETS, default="synthetic", help="dataset reader (default: synthetic)")
+    d.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="synthetic",
+        help="synthetic, composite (real cut-outs of --root's photos; needs --reader) or a reader (default: synthetic)",
+    )
     d.add_argument("--root", help="dataset folder (for coco: the instances json)")
     d.add_argument("--coco-images", help="coco only: the image folder")
     d.add_argument("--classes", nargs="+", metavar="GROUP", help="train on these groups only")
     d.add_argument("--eval-classes", nargs="+", metavar="GROUP", help="evaluate on these groups at the end")
-    d.add_argument("--world-classes", type=_positive, default=16, help="synthetic world: classes (default 16)")
-    d.add_argument("--world-seed", type=int, default=0, help="synthetic world: which classes (default 0)")
+    _add_world_options(d)
     _add_reader_options(d)
     d.add_argument("--image-size", type=_positive, default=224, help="training image side (default 224)")
     d.add_argument("--set-size", type=_positive, default=5, help="images per set N (default 5)")
@@ -196,10 +204,52 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--eval-set-size", type=_set_size, default=5, help="images per evaluation set, or 'all'")
-    r.add_argument("--eval-sets", type=_positive, default=40, help="synthetic: held-out sets scored at the end")
+    r.add_argument(
+        "--eval-sets", type=_positive, default=40, help="synthetic, composite: held-out sets scored at the end"
+    )
     r.add_argument("--eval-preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="P/J binarisation")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+
+
+def _add_world_options(group: argparse._ArgumentGroup) -> None:
+    """The generated worlds' settings: the synthetic world's classes, the composite world's photos and split."""
+    from cosegkit.data.readers import READERS
+
+    group.add_argument("--world-classes", type=_positive, default=16, help="synthetic world: classes (default 16)")
+    group.add_argument(
+        "--world-seed", type=int, default=0, help="synthetic world: which classes; both worlds: the sets (default 0)"
+    )
+    group.add_argument(
+        "--world-objects",
+        type=_positive,
+        nargs="+",
+        default=[2, 3],
+        metavar="K",
+        help="synthetic and composite worlds: objects per image, K or LOW HIGH (default 2 3)",
+    )
+    group.add_argument(
+        "--reader", choices=sorted(READERS), help="composite world: the layout of --root's masked photos"
+    )
+    group.add_argument(
+        "--held-out",
+        type=float,
+        default=0.3,
+        help="composite world: the share of each class's photos held out of training (default 0.3)",
+    )
+    group.add_argument(
+        "--split-seed", type=int, default=0, help="composite world: which photos are held out (default 0)"
+    )
+
+
+def _world_objects(values: Sequence[int]) -> tuple[int, int]:
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2 and values[0] <= values[1]:
+        return (values[0], values[1])
+    raise _UsageError(
+        f"--world-objects takes K or LOW HIGH with LOW <= HIGH (objects per image), got {' '.join(map(str, values))}"
+    )
 
 
 def _add_reader_options(group: argparse._ArgumentGroup) -> None:
@@ -228,6 +278,10 @@ def _config_from_args(args: argparse.Namespace):
         eval_classes=args.eval_classes,
         world_classes=args.world_classes,
         world_seed=args.world_seed,
+        world_objects=_world_objects(args.world_objects),
+        reader=args.reader,
+        held_out=args.held_out,
+        split_seed=args.split_seed,
         missing_masks=args.missing_masks,
         on_empty=args.on_empty,
         image_size=args.image_size,
@@ -290,8 +344,10 @@ def _config_from_args(args: argparse.Namespace):
 
 
 def _train_extra(args: argparse.Namespace) -> dict:
-    """TrainConfig.extra: the synthetic world's held-out sets; the zero-shot settings of --pseudo-masks."""
-    extra: dict = {"eval_sets": args.eval_sets} if args.dataset == "synthetic" else {}
+    """TrainConfig.extra: a generated world's held-out sets; the zero-shot settings of --pseudo-masks."""
+    from cosegkit.engine.config import GENERATED_DATASETS
+
+    extra: dict = {"eval_sets": args.eval_sets} if args.dataset in GENERATED_DATASETS else {}
     zero_shot = {
         name: getattr(args, "pseudo_" + name)
         for name in ("box_precision", "cam_scaling", "pos_interpolation")
@@ -370,7 +426,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"run folder: {result.run_dir}  (steps {result.steps}, last loss {result.last_loss:.4f})")
     if result.evaluation is not None:
         ev = result.evaluation
-        print(f"held-out evaluation ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
+        what = "held-out composite sets" if result.photo_evaluation is not None else "held-out evaluation"
+        print(f"{what} ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
+    if result.photo_evaluation is not None:
+        ev = result.photo_evaluation
+        print(f"held-out photos ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
     return 0
 
 
@@ -388,6 +448,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
   cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg msrc=data/MSRC --preset ufo --per-group
   cosegkit evaluate --model runs/demo/model --data synthetic --json scores.json
 
+  # a run on the composite world: its held-out composite sets and its held-out photos (--on both)
+  cosegkit evaluate --model runs/composite --data composite
+  cosegkit evaluate --model runs/composite --data composite --on photos --set-size all --per-group
+
   # zero-shot: no training, a frozen CLIP (downloads the weights once; or --clip-pretrained FILE)
   cosegkit evaluate --zero-shot --clip-model ViT-B-16 --clip-pretrained openai --data icoseg=data/icoseg
   cosegkit evaluate --zero-shot --data msrc=data/MSRC --vocabulary names.txt --no-caa --json zs.json
@@ -395,7 +459,18 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="a model folder, or a run folder (its model/ is used); or --zero-shot")
     p.add_argument(
-        "--data", nargs="+", required=True, metavar="NAME=PATH", help="datasets as reader=folder, or synthetic"
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="NAME=PATH",
+        help="datasets as reader=folder; or synthetic, composite: the held-out data of the model's run",
+    )
+    p.add_argument(
+        "--on",
+        choices=("composite", "photos", "both"),
+        default=None,
+        help="--data composite: score the run's held-out composite sets, its held-out photos themselves "
+        "(one group per class, as a benchmark distributes them), or both (default both)",
     )
     p.add_argument("--classes", nargs="+", metavar="GROUP", help="score these groups only")
     p.add_argument("--coco-images", metavar="FOLDER", help="--data coco=INSTANCES_JSON only: the image folder")
@@ -469,11 +544,12 @@ def _notice(message: str | None) -> None:
 
 
 def _load_model(path: str, device):
-    from cosegkit.engine.pretrain import register_synthetic_clip
+    from cosegkit.engine.pretrain import register_composite_clip, register_synthetic_clip
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import register_tiny_clips
 
     register_synthetic_clip()
+    register_composite_clip()
     register_tiny_clips()
     folder = _model_folder(path)
     return LCCo.from_pretrained(folder, map_location=device), folder
@@ -680,12 +756,13 @@ def _zero_shot_settings(args: argparse.Namespace) -> dict:
 def _load_zero_shot(args: argparse.Namespace, device):
     """A ZeroShotCoseg from the zero-shot options; prints one line saying what it is."""
     from cosegkit.clip import FrozenClip
-    from cosegkit.engine.pretrain import register_synthetic_clip
+    from cosegkit.engine.pretrain import register_composite_clip, register_synthetic_clip
     from cosegkit.testing import register_tiny_clips
     from cosegkit.zeroshot import ZeroShotCoseg
 
     settings = _zero_shot_settings(args)
     register_synthetic_clip()
+    register_composite_clip()
     register_tiny_clips()
     name = args.clip_model or "ViT-B-16"
     pretrained = _none_or_str(args.clip_pretrained) if args.clip_pretrained is not None else "openai"
@@ -736,7 +813,13 @@ def _read_eval_groups(name: str, root: str, args: argparse.Namespace):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from cosegkit.data.sampling import EvalSets
-    from cosegkit.engine.config import TrainConfig, build_eval_sets, check_mask_sizes
+    from cosegkit.engine.config import (
+        TrainConfig,
+        build_eval_sets,
+        build_photo_eval_sets,
+        check_mask_sizes,
+        composite_groups,
+    )
     from cosegkit.engine.distributed import _pick_device
     from cosegkit.engine.evaluate import evaluate
 
@@ -748,19 +831,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"--json {args.json!r} is a folder; pass a file name, e.g. {str(destination / 'eval.json')!r}"
             )
         destination.parent.mkdir(parents=True, exist_ok=True)
-    if args.zero_shot and "synthetic" in args.data:
-        raise _UsageError("--data synthetic needs a trained model's run folder; --zero-shot takes reader=PATH datasets")
+    for generated in ("synthetic", "composite"):
+        if args.zero_shot and generated in args.data:
+            raise _UsageError(
+                f"--data {generated} needs a trained model's run folder; --zero-shot takes reader=PATH datasets"
+            )
+    if args.on is not None and "composite" not in args.data:
+        raise _UsageError("--on chooses what --data composite scores; add --data composite (a composite run's data)")
+    if args.classes and "composite" in args.data:
+        raise _UsageError(
+            "--classes selects groups of reader=PATH datasets; --data composite scores the run's held-out data of "
+            "every class it trained on"
+        )
     # every dataset is read and checked before the model is loaded
     read = []
     for spec in args.data:
         name, _, root = spec.partition("=")
-        if name == "synthetic":
+        if name in ("synthetic", "composite"):
             run_config = _model_folder(args.model).parent / "config.json"
             if not run_config.is_file():
+                raise _UsageError(f"--data {name} needs a model inside a run folder (its config.json names the world)")
+            stored = TrainConfig.load(run_config)
+            if (name == "composite") != (stored.dataset == "composite"):
                 raise _UsageError(
-                    "--data synthetic needs a model inside a run folder (its config.json names the world)"
+                    f"--data {name}: the model's run trained on dataset {stored.dataset!r}; "
+                    + (
+                        "--data composite scores a run of --dataset composite"
+                        if name == "composite"
+                        else "score a composite run with --data composite"
+                    )
                 )
-            read.append((name, TrainConfig.load(run_config)))
+            if name == "composite":
+                check_mask_sizes(composite_groups(stored), remedy="or train on other classes (--classes)")
+            read.append((name, stored))
             continue
         if not root:
             raise _UsageError(_data_hint(spec))
@@ -793,7 +896,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         image_size, notice = _trained_image_size(args.image_size, args.model)
     datasets = []
     for name, data in read:
-        if isinstance(data, TrainConfig):  # the synthetic world of the model's run
+        if isinstance(data, TrainConfig) and data.dataset == "composite":  # the held-out data of the run
+            data.image_size = image_size
+            if args.on in (None, "both", "composite"):
+                data.eval_set_size = args.set_size or data.set_size
+                datasets.append(("composite", build_eval_sets(data), data.held_out_world().class_names))
+            if args.on in (None, "both", "photos"):
+                data.eval_set_size = args.set_size
+                photos = build_photo_eval_sets(data, chunking=args.chunking)
+                datasets.append(("photos", photos, [g.name for g in photos.groups]))
+        elif isinstance(data, TrainConfig):  # the synthetic world of the model's run
             data.eval_set_size = args.set_size or data.set_size
             data.image_size = image_size
             datasets.append((name, build_eval_sets(data), data.world().class_names))
@@ -1109,6 +1221,132 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain_clip(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain-clip",
+        help="pre-train a small CLIP on a generated world's captions (cached); prints its weights file",
+        formatter_class=_FORMATTER,
+        description="Pre-trains a small CLIP with open_clip's contrastive loss on the captions of a generated "
+        "world: the synthetic one (the coseg-synthetic-clip ViT), or the composite world of --root's photos (the "
+        "coseg-composite-clip ResNet), built from its TRAINING photos only (--held-out and --split-seed choose "
+        "them, as for 'cosegkit train'). The weights are cached by their settings and the world's content under "
+        "$COSEGKIT_CACHE (default ~/.cache/cosegkit), so a second call returns at once. Prints the weights file "
+        "and how well the CLIP names the classes of held-out sets (of the held-out photos, for composite): per "
+        "set (the summed similarity's top class is the common one) and per image (the top class is one present).",
+        epilog="""examples:
+  cosegkit pretrain-clip --dataset composite --root ../shared/data/pascal_voc_coseg --reader pascal_voc
+  cosegkit train --dataset composite --root ../shared/data/pascal_voc_coseg --reader pascal_voc \
+      --clip-model coseg-composite-clip --clip-pretrained PATH_PRINTED_ABOVE ...
+
+  cosegkit pretrain-clip --dataset synthetic --steps 600     # the demo's CLIP
+""",
+    )
+    d = p.add_argument_group("world")
+    d.add_argument(
+        "--dataset", choices=("synthetic", "composite"), default="composite", help="the world (default composite)"
+    )
+    d.add_argument("--root", help="composite: the folder of the masked photos")
+    d.add_argument("--coco-images", help="composite of coco: the image folder")
+    d.add_argument("--classes", nargs="+", metavar="GROUP", help="composite: use these groups of --root only")
+    _add_world_options(d)
+    _add_reader_options(d)
+    d.add_argument("--image-size", type=_positive, default=64, help="side of the world's images (default 64)")
+    r = p.add_argument_group("recipe (defaults: cosegkit.engine.pretrain.COMPOSITE_RECIPE, or the synthetic CLIP's)")
+    r.add_argument("--steps", type=_positive, help="optimizer steps")
+    r.add_argument("--batch-size", type=_positive, help="image-caption pairs per step (at least 2)")
+    r.add_argument("--lr", type=float, help="peak learning rate")
+    r.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
+    r.add_argument("--no-cache", action="store_true", help="train even when cached weights exist (and replace them)")
+    a = p.add_argument_group("accuracy on held-out sets")
+    a.add_argument("--sets", type=_positive, default=50, help="held-out sets scored (default 50)")
+    a.add_argument("--set-size", type=_positive, default=5, help="images per held-out set (default 5)")
+    a.add_argument("--json", help="also write the weights file and the accuracy to this JSON file")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain_clip)
+
+
+def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from cosegkit.clip import FrozenClip
+    from cosegkit.engine.config import TrainConfig
+    from cosegkit.engine.pretrain import (
+        COMPOSITE_RECIPE,
+        SYNTHETIC_TEMPLATES,
+        ClipPretrainConfig,
+        pretrain_clip,
+        register_composite_clip,
+        register_synthetic_clip,
+        zero_shot_accuracy,
+    )
+
+    config = TrainConfig(
+        dataset=args.dataset,
+        root=args.root,
+        reader=args.reader,
+        held_out=args.held_out,
+        split_seed=args.split_seed,
+        coco_images=args.coco_images,
+        classes=args.classes,
+        world_classes=args.world_classes,
+        world_seed=args.world_seed,
+        world_objects=_world_objects(args.world_objects),
+        missing_masks=args.missing_masks,
+        on_empty=args.on_empty,
+        image_size=args.image_size,
+    )
+    recipe = COMPOSITE_RECIPE if args.dataset == "composite" else ClipPretrainConfig().recipe()
+    changes = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
+    recipe = replace(recipe, seed=args.seed, **changes)
+    world = config.world()  # the training photos only
+    held = config.held_out_world()
+    print(
+        f"{args.dataset} world: {world.num_classes} classes, {args.image_size} px"
+        + (
+            f", {len(world.photos)} training photos ({len(held.photos)} held out)"
+            if args.dataset == "composite"
+            else ""
+        )
+    )
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=recipe.steps, desc="pretrain-clip", unit="step", dynamic_ncols=True)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+    try:
+        path = pretrain_clip(world, recipe, cache=not args.no_cache, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    (register_composite_clip if args.dataset == "composite" else register_synthetic_clip)()
+    clip = FrozenClip.from_name(
+        recipe.architecture, pretrained=str(path), classnames=world.class_names, templates=SYNTHETIC_TEMPLATES
+    )
+    scores = zero_shot_accuracy(clip, held, sets=args.sets, set_size=args.set_size)
+    where = "held-out photos" if args.dataset == "composite" else "held-out seeds"
+    print(f"weights: {path}")
+    print(
+        f"held-out sets ({args.sets} of {args.set_size} images, {where}): the common class ranks first in "
+        f"{100 * scores['set_top1']:.1f}% (top 5: {100 * scores['set_top5']:.1f}%; chance {100 * scores['chance']:.1f}%); "
+        f"per image, the top class is one present in {100 * scores['image_top1']:.1f}% "
+        f"(chance {100 * scores['image_chance']:.1f}%)"
+    )
+    data = f"--dataset {args.dataset}" + (f" --root {args.root} --reader {args.reader}" if args.root else "")
+    print(f"train with it: cosegkit train {data} --clip-model {recipe.architecture} --clip-pretrained {path} ...")
+    if args.json:
+        destination = Path(args.json)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        record = {"weights": str(path), "architecture": recipe.architecture, "world": world.fingerprint(), **scores}
+        destination.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cosegkit`` command."""
     from cosegkit import __version__
@@ -1124,6 +1362,7 @@ def build_parser() -> argparse.ArgumentParser:
   cosegkit segment --model runs/pascal/model photos/ --out masks/
   cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
   cosegkit export --model runs/pascal/model --out lcco.onnx --set-size 5 --image-size 224
+  cosegkit pretrain-clip --dataset composite --root data/pascal_voc_coseg --reader pascal_voc
 Run 'cosegkit COMMAND --help' for a command's options.""",
     )
     parser.add_argument("--version", action="version", version=f"cosegkit {__version__}")
@@ -1133,6 +1372,7 @@ Run 'cosegkit COMMAND --help' for a command's options.""",
     _add_evaluate(sub)
     _add_segment(sub)
     _add_export(sub)
+    _add_pretrain_clip(sub)
     return parser
 
 

@@ -92,7 +92,13 @@ PASCAL_ZERO_SHOT_SIZE = 128
 
 @dataclass(frozen=True)
 class DemoWorld:
-    """A world the demo (and ``benchmarks/results_table.py``) runs on, with its budget."""
+    """A world the demo (and ``benchmarks/results_table.py``) runs on, with its budget.
+
+    Example:
+        >>> from cosegkit.demo import DEMO_WORLDS
+        >>> DEMO_WORLDS["pascal"].budget.steps, DEMO_WORLDS["synthetic"].budget
+        (600, DemoBudget(clip_steps=600, steps=600, eval_sets=60))
+    """
 
     name: str
     description: str
@@ -331,7 +337,19 @@ def prepare_world_clip(
     Returns:
         ``(weights, accuracy)``: the ``.safetensors`` path and
         :func:`~cosegkit.engine.pretrain.zero_shot_accuracy`'s dict (per set and per image)
-        plus the pre-training ``seconds`` (0 when the cache had it).
+        plus the pre-training ``seconds`` (about 0 when the cache had it).
+
+    Example:
+        Three steps on the synthetic world, in a throw-away cache (``quick`` does not cache):
+
+        >>> import os
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> from cosegkit.demo import prepare_world_clip
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):
+        ...     path, accuracy = prepare_world_clip("synthetic", quick=True, eval_sets=2)
+        >>> path.suffix, sorted(accuracy)
+        ('.safetensors', ['chance', 'image_chance', 'image_top1', 'seconds', 'set_top1', 'set_top5'])
     """
     from dataclasses import replace
 
@@ -445,19 +463,45 @@ def _photo_picks(eval_sets: Any, count: int = 4) -> list[int]:
     return [firsts[c] for c in classes[::step][:count]]
 
 
-def photo_figure(runs: dict[str, Path], clip_path: str | Path, root: str | Path, path: str | Path) -> None:
-    """The real-photo figure: held-out photo sets, truth, each run's model and the zero-shot model.
+def photo_figure(runs: dict[str, str | Path], path: str | Path, *, zero_shot: torch.nn.Module | None = None) -> None:
+    """The real-photo figure: held-out photo sets, their truth, each run's model and the zero-shot model.
 
-    ``runs`` maps row names to run folders of the ``"pascal"`` world (their ``model`` is loaded).
+    ``runs`` maps row names to run folders of one composite world (each folder's ``model`` is
+    loaded; a class oracle is given each set's class); the sets are the held-out photos of the
+    first run's config (:func:`~cosegkit.engine.config.build_photo_eval_sets`), the first set
+    of up to four classes spread over the class list.
+
+    Example:
+        A one-step run on a tiny composite world of written shapes (the demo's are real photos):
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+        >>> from cosegkit.demo import photo_figure
+        >>> from cosegkit.engine import TrainConfig, train
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> _ = write_folder_dataset(SyntheticWorld(num_classes=5, image_size=32, objects_per_image=2), tmp / "data", 4)
+        >>> config = TrainConfig(dataset="composite", root=str(tmp / "data"), reader="folder", image_size=32,
+        ...                      set_size=2, batch_size=1, eval_set_size=2, steps=1, encoder="tu-test_convnext",
+        ...                      encoder_weights=None, decoder_channels=[8, 8, 8, 8], heads=2, top_k=1,
+        ...                      clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ...                      extra={"eval_sets": 2})
+        >>> _ = train(config, tmp / "run", progress=False)
+        >>> photo_figure({"LCCo": tmp / "run"}, tmp / "figure.png")
+        >>> Image.open(tmp / "figure.png").size[0] > 0
+        True
     """
     from cosegkit.engine.config import build_photo_eval_sets
     from cosegkit.models.lcco import LCCo
 
     models: dict[str, torch.nn.Module] = {name: LCCo.from_pretrained(Path(run) / "model") for name, run in runs.items()}
-    models["Zero-shot"] = demo_zero_shot(demo_clip("pascal", clip_path, root=root), world="pascal")
+    oracle = {name for name, model in models.items() if getattr(model, "class_oracle", False)}
+    if zero_shot is not None:
+        models["Zero-shot"] = zero_shot
     config = TrainConfig.load(Path(next(iter(runs.values()))) / "config.json")
     photos = build_photo_eval_sets(config)
-    _figure(models, photos, config.world().class_names, Path(path), _photo_picks(photos))
+    _figure(models, photos, config.world().class_names, Path(path), _photo_picks(photos), oracle=oracle)
 
 
 def run_demo(
@@ -613,7 +657,7 @@ def run_demo(
     models["Zero-shot"] = zero_shot_model
     if photos is not None:
         _figure(models, photos, class_names, out / "figure.png", _photo_picks(photos))
-    else:
+    else:  # the synthetic world: its first held-out sets
         _figure(models, build_eval_sets(config, sets=3), class_names, out / "figure.png")
     results["wall_seconds"] = round(time.perf_counter() - wall, 1)
     results["quick"] = quick

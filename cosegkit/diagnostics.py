@@ -339,7 +339,7 @@ def diagnose_run(run: str | Path, *, sets: int = 32, checkpoints: bool = True) -
         sensitivity
     """
     from cosegkit.engine.checkpoint import find_checkpoints, load_checkpoint
-    from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model
+    from cosegkit.engine.config import GENERATED_DATASETS, TrainConfig, build_eval_sets, build_model
 
     run = Path(run)
     config = TrainConfig.load(run / "config.json")
@@ -348,7 +348,7 @@ def diagnose_run(run: str | Path, *, sets: int = 32, checkpoints: bool = True) -
         sets = max(1, len(eval_sets) // 2)
     data = _stack_sets(eval_sets, 0, sets)
     others = _stack_sets(eval_sets, sets, sets)["images"]
-    classes = data["group"] if config.dataset == "synthetic" else None
+    classes = data["group"] if config.dataset in GENERATED_DATASETS else None  # a set's group is its class
 
     stages: list[tuple[str, dict[str, torch.Tensor] | None]] = [("init", None)]
     if checkpoints:

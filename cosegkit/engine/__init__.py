@@ -1,7 +1,14 @@
 """Training, evaluation and checkpoints: what the ``cosegkit`` command runs."""
 
 from cosegkit.engine.checkpoint import CheckpointError, find_checkpoints, load_checkpoint, save_checkpoint
-from cosegkit.engine.config import DATASETS, TrainConfig, build_eval_sets, build_model, build_train_sets
+from cosegkit.engine.config import (
+    DATASETS,
+    TrainConfig,
+    build_eval_sets,
+    build_model,
+    build_photo_eval_sets,
+    build_train_sets,
+)
 from cosegkit.engine.evaluate import EvalResult, evaluate
 from cosegkit.engine.trainer import StepBatches, TrainingDiverged, TrainingInterrupted, TrainResult, train
 
@@ -16,6 +23,7 @@ __all__ = [
     "TrainingInterrupted",
     "build_eval_sets",
     "build_model",
+    "build_photo_eval_sets",
     "build_train_sets",
     "evaluate",
     "find_checkpoints",

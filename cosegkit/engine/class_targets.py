@@ -14,8 +14,8 @@ over each set. An image is embedded the first time a set holds it; from the seco
 step makes no CLIP call for the target. ``class_targets="per-set"`` keeps the per-step
 computation on the augmented images.
 
-The synthetic world draws new images for every set, so there is nothing to reuse: its runs
-compute the target per set whatever the setting.
+The generated worlds (synthetic, composite) draw new images for every set, so there is
+nothing to reuse: their runs compute the target per set whatever the setting.
 
 The cache lives in memory and in the run folder, written with every checkpoint, so
 ``--resume`` does not recompute it::

@@ -7,7 +7,9 @@ from it. The builders turn a config into the model, the training sets and the ev
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import inspect
 import json
 import math
@@ -21,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from cosegkit.data.composite import CompositeWorld, split_photos
 from cosegkit.data.readers import READERS, get_reader
 from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets
 from cosegkit.data.synthetic import SyntheticWorld
@@ -30,20 +33,33 @@ from cosegkit.errors import CosegValueError
 __all__ = [
     "CLASS_ORACLE_DATASETS",
     "DATASETS",
+    "GENERATED_DATASETS",
     "SyntheticTrainSets",
     "TrainConfig",
     "build_eval_sets",
     "build_model",
+    "build_photo_eval_sets",
     "build_train_sets",
     "check_mask_sizes",
+    "composite_groups",
     "labelled_eval_groups",
     "oracle_class_names",
     "steps_for_epochs",
     "train_groups",
 ]
 
-DATASETS: tuple[str, ...] = ("synthetic", *READERS)
-"""Dataset names ``cosegkit train`` accepts: the synthetic world and every reader."""
+DATASETS: tuple[str, ...] = ("synthetic", "composite", *READERS)
+"""Dataset names ``cosegkit train`` accepts: the synthetic world, the composite world and every reader."""
+
+GENERATED_DATASETS: tuple[str, ...] = ("synthetic", "composite")
+"""The datasets whose training sets are generated, every set new and no epochs.
+
+The synthetic world of shapes and the composite world of real object cut-outs
+(:class:`~cosegkit.data.composite.CompositeWorld`).
+"""
+
+_WORLD_CACHE_SIZE = 6  # composite worlds kept in memory (a PASCAL world at 128 px is about 30 MB)
+_WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict()
 
 CLASS_ORACLE_DATASETS: tuple[str, ...] = ("synthetic", "composite")
 """The datasets ``class_oracle`` works on: generated worlds, whose sets' ``group`` is the target's
@@ -61,11 +77,22 @@ def _flag(name: str) -> str:
 class TrainConfig:
     """Every setting of a training run (see ``cosegkit train --help`` for each one's flag).
 
-    Data: ``dataset`` is ``"synthetic"`` or a reader name (``"pascal_voc"``, ``"coco"``,
-    ``"icoseg"``, ``"msrc"``, ``"internet"``, ``"processed"``, ``"folder"``) with ``root`` its
-    folder (for COCO, the instances json; images beside it in ``coco_images``). ``classes``
-    keeps only those groups for training; ``eval_classes`` names held-out groups evaluated at
-    the end of the run. ``world_*`` describe the synthetic world. ``missing_masks="skip"``
+    Data: ``dataset`` is ``"synthetic"``, ``"composite"`` or a reader name (``"pascal_voc"``,
+    ``"coco"``, ``"icoseg"``, ``"msrc"``, ``"internet"``, ``"processed"``, ``"folder"``) with
+    ``root`` its folder (for COCO, the instances json; images beside it in ``coco_images``).
+    ``classes`` keeps only those groups for training; ``eval_classes`` names held-out groups
+    evaluated at the end of the run. ``world_*`` describe the synthetic world.
+
+    The composite world (``dataset="composite"``, :class:`~cosegkit.data.composite.CompositeWorld`)
+    pastes real object cut-outs of ``root``'s masked photos, read by the reader named in
+    ``reader`` (e.g. ``"pascal_voc"``, ``"folder"``), into generated sets of ``world_objects``
+    objects per image on a background photo. Its photos are split, class by class, into a
+    training part and a held-out part (``held_out``, the held-out fraction, and
+    ``split_seed``; :func:`~cosegkit.data.composite.split_photos`): :meth:`world` is built
+    from the training photos only, :meth:`held_out_world` from the held-out ones, and
+    :func:`build_photo_eval_sets` scores the held-out photos themselves. ``world_seed`` and
+    ``image_size`` describe it as they do the synthetic world; ``classes`` selects the
+    reader's groups it uses. ``missing_masks="skip"``
     leaves out images without a mask and ``on_empty="warn"`` groups without images, each with
     a warning, where the reader would refuse them (``--missing-masks``, ``--on-empty``).
 
@@ -96,12 +123,13 @@ class TrainConfig:
     Eq. (12)'s target: ``class_targets="cached"`` (the default) embeds each training image's
     masked view once, un-augmented, and reuses it (:mod:`cosegkit.engine.class_targets`, cached
     in ``<run>/class_targets``); ``"per-set"`` sends the augmented masked images through CLIP
-    at every step. The synthetic world, whose images never recur, is always per set. A config
-    written before the setting existed reads as ``"per-set"``.
+    at every step. The generated worlds (synthetic, composite), whose images never recur, are
+    always per set. A config written before the setting existed reads as ``"per-set"``.
 
-    The CLIP vocabulary is the synthetic world's class names (with the template ``"a {}"``)
-    when the dataset is synthetic or the CLIP is the synthetic one
-    (:data:`~cosegkit.engine.pretrain.SYNTHETIC_CLIP`), else the default vocabulary.
+    The CLIP vocabulary (:meth:`vocabulary`) is the synthetic world's class names (with the
+    template ``"a {}"``) when the dataset is synthetic or the CLIP is the synthetic one
+    (:data:`~cosegkit.engine.pretrain.SYNTHETIC_CLIP`); the composite world's class names on
+    the composite dataset; else the default vocabulary.
 
     Example:
         >>> import tempfile
@@ -141,6 +169,9 @@ class TrainConfig:
     # data
     dataset: str = "synthetic"
     root: str | None = None
+    reader: str | None = None
+    held_out: float = 0.3
+    split_seed: int = 0
     coco_images: str | None = None
     classes: list[str] | None = None
     eval_classes: list[str] | None = None
@@ -216,6 +247,7 @@ class TrainConfig:
             raise KeyError(f"unknown dataset {self.dataset!r}; choose one of {list(DATASETS)}")
         if self.dataset != "synthetic" and not self.root:
             raise CosegValueError(f"dataset {self.dataset!r} needs its folder: pass root (--root PATH)")
+        self._check_composite()
         if self.dataset == "synthetic" and (self.classes or self.eval_classes):
             raise CosegValueError(
                 "classes and eval_classes (--classes, --eval-classes) select groups of a dataset on disk; the "
@@ -231,9 +263,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CosegValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.dataset == "synthetic" and self.image_size < 16:
+        if self.dataset in GENERATED_DATASETS and self.image_size < 16:
             raise CosegValueError(
-                f"the synthetic world draws images of at least 16 px, got image_size={self.image_size} "
+                f"the {self.dataset} world draws images of at least 16 px, got image_size={self.image_size} "
                 f"(--image-size)"
             )
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
@@ -313,6 +345,47 @@ class TrainConfig:
                 "drop --no-regularization (use_regularization=True)"
             )
 
+    def _check_composite(self) -> None:
+        """The composite world's settings: a reader of the photos, a held-out fraction, a split seed."""
+        if self.dataset != "composite":
+            if self.reader is not None:
+                raise CosegValueError(
+                    f"reader (--reader) names the layout of the composite world's photos; it is only for "
+                    f"dataset 'composite' (--dataset composite), got dataset {self.dataset!r} with reader {self.reader!r}"
+                )
+            if (self.held_out, self.split_seed) != (0.3, 0):
+                raise CosegValueError(
+                    f"held_out and split_seed (--held-out, --split-seed) split the composite world's photos; they are "
+                    f"only for dataset 'composite' (--dataset composite), got dataset {self.dataset!r}"
+                )
+            return
+        if not self.reader:
+            raise CosegValueError(
+                f"dataset 'composite' builds its world from the masked photos of a dataset on disk: name their "
+                f"layout with reader (--reader), one of {sorted(READERS)}"
+            )
+        if self.reader not in READERS:
+            raise CosegValueError(
+                f"reader must be one of {sorted(READERS)} (the layout of --root's photos), got {self.reader!r} (--reader)"
+            )
+        if isinstance(self.held_out, bool) or not isinstance(self.held_out, (int, float)) or not 0 < self.held_out < 1:
+            raise CosegValueError(
+                f"held_out must be a fraction in (0, 1) (the share of each class's photos held out), got "
+                f"{self.held_out!r} (--held-out)"
+            )
+        if isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int) or self.split_seed < 0:
+            raise CosegValueError(f"split_seed must be a non-negative integer, got {self.split_seed!r} (--split-seed)")
+        if self.eval_classes:
+            raise CosegValueError(
+                "eval_classes (--eval-classes) names held-out groups of a dataset on disk; the composite world is "
+                "scored on held-out photos of its own classes (--held-out sets their share)"
+            )
+        if self.pseudo_masks:  # pseudo masks are made for a dataset's files; the composite world hands out none
+            raise CosegValueError(
+                "pseudo masks (--pseudo-masks) need a dataset of image files (e.g. --dataset folder); the composite "
+                "world pastes masked cut-outs into new images every step"
+            )
+
     def _check_pseudo_masks(self) -> None:
         from cosegkit.engine.pseudo import PSEUDO_MASKS
 
@@ -385,8 +458,40 @@ class TrainConfig:
         """Write the resolved config as JSON."""
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def world(self) -> SyntheticWorld:
-        """The synthetic world of this config."""
+    def world(self) -> SyntheticWorld | CompositeWorld:
+        """The world the training sets are drawn from: the synthetic one, or the composite one of the training photos.
+
+        On the composite dataset, a :class:`~cosegkit.data.composite.CompositeWorld` over the
+        training part of :func:`~cosegkit.data.composite.split_photos` (``held_out``,
+        ``split_seed``) of the reader's groups (``classes`` of them): no held-out photo is in
+        it, as a cut-out or as a background. Building it loads every photo once (4 to 8 s for
+        the 598 training photos of the PASCAL-VOC co-segmentation set); built worlds are
+        kept in memory, keyed by everything that defines them (the settings and the files'
+        sizes and modification times), so training, evaluation and figures build it once.
+        On any other dataset, the synthetic world of ``world_classes``, ``image_size``,
+        ``world_objects`` and ``world_seed``.
+
+        Example:
+            >>> from cosegkit.engine import TrainConfig
+            >>> TrainConfig(world_classes=4, image_size=32).world().class_names[:2]
+            ['orange dotted triangle', 'red checkered ring']
+
+            The composite world of a folder of masked photos (here written from the synthetic
+            world: 5 classes of 10 photos), from its training photos only:
+
+            >>> import tempfile
+            >>> from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+            >>> root = tempfile.mkdtemp()
+            >>> _ = write_folder_dataset(SyntheticWorld(num_classes=5, image_size=32, objects_per_image=2), root, 10)
+            >>> config = TrainConfig(dataset="composite", root=root, reader="folder", image_size=32, held_out=0.3)
+            >>> world, held = config.world(), config.held_out_world()
+            >>> len(world.photos), len(held.photos), set(world.photos).isdisjoint(held.photos)
+            (35, 15, True)
+            >>> config.world() is world  # built once
+            True
+        """
+        if self.dataset == "composite":
+            return _composite_world(self, held_out=False)
         return SyntheticWorld(
             num_classes=self.world_classes,
             image_size=self.image_size,
@@ -394,27 +499,78 @@ class TrainConfig:
             seed=self.world_seed,
         )
 
+    def held_out_world(self) -> SyntheticWorld | CompositeWorld:
+        """The world the held-out sets are drawn from.
+
+        On the composite dataset, the :class:`~cosegkit.data.composite.CompositeWorld` of the
+        held-out photos (the part of :func:`~cosegkit.data.composite.split_photos` that
+        :meth:`world` leaves out), with the training world's settings and classes in the same
+        order. On any other dataset, :meth:`world` itself: the synthetic world's held-out sets
+        are other seeds of the same world.
+
+        Raises:
+            DataError: the held-out photos do not give every class of the training world a
+                cut-out (a class's held-out photos all have empty masks).
+
+        Example:
+            >>> from cosegkit.engine import TrainConfig
+            >>> config = TrainConfig(world_classes=5, image_size=32)
+            >>> config.held_out_world().class_names == config.world().class_names  # other seeds, same world
+            True
+        """
+        if self.dataset == "composite":
+            return _composite_world(self, held_out=True)
+        return self.world()
+
     def vocabulary(self) -> tuple[list[str] | None, list[str] | None]:
         """The CLIP prompt vocabulary and templates: the world's classes, or the defaults (``None``).
 
-        The world's class names (template ``"a {}"``) on the synthetic dataset, and with the
-        synthetic CLIP on any dataset (it knows no other words).
-        """
-        from cosegkit.engine.pretrain import SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES
+        On the composite dataset, the composite world's class names in class-index order (so a
+        set's ``group`` is its vocabulary index), with the template ``"a {}"`` when the CLIP
+        is one pre-trained on a world's captions (:data:`~cosegkit.engine.pretrain.SYNTHETIC_CLIP`,
+        :data:`~cosegkit.engine.pretrain.COMPOSITE_CLIP`) and the default templates (``None``)
+        otherwise. The synthetic world's class names (template ``"a {}"``) on the synthetic
+        dataset, and with the synthetic CLIP on any other dataset (it knows no other words).
+        Else the defaults.
 
+        Example:
+            >>> from cosegkit.engine import TrainConfig
+            >>> names, templates = TrainConfig(world_classes=5, image_size=32).vocabulary()
+            >>> len(names), templates
+            (5, ['a {}'])
+            >>> TrainConfig(dataset="folder", root="photos").vocabulary()
+            (None, None)
+        """
+        from cosegkit.engine.pretrain import COMPOSITE_CLIP, SYNTHETIC_CLIP, SYNTHETIC_TEMPLATES
+
+        if self.dataset == "composite":
+            captioned = self.clip_model in (SYNTHETIC_CLIP, COMPOSITE_CLIP)
+            return self.world().class_names, list(SYNTHETIC_TEMPLATES) if captioned else None
         if self.dataset == "synthetic" or self.clip_model == SYNTHETIC_CLIP:
             return self.world().class_names, list(SYNTHETIC_TEMPLATES)
         return None, None
 
 
 class SyntheticTrainSets(Dataset):
-    """Items of the synthetic world in the layout of :class:`~cosegkit.data.TrainSets`.
+    """Items of a generated world (synthetic or composite) in the layout of :class:`~cosegkit.data.TrainSets`.
 
     Item ``i`` is ``world.sample_set(set_size, seed=(seed, i))`` with ``valid`` all True and
-    its target class under ``group``.
+    its target class under ``group`` (an index into ``world.class_names``). No augmentation:
+    every set is new.
+
+    Example:
+        >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> from cosegkit.engine.config import SyntheticTrainSets
+        >>> world = SyntheticWorld(num_classes=5, image_size=32)
+        >>> sets = SyntheticTrainSets(world, set_size=3, length=4, seed=0)
+        >>> item = sets[2]
+        >>> item["images"].shape, item["valid"].tolist()
+        (torch.Size([3, 3, 32, 32]), [True, True, True])
+        >>> world.class_names[int(item["group"])] == world.sample_set(3, seed=(0, 2)).target_name
+        True
     """
 
-    def __init__(self, world: SyntheticWorld, set_size: int, length: int, seed: int = 0) -> None:
+    def __init__(self, world: SyntheticWorld | CompositeWorld, set_size: int, length: int, seed: int = 0) -> None:
         self.world, self.set_size, self.length, self.seed = world, set_size, length, seed
 
     def __len__(self) -> int:
@@ -449,10 +605,11 @@ def steps_for_epochs(config: TrainConfig, epochs: float) -> int:
     """Optimizer steps that show the training groups' images about ``epochs`` times.
 
     One epoch is ``ceil(images / (set_size * batch_size))`` steps, over the images of the
-    groups that ``config.classes`` selects. The synthetic world has no epochs.
+    groups that ``config.classes`` selects. The generated worlds (synthetic, composite) have no
+    epochs.
     """
-    if config.dataset == "synthetic":
-        raise CosegValueError("the synthetic world is endless: give --steps, not --epochs")
+    if config.dataset in GENERATED_DATASETS:
+        raise CosegValueError(f"the {config.dataset} world is endless: give --steps, not --epochs")
     if epochs <= 0:
         raise CosegValueError(f"epochs must be positive, got {epochs}")
     images = sum(len(g) for g in train_groups(config))
@@ -460,19 +617,95 @@ def steps_for_epochs(config: TrainConfig, epochs: float) -> int:
 
 
 def _read_groups(config: TrainConfig, *, masks: bool = True, **options: Any) -> list[Group]:
-    reader = get_reader(config.dataset)
+    layout = config.reader if config.dataset == "composite" else config.dataset
+    reader = get_reader(layout)
     options = {"missing_masks": config.missing_masks, "on_empty": config.on_empty, **options}
     accepted = inspect.signature(reader).parameters
     options = {k: v for k, v in options.items() if k in accepted}
-    if config.dataset == "coco":
+    if layout == "coco":
         if not config.coco_images:
             raise CosegValueError("dataset 'coco' needs the image folder too: pass coco_images (--coco-images PATH)")
         return reader(
             config.root, config.coco_images, ssnm_filter=bool(config.extra.get("ssnm_filter", False)), **options
         )
-    if config.dataset == "folder":
+    if layout == "folder":
         return reader(config.root, masks=masks, **options)
     return reader(config.root, **options)
+
+
+def composite_groups(config: TrainConfig) -> list[Group]:
+    """The reader's groups the composite world of ``config`` is made of: ``config.classes`` of them.
+
+    Example:
+        >>> import tempfile
+        >>> from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.config import composite_groups
+        >>> root = tempfile.mkdtemp()
+        >>> _ = write_folder_dataset(SyntheticWorld(num_classes=5, image_size=32, objects_per_image=2), root, 3)
+        >>> config = TrainConfig(dataset="composite", root=root, reader="folder", classes=["red dotted star"])
+        >>> [(g.name, len(g)) for g in composite_groups(config)]
+        [('red dotted star', 3)]
+    """
+    if config.dataset != "composite":
+        raise CosegValueError(f"composite_groups needs dataset 'composite', got {config.dataset!r}")
+    return _select(_read_groups(config), config.classes, "classes (--classes)")
+
+
+def _split(config: TrainConfig, groups: Sequence[Group]) -> tuple[frozenset[str], frozenset[str]]:
+    """The composite config's (training, held-out) photos."""
+    try:
+        return split_photos(groups, config.held_out, seed=config.split_seed)
+    except CosegValueError as err:
+        raise CosegValueError(f"{err}: add photos to the class, or leave it out (--classes)") from err
+
+
+def _composite_world(config: TrainConfig, *, held_out: bool) -> CompositeWorld:
+    """The composite world of the training (or held-out) photos, built once per process and settings."""
+    from cosegkit.engine.class_targets import data_fingerprint
+
+    groups = composite_groups(config)
+    settings = {
+        "part": "held_out" if held_out else "train",
+        "reader": config.reader,
+        "root": os.path.abspath(str(config.root)),
+        "coco_images": None if config.coco_images is None else os.path.abspath(config.coco_images),
+        "classes": config.classes,
+        "missing_masks": config.missing_masks,
+        "on_empty": config.on_empty,
+        "image_size": config.image_size,
+        "world_objects": list(config.world_objects),
+        "world_seed": config.world_seed,
+        "held_out": config.held_out,
+        "split_seed": config.split_seed,
+        "data": data_fingerprint(groups),
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    if key in _WORLDS:
+        _WORLDS.move_to_end(key)
+        return _WORLDS[key]
+    train, held = _split(config, groups)
+    try:
+        world = CompositeWorld(
+            groups,
+            image_size=config.image_size,
+            objects_per_image=config.world_objects,
+            seed=config.world_seed,
+            photos=held if held_out else train,
+        )
+    except CosegValueError as err:
+        raise CosegValueError(f"the composite world: {err} (--world-objects, --classes, --image-size)") from err
+    if held_out:
+        trained = _composite_world(config, held_out=False)
+        if world.class_names != trained.class_names:
+            raise DataError(
+                f"the held-out photos give cut-outs of the classes {world.class_names}, the training photos of "
+                f"{trained.class_names}; every class needs masked photos in both parts (--held-out, --split-seed)"
+            )
+    _WORLDS[key] = world
+    while len(_WORLDS) > _WORLD_CACHE_SIZE:
+        _WORLDS.popitem(last=False)
+    return world
 
 
 _PSEUDO_HINT = (
@@ -505,8 +738,11 @@ def train_groups(config: TrainConfig) -> list[Group]:
         >>> [(g.name, g.masks) for g in train_groups(pseudo)]
         [('cats', None)]
     """
-    if config.dataset == "synthetic":
-        raise CosegValueError("the synthetic world has no groups of files")
+    if config.dataset in GENERATED_DATASETS:
+        raise CosegValueError(
+            f"the {config.dataset} world has no training groups of files; its training sets are generated "
+            f"(build_train_sets, TrainConfig.world)"
+        )
     if config.pseudo_masks:
         from cosegkit.engine.pseudo import strip_masks
 
@@ -579,7 +815,11 @@ def check_mask_sizes(groups: Sequence[Group], *, remedy: str = "") -> None:
 def build_train_sets(
     config: TrainConfig, length: int, *, pseudo_masks: Any = None, groups: Sequence[Group] | None = None
 ) -> Dataset:
-    """The training dataset of ``length`` items: synthetic sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups.
+    """The training dataset of ``length`` items: generated sets, or :class:`~cosegkit.data.TrainSets` of a reader's groups.
+
+    On the synthetic and the composite dataset, :class:`~cosegkit.engine.config.SyntheticTrainSets` of
+    :meth:`TrainConfig.world` (for the composite one, the world of the training photos),
+    without augmentation: every set is new.
 
     With ``config.pseudo_masks`` set, ``pseudo_masks`` is the run's
     :class:`~cosegkit.engine.pseudo.PseudoMaskStore` (:func:`~cosegkit.engine.pseudo.prepare_pseudo_masks`
@@ -609,7 +849,7 @@ def build_train_sets(
         >>> torch.equal(build_train_sets(config, length=8)[5]["images"], sets[5]["images"])
         True
     """
-    if config.dataset == "synthetic":
+    if config.dataset in GENERATED_DATASETS:  # no augmentation: every set is new
         return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
     groups = list(groups) if groups is not None else train_groups(config)
     if config.pseudo_masks:
@@ -642,9 +882,13 @@ def build_train_sets(
 
 
 def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *, sets: int | None = None) -> Dataset:
-    """Held-out evaluation sets: synthetic sets drawn with seed ``config.extra["eval_seed"]``
+    """Held-out evaluation sets: generated sets drawn with seed ``config.extra["eval_seed"]``
     (default ``config.seed + 1``; ``sets`` of them, default ``config.extra["eval_sets"]`` or 40),
     or :class:`~cosegkit.data.EvalSets` of the named groups.
+
+    On the synthetic dataset the sets are other seeds of the training world; on the composite
+    dataset they are drawn from :meth:`TrainConfig.held_out_world`, the world of the held-out
+    photos (:func:`build_photo_eval_sets` gives the held-out photos themselves).
 
     Runs that differ only in their seed score on different synthetic sets unless they share
     an ``eval_seed``; ``examples/ablation.py`` gives every seed the demo's held-out sets.
@@ -667,10 +911,10 @@ def build_eval_sets(config: TrainConfig, classes: Sequence[str] | None = None, *
         >>> torch.equal(build_eval_sets(other_seed, sets=6)[0]["images"], item["images"])
         True
     """
-    if config.dataset == "synthetic":
+    if config.dataset in GENERATED_DATASETS:
         sets = sets or int(config.extra.get("eval_sets", 40))
         seed = int(config.extra.get("eval_seed", config.seed + 1))
-        return SyntheticTrainSets(config.world(), config.eval_set_size or config.set_size, sets, seed=seed)
+        return SyntheticTrainSets(config.held_out_world(), config.eval_set_size or config.set_size, sets, seed=seed)
     if config.pseudo_masks and config.dataset == "folder":
         groups, unlabelled = labelled_eval_groups(config, classes)
         if not groups:
@@ -700,6 +944,76 @@ def oracle_class_names(config: TrainConfig) -> list[str]:
             f"needs one of {worlds}"
         )
     return list(config.world().class_names)
+
+
+def build_photo_eval_sets(config: TrainConfig, *, chunking: str = "contiguous") -> EvalSets:
+    """The held-out photos of a composite config themselves, as a co-segmentation benchmark distributes them.
+
+    One group per class of the composite world, in its class order and named by its class,
+    holding that class's held-out photos (those :meth:`TrainConfig.world` leaves out) with
+    their masks, cut into sets of ``config.eval_set_size`` images (``None``: whole groups)
+    at ``config.image_size``. Photos without a mask are left out (they cannot be scored).
+
+    Args:
+        config: a config of the composite dataset.
+        chunking: how a group is cut into sets (:class:`~cosegkit.data.EvalSets`).
+
+    Returns:
+        :class:`~cosegkit.data.EvalSets` over the held-out photos.
+
+    Example:
+        >>> import tempfile
+        >>> from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+        >>> from cosegkit.engine import TrainConfig, build_photo_eval_sets
+        >>> root = tempfile.mkdtemp()
+        >>> _ = write_folder_dataset(SyntheticWorld(num_classes=5, image_size=32, objects_per_image=2), root, 10)
+        >>> config = TrainConfig(dataset="composite", root=root, reader="folder", image_size=32, eval_set_size=2)
+        >>> photos = build_photo_eval_sets(config)
+        >>> [(g.name, len(g)) for g in photos.groups][:2], len(photos)  # 3 of each class's 10 photos
+        ([('blue striped diamond', 3), ('orange dotted triangle', 3)], 10)
+        >>> photos[0]["images"].shape
+        torch.Size([2, 3, 32, 32])
+    """
+    if config.dataset != "composite":
+        raise CosegValueError(
+            f"the held-out photos belong to the composite dataset (--dataset composite), got {config.dataset!r}"
+        )
+    groups = composite_groups(config)
+    _, held = _split(config, groups)
+    classes = config.world().class_names
+    by_class: dict[str, list[Group]] = {name: [] for name in classes}
+    for group in groups:
+        if group.class_name not in by_class:
+            continue  # a class without any masked training photo is not in the world
+        keep = [i for i, path in enumerate(group.images) if str(path) in held]
+        if keep and (group.masks is not None or "segmentations" in group.meta):
+            by_class[group.class_name].append(_restrict(group, keep))
+    merged = []
+    for name, parts in by_class.items():
+        if not parts:
+            continue
+        if len(parts) == 1:
+            merged.append(dataclasses.replace(parts[0], name=name))
+        elif all(p.masks is not None for p in parts):
+            images = tuple(path for p in parts for path in p.images)
+            masks = tuple(path for p in parts for path in p.masks or ())
+            merged.append(Group(name, images, masks, class_name=name))
+        else:  # masks held in metadata (COCO) cannot be merged: one group each
+            merged.extend(parts)
+    if not merged:
+        raise DataError("no held-out photo has a mask; the photo evaluation needs masks")
+    return EvalSets(merged, config.eval_set_size, config.image_size, chunking=chunking)  # type: ignore[arg-type]
+
+
+def _restrict(group: Group, keep: Sequence[int]) -> Group:
+    """The group with the images ``keep`` only (and their masks, and per-image metadata)."""
+    count = len(group.images)
+    meta = {
+        k: type(v)(v[i] for i in keep) if isinstance(v, (list, tuple)) and len(v) == count else v
+        for k, v in group.meta.items()
+    }
+    masks = None if group.masks is None else tuple(group.masks[i] for i in keep)
+    return dataclasses.replace(group, images=tuple(group.images[i] for i in keep), masks=masks, meta=meta)
 
 
 def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = None) -> tuple[list[Group], list[str]]:
@@ -774,12 +1088,19 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         >>> all(torch.equal(a[name], b[name]) for name in b)
         True
     """
-    from cosegkit.engine.pretrain import SYNTHETIC_CLIP, register_synthetic_clip
+    from cosegkit.engine.pretrain import (
+        COMPOSITE_CLIP,
+        SYNTHETIC_CLIP,
+        register_composite_clip,
+        register_synthetic_clip,
+    )
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
 
     if config.clip_model == SYNTHETIC_CLIP:
         register_synthetic_clip()
+    elif config.clip_model == COMPOSITE_CLIP:
+        register_composite_clip()
     elif config.clip_model in TINY_CLIP_CONFIGS:
         register_tiny_clips()
     classnames, templates = config.vocabulary()

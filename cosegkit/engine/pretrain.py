@@ -257,10 +257,9 @@ class ClipRecipe:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-#: The composite CLIP's recipe for real photographs (``cosegkit demo --world pascal``,
-#: ``cosegkit pretrain-clip --dataset composite``); the measurements that chose it are on the
-#: datasets page.
 COMPOSITE_RECIPE = ClipRecipe(COMPOSITE_CLIP, steps=2000, batch_size=128, lr=2e-3)
+"""The default recipe of the composite CLIP (``cosegkit pretrain-clip --dataset composite``): the
+ResNet tower of :data:`COMPOSITE_CLIP_CONFIG`, 2000 steps of 128 image-caption pairs."""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ A run folder holds::
     checkpoints/         step_XXXXXXXX.pt, written atomically; the newest few are kept
     model/               the final model (LCCo.save_pretrained), for evaluate and segment
     eval.json            the held-out evaluation at the end of the run, when there is one
+    eval_photos.json     the composite dataset only: the evaluation on its held-out photos themselves
     pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo)
     superpixels/         with superpixel_weight > 0: the cached superpixel maps (cosegkit.data.superpixels)
     class_targets/       with class_targets="cached": each training image's masked CLIP embedding (eq. 12),
@@ -43,7 +44,14 @@ from torch.utils.data import DataLoader, Sampler
 from cosegkit.data.sampling import collate_sets
 from cosegkit.engine import distributed
 from cosegkit.engine.checkpoint import find_checkpoints, load_checkpoint, save_checkpoint
-from cosegkit.engine.config import TrainConfig, build_eval_sets, build_model, build_train_sets
+from cosegkit.engine.config import (
+    GENERATED_DATASETS,
+    TrainConfig,
+    build_eval_sets,
+    build_model,
+    build_photo_eval_sets,
+    build_train_sets,
+)
 from cosegkit.engine.evaluate import EvalResult, evaluate
 from cosegkit.errors import CosegError, CosegValueError
 
@@ -134,6 +142,9 @@ class TrainResult:
         steps: the optimizer steps of the run (``config.steps``).
         last_loss: the total loss of the last step run (NaN when a resumed run had no step left).
         evaluation: the held-out evaluation, or ``None`` when the run has no evaluation sets.
+        photo_evaluation: on the composite dataset, the evaluation on the held-out photos
+            themselves (:func:`~cosegkit.engine.build_photo_eval_sets`, also written to
+            ``eval_photos.json``); ``None`` on every other dataset.
 
     Example:
         >>> from pathlib import Path
@@ -150,6 +161,7 @@ class TrainResult:
     steps: int
     last_loss: float
     evaluation: EvalResult | None
+    photo_evaluation: EvalResult | None = None
 
 
 class StepBatches(Sampler[list[int]]):
@@ -405,7 +417,12 @@ def _train(
 
     device = dist.device
     data_groups = None
-    if config.dataset != "synthetic":
+    if config.dataset == "composite":  # every mask's size from the headers, then the photos are loaded
+        from cosegkit.engine.config import check_mask_sizes, composite_groups
+
+        check_mask_sizes(composite_groups(config), remedy="or leave their classes out (--classes)")
+        config.world()
+    elif config.dataset not in GENERATED_DATASETS:
         from cosegkit.engine.config import train_groups
 
         data_groups = train_groups(config)  # read once; a missing data folder fails here, before weights are fetched
@@ -563,14 +580,14 @@ def _train(
 
     if dist.world > 1:
         _check_replicas(model, dist, run)
-    evaluation = None
+    evaluation = photo_evaluation = None
     if dist.is_main:
         model.save_pretrained(run / "model")
-    if (config.dataset == "synthetic" or config.eval_classes) and _can_evaluate(config, dist):
+    if (config.dataset in GENERATED_DATASETS or config.eval_classes) and _can_evaluate(config, dist):
         eval_sets = build_eval_sets(config, config.eval_classes)
         names = [g.name for g in getattr(eval_sets, "groups", [])] or None
-        if config.dataset == "synthetic":
-            names = config.world().class_names
+        if config.dataset in GENERATED_DATASETS:
+            names = config.held_out_world().class_names
         evaluation = evaluate(
             model,
             eval_sets,
@@ -582,7 +599,20 @@ def _train(
         )
         if dist.is_main:
             (run / "eval.json").write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
-    return TrainResult(run, config.steps, loss_value, evaluation)
+    if config.dataset == "composite":  # the held-out photos themselves, as a benchmark distributes them
+        photos = build_photo_eval_sets(config)
+        photo_evaluation = evaluate(
+            model,
+            photos,
+            preset=config.eval_preset,
+            group_names=[g.name for g in photos.groups],
+            device=device,
+            dist=dist,
+            class_oracle=config.class_oracle,
+        )
+        if dist.is_main:
+            (run / "eval_photos.json").write_text(json.dumps(photo_evaluation.to_dict(), indent=2) + "\n")
+    return TrainResult(run, config.steps, loss_value, evaluation, photo_evaluation)
 
 
 def _check_sizes(config: TrainConfig, groups) -> None:
@@ -602,7 +632,7 @@ def _class_target_cache(config: TrainConfig, model, dataset, groups, store, run:
     """The run's eq. (12) embedding cache, or ``None`` where the target is computed per set.
 
     Per set: ``class_targets="per-set"``, a model without the regularization module (no target),
-    and the synthetic world, whose images are all new (nothing to reuse).
+    and the generated worlds (synthetic, composite), whose images are all new (nothing to reuse).
     """
     if config.class_targets != "cached" or not model.use_regularization or groups is None:
         return None
