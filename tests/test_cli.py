@@ -490,3 +490,34 @@ def test_evaluate_coco_needs_the_image_folder(tmp_path, capsys) -> None:
     assert main([*argv, "--coco-images", str(tmp_path / "nowhere")]) == 2  # now the reader's own error, in one line
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) <= 12 and "TypeError" not in err and "--coco-images" not in err, err
+
+
+SHARED_PASCAL = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "pascal_voc_coseg").resolve()
+
+
+def test_pascal_demo_without_its_folder_names_the_flag(capsys) -> None:
+    assert main(["demo", "--world", "pascal", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--root PATH" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_PASCAL.is_dir(), reason=f"needs the PASCAL-VOC co-segmentation folder at {SHARED_PASCAL}")
+def test_quick_pascal_demo_runs_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    """``demo --world pascal``: real photos split by photo, scored on held-out composite sets and held-out photos."""
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    out_dir = tmp_path / "demo"
+    argv = ["demo", "--world", "pascal", "--root", str(SHARED_PASCAL), "--quick", "--out", str(out_dir), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "real photographs" in out and "J photos" in out and "measure nothing" in out
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["world"] == "pascal" and {"set_top1", "image_top1", "image_chance"} <= set(results["clip"])
+    for name in ("Baseline", "LCCo", "LCCo-paper", "Zero-shot"):
+        assert {"P", "J", "photos"} <= set(results[name]), name
+        assert results[name]["photos"]["images"] == results["Baseline"]["photos"]["images"] > 0
+    config = json.loads((out_dir / "lcco" / "config.json").read_text())
+    assert (config["dataset"], config["reader"], config["clip_model"]) == ("composite", "pascal_voc", "coseg-composite-clip")
+    assert (out_dir / "lcco" / "eval_photos.json").is_file()
+    assert Image.open(out_dir / "figure.png").size[0] > 100
