@@ -175,9 +175,15 @@ def main() -> None:
                           _cell([r["photos"]["J"] for r in runs if "photos" in r])]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
             table.append({"world": world, "row": label, "settings": ROWS[label].settings, "runs": runs})
-        b = results[(world, "budget")]
-        lines += ["", f"{world}: {b['steps']} steps per run, {b['eval_sets']} held-out sets; CLIP "
-                  f"{clips[world]}.", ""]
+        b, c = results[(world, "budget")], clips[world]
+        lines += [
+            "",
+            f"{world}: {b['steps']} training steps per run, {b['eval_sets']} held-out sets; the CLIP "
+            f"({b['clip_steps']} steps) names the common class of {100 * c['set_top1']:.0f}% of held-out sets "
+            f"(chance {100 * c['chance']:.0f}%), an image's top class is one it holds {100 * c['image_top1']:.0f}% "
+            f"of the time (chance {100 * c['image_chance']:.0f}%).",
+            "",
+        ]
     lines.append(f"Mean ± standard deviation over seeds (zero-shot: one deterministic run). "
                  f"Wall time {wall / 60:.1f} min with {args.jobs} runs at once.")
     text = "\n".join(lines) + "\n"
