@@ -36,6 +36,24 @@ splits them into ``masks`` and ``weights``.
 No ground-truth mask is read for training: the training groups are read without masks
 (:func:`~cosegkit.data.read_folder` with ``masks=False``; the other readers' groups are
 stripped of theirs), and a folder's ``masks/`` is ignored.
+
+A generated world (dataset ``"synthetic"``; :func:`~cosegkit.engine.config.is_generated`)
+draws its sets rather than reading them, so a run on its pseudo masks trains on a fixed pool
+(:func:`prepare_pseudo_pool`): set ``i`` is ``world.sample_set(set_size, seed=(seed, i))``,
+the set a run on the world's own masks trains on as item ``i``, for ``i <``
+``TrainConfig.pseudo_pool`` (default: one set per training item). The zero-shot model sees
+each set's images only and picks the set's class itself, from the world's class names; the
+world's masks and target class are never read. The maps are cached in the run folder as
+well, :data:`POOL_FILE_SETS` sets per file::
+
+    <run>/pseudo_masks/<key>/
+        key.json                  the file-based key's content plus the world's fingerprint, set size and seed
+        classes.json              how often each class was chosen, and each set's class with its sigma
+        sets_<first>.safetensors  "probs": (sets, N, S, S) uint8 round(255 p), "scores": (sets, P),
+                                  "class_index": (sets,); metadata: the key, the first set and the count
+
+Training item ``j`` is set ``j mod pool_size`` (:class:`PseudoWorldSets`), its images drawn
+again and its labels the cached maps, thresholded as above.
 """
 
 from __future__ import annotations
@@ -614,7 +632,8 @@ class PseudoTrainSets(Dataset):
 
 
 POOL_FORMAT = "cosegkit-pseudo-pool-v1"
-POOL_FILE_SETS = 64  # sets per cache file: the unit of writing, resuming and sharing out
+POOL_FILE_SETS = 64
+"""The number of sets in each cache file of a generated world's pool (the unit of writing, resuming and sharing out)."""
 
 
 def pool_size(config, processes: int = 1) -> int:
