@@ -253,7 +253,9 @@ def build_zero_shot(config, clip, *, classnames: Sequence[str] | None = None):
     """
     from cosegkit.zeroshot import ZeroShotCoseg
 
-    return ZeroShotCoseg(clip, classnames=None if classnames is None else list(classnames), **zero_shot_settings(config))
+    return ZeroShotCoseg(
+        clip, classnames=None if classnames is None else list(classnames), **zero_shot_settings(config)
+    )
 
 
 def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
@@ -872,7 +874,9 @@ def prepare_pseudo_pool(
                     probs, scores, chosen, tops = [], [], [], []
                     for i in range(first, first + count):
                         images = world.sample_set(config.set_size, seed=(config.seed, i)).images
-                        result = segment_group(zs, list(images), chunk_size=CHUNK_SIZE, device=device, dtype=torch.uint8)
+                        result = segment_group(
+                            zs, list(images), chunk_size=CHUNK_SIZE, device=device, dtype=torch.uint8
+                        )
                         probs.append(result.probs[:, 0])
                         scores.append(result.class_scores.float())
                         chosen.append(result.class_index)
@@ -919,7 +923,9 @@ def prepare_pseudo_pool(
         atomic_write(folder / "classes.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
         if len(computed) < size and processes == 1:
             log.info("pseudo masks: reused the cached maps of %d generated set(s) in %s", size - len(computed), folder)
-    return PseudoPool(folder, key, world, size, int(config.set_size), int(config.seed), int(config.image_size), classes, computed)
+    return PseudoPool(
+        folder, key, world, size, int(config.set_size), int(config.seed), int(config.image_size), classes, computed
+    )
 
 
 class PseudoWorldSets(Dataset):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -110,7 +110,9 @@ def test_cli_pseudo_pool_flag(tmp_path, capsys) -> None:
     from cosegkit.cli import _config_from_args, build_parser, main
     from tests.engine.test_trainer import TINY_ARGS
 
-    parsed = _config_from_args(build_parser().parse_args(["train", "--pseudo-masks", "zero-shot", "--pseudo-pool", "12"]))
+    parsed = _config_from_args(
+        build_parser().parse_args(["train", "--pseudo-masks", "zero-shot", "--pseudo-pool", "12"])
+    )
     assert (parsed.dataset, parsed.pseudo_masks, parsed.pseudo_pool) == ("synthetic", "zero-shot", 12)
     assert _config_from_args(build_parser().parse_args(["train"])).pseudo_pool is None
     with pytest.raises(SystemExit):
@@ -282,6 +284,8 @@ def test_items_are_deterministic_and_the_ground_truth_runs_sets(tmp_path) -> Non
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert torch.equal(a["images"], truth[i % 5]["images"])
     assert not torch.equal(sets[5]["images"], truth[5]["images"])  # item 5 is set 0 again, not a new set
+    copied = pickle.loads(pickle.dumps(sets))  # as data-loader workers receive the sets
+    assert all(torch.equal(copied[7][k], sets[7][k]) for k in sets[7])
     with pytest.raises(IndexError):
         sets[12]
     with pytest.raises(CosegValueError, match="prepare_pseudo_pool"):
@@ -324,3 +328,36 @@ def test_pool_probs_refuse_a_set_outside_the_pool(tmp_path) -> None:
     assert isinstance(pool, PseudoPool) and pool.probs(1).shape == (config.set_size, 32, 32)
     with pytest.raises(IndexError, match="out of range for a pool of 2"):
         pool.probs(2)
+
+
+@pytest.mark.slow
+def test_ddp_shares_out_the_pool(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.engine.test_trainer import TINY_ARGS, cli_env
+
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "cosegkit", "train", *TINY_ARGS, "--pseudo-masks", "zero-shot", "--pseudo-background", "grass", "sky",
+        "--pseudo-pool", "70", "--steps", "2", "--out", str(run),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((run / "ddp.json").read_text())
+    assert report["world"] == 2 and report["checksums"][0] == report["checksums"][1]
+    (cache,) = (run / "pseudo_masks").iterdir()
+    assert sorted(p.name for p in cache.glob("*.safetensors")) == [
+        "sets_00000000.safetensors",  # rank 0's file
+        "sets_00000064.safetensors",  # rank 1's
+    ]
+    classes = json.loads((cache / "classes.json").read_text())
+    assert classes["sets"] == 70 and len(classes["per_set"]) == 70
+    # one process alone finds the same pool in the cache
+    from cosegkit.engine import build_model
+
+    config = TrainConfig.load(run / "config.json")
+    clip = build_model(config).clip  # the run's CLIP
+    pool = prepare_pseudo_pool(config, config.world(), clip, run / "pseudo_masks")
+    assert pool.folder == cache and pool.computed == [] and pool.classes == classes["per_set"]
