@@ -111,7 +111,7 @@ class TrainConfig:
 
     Training without masks: ``pseudo_masks="zero-shot"`` trains on zero-shot pseudo masks
     of the run's own CLIP instead of ground truth (:mod:`cosegkit.engine.pseudo`). On a
-    generated world (:data:`GENERATED_DATASETS`) the training sets are a fixed pool of
+    generated world (:data:`~cosegkit.engine.config.GENERATED_DATASETS`) the training sets are a fixed pool of
     ``pseudo_pool`` generated sets (default ``steps x batch_size``, every item distinct),
     labelled once; the world's masks are never read for training. A pixel is
     by default (``pseudo_rule="adaptive"``) object where the zero-shot map is at least its own
@@ -383,11 +383,6 @@ class TrainConfig:
                 "eval_classes (--eval-classes) names held-out groups of a dataset on disk; the composite world is "
                 "scored on held-out photos of its own classes (--held-out sets their share)"
             )
-        if self.pseudo_masks:  # pseudo masks are made for a dataset's files; the composite world hands out none
-            raise CosegValueError(
-                "pseudo masks (--pseudo-masks) need a dataset of image files (e.g. --dataset folder); the composite "
-                "world pastes masked cut-outs into new images every step"
-            )
 
     def _check_pseudo_masks(self) -> None:
         from cosegkit.engine.pseudo import PSEUDO_MASKS
@@ -411,6 +406,11 @@ class TrainConfig:
         if self.pseudo_masks not in PSEUDO_MASKS:
             raise CosegValueError(
                 f"pseudo_masks must be None or one of {list(PSEUDO_MASKS)}, got {self.pseudo_masks!r}"
+            )
+        if self.class_oracle:
+            raise CosegValueError(
+                "class_oracle (--class-oracle) tells the model each set's true class, and pseudo masks "
+                "(--pseudo-masks) train without ground truth: use one or the other"
             )
         if self.pseudo_rule not in ("fixed", "adaptive"):
             raise CosegValueError(f"pseudo_rule must be 'fixed' or 'adaptive', got {self.pseudo_rule!r}")

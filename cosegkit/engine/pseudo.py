@@ -37,7 +37,7 @@ No ground-truth mask is read for training: the training groups are read without 
 (:func:`~cosegkit.data.read_folder` with ``masks=False``; the other readers' groups are
 stripped of theirs), and a folder's ``masks/`` is ignored.
 
-A generated world (dataset ``"synthetic"``; :func:`~cosegkit.engine.config.is_generated`)
+A generated world (dataset ``"synthetic"`` or ``"composite"``, :data:`~cosegkit.engine.config.GENERATED_DATASETS`)
 draws its sets rather than reading them, so a run on its pseudo masks trains on a fixed pool
 (:func:`prepare_pseudo_pool`): set ``i`` is ``world.sample_set(set_size, seed=(seed, i))``,
 the set a run on the world's own masks trains on as item ``i``, for ``i <``

@@ -100,6 +100,8 @@ def test_pseudo_masks_are_allowed_on_a_generated_world_and_the_pool_is_checked()
     assert len(str(err.value).splitlines()) == 1
     with pytest.raises(CosegValueError, match=r"--pseudo-pool.*--pseudo-masks zero-shot"):
         TrainConfig(**{**TINY, "pseudo_pool": 10})
+    with pytest.raises(CosegValueError, match=r"--class-oracle.*--pseudo-masks.*one or the other"):
+        config_of(class_oracle=True)
     config = config_of(pseudo_pool=9)
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     old = {k: v for k, v in config.to_dict().items() if k != "pseudo_pool"}  # a config.json from before
@@ -361,3 +363,27 @@ def test_ddp_shares_out_the_pool(tmp_path) -> None:
     clip = build_model(config).clip  # the run's CLIP
     pool = prepare_pseudo_pool(config, config.world(), clip, run / "pseudo_masks")
     assert pool.folder == cache and pool.computed == [] and pool.classes == classes["per_set"]
+
+
+def test_a_composite_run_trains_on_its_pool_and_reads_no_ground_truth(tmp_path, monkeypatch) -> None:
+    """``--dataset composite``: the pool of the world of the training photos, labelled without its truth."""
+    import cosegkit.engine.trainer as trainer
+    from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+
+    root = tmp_path / "photos"
+    write_folder_dataset(SyntheticWorld(num_classes=5, image_size=32, objects_per_image=2, seed=3), root, 6)
+    settings = {k: v for k, v in PSEUDO.items() if k not in ("dataset", "world_classes")}
+    config = TrainConfig(**{**settings, "dataset": "composite", "root": str(root), "reader": "folder", "steps": 2})
+    monkeypatch.setattr(trainer, "_can_evaluate", lambda config, dist: False)  # the evaluation reads truth
+    train(config, tmp_path / "seeing", progress=False)
+    original_world = TrainConfig.world
+    monkeypatch.setattr(TrainConfig, "world", lambda self: ImagesOnly(original_world(self)))
+    train(config, tmp_path / "blind", progress=False)
+    a, b = weights(tmp_path / "seeing"), weights(tmp_path / "blind")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (cache,) = (tmp_path / "blind" / "pseudo_masks").iterdir()
+    key = json.loads((cache / "key.json").read_text())
+    world = original_world(config)  # the world of the training photos
+    assert key["sets"]["world_fingerprint"] == world.fingerprint()
+    assert key["prompts"]["classnames"] == world.class_names
+    assert json.loads((cache / "classes.json").read_text())["sets"] == 4  # steps x batch_size
