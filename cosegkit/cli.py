@@ -170,7 +170,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group(
         "training without masks",
         "--pseudo-masks zero-shot: before training, the run's CLIP segments every training image\n"
-        "zero-shot (each group's class decided from all its images); the maps are cached in\n"
+        "zero-shot (each group's class decided from all its images; on a generated world, each of\n"
+        "--pseudo-pool generated sets, every item distinct by default); the maps are cached in\n"
         "<out>/pseudo_masks and reused by --resume. Pixels within --pseudo-margin of each map's own\n"
         "threshold (or, with --pseudo-rule fixed, between --pseudo-low and --pseudo-high) are ignored.\n"
         "Training reads no mask of the dataset (a folder's masks/ is ignored; only the held-out evaluation of --eval-classes uses the masks it finds).",
@@ -194,6 +195,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="zero-shot prompt templates (default CLIP-ES's 'a clean origami {}.')",
     )
     s.add_argument("--pseudo-background", nargs="+", metavar="WORD", help="background words (default CLIP-ES's 25)")
+    s.add_argument(
+        "--pseudo-pool",
+        type=_positive,
+        metavar="N",
+        help="generated worlds: train on N generated sets, labelled once (default steps x batch size)",
+    )
     _add_clip_es_numerics(s, prefix="pseudo-")
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
@@ -339,6 +346,7 @@ def _config_from_args(args: argparse.Namespace):
         pseudo_margin=args.pseudo_margin,
         pseudo_templates=args.pseudo_templates,
         pseudo_background=args.pseudo_background,
+        pseudo_pool=args.pseudo_pool,
         extra=_train_extra(args),
     )
 

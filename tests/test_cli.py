@@ -439,7 +439,8 @@ def test_a_data_entry_without_a_layout_gets_the_right_suggestion(spec, hint, cap
          "--pseudo-templates"),
         (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-background", " "],
          "--pseudo-background"),
-        (["--pseudo-masks", "zero-shot"], "--dataset folder"),
+        (["--pseudo-pool", "5"], "--pseudo-pool"),  # without --pseudo-masks
+        (["--dataset", "folder", "--root", "x", "--pseudo-masks", "zero-shot", "--pseudo-pool", "5"], "--pseudo-pool"),
     ],
 )
 def test_train_setting_errors_name_the_flag(flags, named, tmp_path, capsys) -> None:

@@ -110,8 +110,10 @@ class TrainConfig:
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
 
     Training without masks: ``pseudo_masks="zero-shot"`` trains on zero-shot pseudo masks
-    of the run's own CLIP instead of ground truth (:mod:`cosegkit.engine.pseudo`; any
-    dataset but the synthetic one, whose masks are never read for training). A pixel is
+    of the run's own CLIP instead of ground truth (:mod:`cosegkit.engine.pseudo`). On a
+    generated world (:data:`~cosegkit.engine.config.GENERATED_DATASETS`) the training sets are a fixed pool of
+    ``pseudo_pool`` generated sets (default ``steps x batch_size``, every item distinct),
+    labelled once; the world's masks are never read for training. A pixel is
     by default (``pseudo_rule="adaptive"``) object where the zero-shot map is at least its own
     threshold ``t`` (as P and J binarise it, preset ``ssnm``) plus ``pseudo_margin`` (0.1),
     background where it is at most ``t - pseudo_margin``, ignored in between; with
@@ -240,6 +242,7 @@ class TrainConfig:
     pseudo_margin: float = 0.1
     pseudo_templates: list[str] | None = None
     pseudo_background: list[str] | None = None
+    pseudo_pool: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -380,25 +383,34 @@ class TrainConfig:
                 "eval_classes (--eval-classes) names held-out groups of a dataset on disk; the composite world is "
                 "scored on held-out photos of its own classes (--held-out sets their share)"
             )
-        if self.pseudo_masks:  # pseudo masks are made for a dataset's files; the composite world hands out none
-            raise CosegValueError(
-                "pseudo masks (--pseudo-masks) need a dataset of image files (e.g. --dataset folder); the composite "
-                "world pastes masked cut-outs into new images every step"
-            )
 
     def _check_pseudo_masks(self) -> None:
         from cosegkit.engine.pseudo import PSEUDO_MASKS
 
+        pool = self.pseudo_pool
+        if pool is not None:
+            if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+                raise CosegValueError(f"pseudo_pool must be a positive integer, got {pool!r} (--pseudo-pool)")
+            if self.dataset not in GENERATED_DATASETS:
+                raise CosegValueError(
+                    f"pseudo_pool (--pseudo-pool) sizes the pool of generated sets of a generated world; dataset "
+                    f"{self.dataset!r} trains on its own images: leave it out"
+                )
+            if self.pseudo_masks is None:
+                raise CosegValueError(
+                    "pseudo_pool (--pseudo-pool) sizes the pool of sets labelled with pseudo masks: use it with "
+                    "pseudo_masks='zero-shot' (--pseudo-masks zero-shot), or leave it out"
+                )
         if self.pseudo_masks is None:
             return
         if self.pseudo_masks not in PSEUDO_MASKS:
             raise CosegValueError(
                 f"pseudo_masks must be None or one of {list(PSEUDO_MASKS)}, got {self.pseudo_masks!r}"
             )
-        if self.dataset == "synthetic":
+        if self.class_oracle:
             raise CosegValueError(
-                "pseudo masks need a dataset of image files (e.g. dataset 'folder', --dataset folder --root PATH); "
-                "the synthetic world draws new images every step and has its masks anyway"
+                "class_oracle (--class-oracle) tells the model each set's true class, and pseudo masks "
+                "(--pseudo-masks) train without ground truth: use one or the other"
             )
         if self.pseudo_rule not in ("fixed", "adaptive"):
             raise CosegValueError(f"pseudo_rule must be 'fixed' or 'adaptive', got {self.pseudo_rule!r}")
@@ -825,8 +837,11 @@ def build_train_sets(
     :class:`~cosegkit.engine.pseudo.PseudoMaskStore` (:func:`~cosegkit.engine.pseudo.prepare_pseudo_masks`
     makes it) and the sets are :class:`~cosegkit.engine.pseudo.PseudoTrainSets`: the same
     sampling and augmentation, items with ``masks`` (the confident object pixels) and
-    ``weights`` (0 where the pseudo label is not confident), and no ground truth read.
-    ``groups`` are the training groups when already read (``train_groups(config)``), so a
+    ``weights`` (0 where the pseudo label is not confident), and no ground truth read. On a
+    generated world it is the run's :class:`~cosegkit.engine.pseudo.PseudoPool`
+    (:func:`~cosegkit.engine.pseudo.prepare_pseudo_pool`) and the sets are
+    :class:`~cosegkit.engine.pseudo.PseudoWorldSets`: item ``i`` is the pool's set
+    ``i mod size``, with its pseudo labels. ``groups`` are the training groups when already read (``train_groups(config)``), so a
     reader's files are listed once.
 
     Example:
@@ -850,7 +865,28 @@ def build_train_sets(
         True
     """
     if config.dataset in GENERATED_DATASETS:  # no augmentation: every set is new
-        return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
+        if not config.pseudo_masks:
+            return SyntheticTrainSets(config.world(), config.set_size, length, seed=config.seed)
+        from cosegkit.engine.pseudo import PseudoPool, PseudoWorldSets
+
+        if not isinstance(pseudo_masks, PseudoPool):
+            raise CosegValueError(
+                "this config trains on pseudo masks of a generated world: compute them first with "
+                "cosegkit.engine.pseudo.prepare_pseudo_pool and pass the pool as pseudo_masks="
+            )
+        if (pseudo_masks.set_size, pseudo_masks.seed) != (config.set_size, config.seed):
+            raise CosegValueError(
+                f"the pseudo-mask pool holds sets of {pseudo_masks.set_size} drawn with seed {pseudo_masks.seed}, but "
+                f"the config trains on sets of {config.set_size} with seed {config.seed}: prepare the pool for this config"
+            )
+        return PseudoWorldSets(
+            pseudo_masks,
+            length,
+            config.pseudo_low,
+            config.pseudo_high,
+            rule=config.pseudo_rule,
+            margin=config.pseudo_margin,
+        )
     groups = list(groups) if groups is not None else train_groups(config)
     if config.pseudo_masks:
         from cosegkit.engine.pseudo import PseudoMaskLoader, PseudoTrainSets

@@ -36,6 +36,24 @@ splits them into ``masks`` and ``weights``.
 No ground-truth mask is read for training: the training groups are read without masks
 (:func:`~cosegkit.data.read_folder` with ``masks=False``; the other readers' groups are
 stripped of theirs), and a folder's ``masks/`` is ignored.
+
+A generated world (dataset ``"synthetic"`` or ``"composite"``, :data:`~cosegkit.engine.config.GENERATED_DATASETS`)
+draws its sets rather than reading them, so a run on its pseudo masks trains on a fixed pool
+(:func:`prepare_pseudo_pool`): set ``i`` is ``world.sample_set(set_size, seed=(seed, i))``,
+the set a run on the world's own masks trains on as item ``i``, for ``i <``
+``TrainConfig.pseudo_pool`` (default: one set per training item). The zero-shot model sees
+each set's images only and picks the set's class itself, from the world's class names; the
+world's masks and target class are never read. The maps are cached in the run folder as
+well, :data:`POOL_FILE_SETS` sets per file::
+
+    <run>/pseudo_masks/<key>/
+        key.json                  the file-based key's content plus the world's fingerprint, set size and seed
+        classes.json              how often each class was chosen, and each set's class with its sigma
+        sets_<first>.safetensors  "probs": (sets, N, S, S) uint8 round(255 p), "scores": (sets, P),
+                                  "class_index": (sets,); metadata: the key, the first set and the count
+
+Training item ``j`` is set ``j mod pool_size`` (:class:`PseudoWorldSets`), its images drawn
+again and its labels the cached maps, thresholded as above.
 """
 
 from __future__ import annotations
@@ -60,13 +78,19 @@ from cosegkit.engine._files import atomic_write
 from cosegkit.errors import CosegValueError
 
 __all__ = [
+    "POOL_FILE_SETS",
     "PSEUDO_MASKS",
     "PseudoMaskLoader",
     "PseudoMaskStore",
+    "PseudoPool",
     "PseudoTrainSets",
+    "PseudoWorldSets",
     "build_zero_shot",
     "cache_key",
+    "pool_key",
+    "pool_size",
     "prepare_pseudo_masks",
+    "prepare_pseudo_pool",
     "pseudo_targets",
     "strip_masks",
     "zero_shot_settings",
@@ -206,10 +230,11 @@ def zero_shot_settings(config) -> dict[str, Any]:
     return settings
 
 
-def build_zero_shot(config, clip):
+def build_zero_shot(config, clip, *, classnames: Sequence[str] | None = None):
     """The :class:`~cosegkit.zeroshot.ZeroShotCoseg` of a config on a :class:`~cosegkit.clip.FrozenClip`.
 
-    The CLIP's own vocabulary is the foreground; everything else is :func:`zero_shot_settings`.
+    The foreground is ``classnames`` (a generated world's class names), else the CLIP's own
+    vocabulary; everything else is :func:`zero_shot_settings`.
     Unless ``extra["zero_shot"]["image_size"]`` says otherwise, it keeps the input size (the
     training image size, rounded up to the patch).
 
@@ -228,7 +253,9 @@ def build_zero_shot(config, clip):
     """
     from cosegkit.zeroshot import ZeroShotCoseg
 
-    return ZeroShotCoseg(clip, classnames=None, **zero_shot_settings(config))
+    return ZeroShotCoseg(
+        clip, classnames=None if classnames is None else list(classnames), **zero_shot_settings(config)
+    )
 
 
 def cache_key(config, zs) -> tuple[str, dict[str, Any]]:
@@ -600,3 +627,359 @@ class PseudoTrainSets(Dataset):
     def set_epoch(self, epoch: int) -> None:
         with contextlib.suppress(AttributeError):
             self.sets.set_epoch(epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# generated worlds: a fixed pool of sets, labelled once
+
+
+POOL_FORMAT = "cosegkit-pseudo-pool-v1"
+POOL_FILE_SETS = 64
+"""The number of sets in each cache file of a generated world's pool (the unit of writing, resuming and sharing out)."""
+
+
+def pool_size(config, processes: int = 1) -> int:
+    """The number of generated sets a run on pseudo masks trains on.
+
+    ``config.pseudo_pool`` when set; else one set per training item, ``steps x batch_size x
+    processes``, so that no item repeats, as in a run on the world's own masks.
+
+    Example:
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.pseudo import pool_size
+        >>> config = TrainConfig(steps=600, batch_size=4, pseudo_masks="zero-shot")
+        >>> pool_size(config), pool_size(config, processes=2)
+        (2400, 4800)
+        >>> config.pseudo_pool = 500
+        >>> pool_size(config)
+        500
+    """
+    if config.pseudo_pool is not None:
+        return int(config.pseudo_pool)
+    return int(config.steps) * int(config.batch_size) * int(processes)
+
+
+def pool_key(config, zs, world) -> tuple[str, dict[str, Any]]:
+    """The cache key of a generated world's pseudo masks and the description it hashes.
+
+    :func:`cache_key`'s description (CLIP, prompts, zero-shot settings, image size) plus what
+    fixes the sets: the world's fingerprint, the set size and the data seed (set ``i`` is
+    ``world.sample_set(set_size, seed=(seed, i))``). The pool's size is not in the key: set
+    ``i`` is the same in a pool of any size, so a larger pool reuses the smaller one's sets.
+
+    Example:
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.pseudo import build_zero_shot, pool_key
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()
+        >>> config = TrainConfig(world_classes=4, image_size=32, set_size=3, pseudo_masks="zero-shot",
+        ...                      clip_model="coseg-test-tiny", clip_pretrained=None)
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=config.world().class_names)
+        >>> key, description = pool_key(config, build_zero_shot(config, clip), config.world())
+        >>> len(key), description["sets"]["set_size"], description["sets"]["seed"]
+        (16, 3, 0)
+        >>> config.seed = 1  # other sets: another key
+        >>> pool_key(config, build_zero_shot(config, clip), config.world())[0] != key
+        True
+    """
+    _, description = cache_key(config, zs)
+    description = {
+        **description,
+        "format": POOL_FORMAT,
+        "sets": {
+            "world_fingerprint": world.fingerprint(),
+            "set_size": int(config.set_size),
+            "seed": int(config.seed),
+            "item": "world.sample_set(set_size, seed=(seed, i))",
+        },
+    }
+    blob = json.dumps(description, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16], description
+
+
+@dataclass
+class PseudoPool:
+    """The cached pseudo masks of a generated world's pool of sets: ``size`` sets, files of
+    :data:`POOL_FILE_SETS` under ``folder``.
+
+    Set ``i`` is ``world.sample_set(set_size, seed=(seed, i))``; only its images were shown to
+    the zero-shot model.
+
+    Attributes:
+        folder: ``<run>/pseudo_masks/<key>``.
+        key: the cache key (:func:`pool_key`).
+        world: the generated world.
+        size: the number of sets.
+        set_size: images per set ``N``.
+        seed: the data seed.
+        image_size: the side ``S`` of the stored maps.
+        classes: per set, ``{"class": name, "index": i, "top": [[name, sigma], ...]}``: the
+            zero-shot model's own choice.
+        computed: the sets computed by this process (the others came from the cache).
+
+    Example:
+        A pool is made by :func:`prepare_pseudo_pool` (whose example makes one);
+        :meth:`probs` reads the maps of one set.
+
+        >>> from cosegkit.engine.pseudo import PseudoPool
+        >>> [PseudoPool.file_name(i) for i in (0, 63, 64)]
+        ['sets_00000000.safetensors', 'sets_00000000.safetensors', 'sets_00000064.safetensors']
+    """
+
+    folder: Path
+    key: str
+    world: Any
+    size: int
+    set_size: int
+    seed: int
+    image_size: int
+    classes: list[dict[str, Any]]
+    computed: list[int]
+
+    @staticmethod
+    def file_name(index: int) -> str:
+        """The cache file that holds set ``index``."""
+        return f"sets_{index - index % POOL_FILE_SETS:08d}.safetensors"
+
+    def probs(self, index: int) -> torch.Tensor:
+        """The maps of set ``index``: ``(N, S, S)`` float32 in [0, 1]."""
+        from safetensors import safe_open
+
+        if not 0 <= index < self.size:
+            raise IndexError(f"set {index} out of range for a pool of {self.size}")
+        row = index % POOL_FILE_SETS
+        with safe_open(str(self.folder / self.file_name(index)), framework="pt") as f:
+            q = f.get_slice("probs")[row : row + 1]
+        return q[0].float() / 255.0
+
+
+def _pool_files(size: int) -> list[tuple[int, int]]:
+    """``(first, count)`` of each cache file of a pool of ``size`` sets."""
+    return [(first, min(POOL_FILE_SETS, size - first)) for first in range(0, size, POOL_FILE_SETS)]
+
+
+def _pool_file_current(path: Path, key: str, first: int, count: int) -> bool:
+    meta = _read_meta(path)
+    return (
+        meta is not None
+        and meta.get("format") == POOL_FORMAT
+        and meta.get("key") == key
+        and meta.get("first") == str(first)
+        and meta.get("count") == str(count)
+    )
+
+
+def prepare_pseudo_pool(
+    config,
+    world,
+    clip,
+    cache_root: str | Path,
+    *,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+    dist=None,
+    progress: bool = False,
+) -> PseudoPool:
+    """Compute (or find in the cache) the zero-shot pseudo masks of a generated world's pool of sets.
+
+    Set ``i < size`` is ``world.sample_set(config.set_size, seed=(config.seed, i))``, as item
+    ``i`` of a run on the world's own masks. The zero-shot model (:func:`build_zero_shot`'s
+    settings on the run's CLIP, the world's class names as its vocabulary) sees the set's
+    images only: the set's class is its own choice (the argmax of :math:`\\sigma` over the set,
+    :func:`~cosegkit.zeroshot.segment_group`), and neither the world's masks nor its target
+    class are read. Files of :data:`POOL_FILE_SETS` sets whose key or range differ are
+    computed and written atomically; the others are reused. Under several processes each
+    computes its share of the files (file ``j`` on rank ``j % world``) and waits for the
+    others'. ``classes.json`` records each set's class.
+
+    Args:
+        config: the run's :class:`~cosegkit.engine.TrainConfig` (``pseudo_masks`` set).
+        world: the generated world (``config.world()``): ``sample_set``, ``class_names`` and
+            ``fingerprint``.
+        clip: the run's :class:`~cosegkit.clip.FrozenClip`.
+        cache_root: ``<run>/pseudo_masks``.
+        size: the number of sets (default :func:`pool_size`).
+        device: where the zero-shot model runs.
+        dist: the :class:`~cosegkit.engine.distributed.DistInfo` of the process group, or None.
+        progress: show a progress bar over the sets to compute.
+
+    Returns:
+        A :class:`PseudoPool`.
+
+    Example:
+        Five sets of a small synthetic world and a tiny random CLIP; the second call finds the
+        cache:
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.clip import FrozenClip
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.pseudo import prepare_pseudo_pool
+        >>> from cosegkit.testing import register_tiny_clips
+        >>> _ = register_tiny_clips()
+        >>> config = TrainConfig(world_classes=4, image_size=32, set_size=3, pseudo_masks="zero-shot",
+        ...                      pseudo_pool=5, clip_model="coseg-test-tiny", clip_pretrained=None)
+        >>> world = config.world()
+        >>> clip = FrozenClip.from_name("coseg-test-tiny", pretrained=None, classnames=world.class_names)
+        >>> folder = Path(tempfile.mkdtemp()) / "pseudo_masks"
+        >>> pool = prepare_pseudo_pool(config, world, clip, folder)
+        >>> pool.size, pool.probs(4).shape, pool.computed
+        (5, torch.Size([3, 32, 32]), [0, 1, 2, 3, 4])
+        >>> pool.classes[4]["class"] in world.class_names
+        True
+        >>> prepare_pseudo_pool(config, world, clip, folder).computed  # cached
+        []
+    """
+    from safetensors.torch import save_file
+
+    from cosegkit.zeroshot.groups import segment_group
+
+    if config.pseudo_masks not in PSEUDO_MASKS:
+        raise CosegValueError(f"pseudo_masks must be one of {list(PSEUDO_MASKS)}, got {config.pseudo_masks!r}")
+    size = pool_size(config, dist.world if dist is not None else 1) if size is None else int(size)
+    if size < 1:
+        raise CosegValueError(f"the pool needs at least one set, got size={size} (--pseudo-pool)")
+    rank, processes = (dist.rank, dist.world) if dist is not None else (0, 1)
+    zs = build_zero_shot(config, clip, classnames=world.class_names).to(device)
+    key, description = pool_key(config, zs, world)
+    folder = Path(cache_root) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    if rank == 0 and not (folder / "key.json").is_file():
+        atomic_write(folder / "key.json", lambda tmp: Path(tmp).write_text(json.dumps(description, indent=2) + "\n"))
+    files = _pool_files(size)
+    mine = [
+        (first, count)
+        for j, (first, count) in enumerate(files)
+        if j % processes == rank and not _pool_file_current(folder / PseudoPool.file_name(first), key, first, count)
+    ]
+    computed: list[int] = []
+    if mine:
+        total = sum(count for _, count in mine)
+        log.info(
+            "pseudo masks: zero-shot maps of %d generated set(s) of %d image(s) at %d px -> %s",
+            total,
+            config.set_size,
+            config.image_size,
+            folder,
+        )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="pseudo masks", unit="set", dynamic_ncols=True)
+        try:
+            with torch.random.fork_rng(devices=[]):  # leave the training's random streams untouched
+                for first, count in mine:
+                    probs, scores, chosen, tops = [], [], [], []
+                    for i in range(first, first + count):
+                        images = world.sample_set(config.set_size, seed=(config.seed, i)).images
+                        result = segment_group(
+                            zs, list(images), chunk_size=CHUNK_SIZE, device=device, dtype=torch.uint8
+                        )
+                        probs.append(result.probs[:, 0])
+                        scores.append(result.class_scores.float())
+                        chosen.append(result.class_index)
+                        tops.append(_top(result.class_scores, zs.classnames))
+                        if bar is not None:
+                            bar.update(1)
+                    tensors = {
+                        "probs": torch.stack(probs).contiguous(),
+                        "scores": torch.stack(scores).contiguous(),
+                        "class_index": torch.tensor(chosen, dtype=torch.int64),
+                    }
+                    meta = {
+                        "format": POOL_FORMAT,
+                        "key": key,
+                        "first": str(first),
+                        "count": str(count),
+                        "class_index": json.dumps(chosen),
+                        "top": json.dumps(tops),
+                    }
+                    path = folder / PseudoPool.file_name(first)
+                    atomic_write(path, lambda tmp, t=tensors, m=meta: save_file(t, tmp, metadata=m))
+                    computed.extend(range(first, first + count))
+        finally:
+            if bar is not None:
+                bar.close()
+    if processes > 1:  # wait for the other processes' files (on a shared folder)
+        waiting = [f for f in files if not _pool_file_current(folder / PseudoPool.file_name(f[0]), key, *f)]
+        while waiting:
+            time.sleep(1.0)
+            waiting = [f for f in waiting if not _pool_file_current(folder / PseudoPool.file_name(f[0]), key, *f)]
+    classes: list[dict[str, Any]] = []
+    for first, _count in files:
+        meta = _read_meta(folder / PseudoPool.file_name(first)) or {}
+        chosen = json.loads(meta.get("class_index", "[]"))
+        for index, top in zip(chosen, json.loads(meta.get("top", "[]")), strict=True):
+            classes.append({"class": zs.classnames[index], "index": index, "top": top})
+    if rank == 0:
+        summary = {
+            "sets": size,
+            "set_size": int(config.set_size),
+            "chosen": {name: sum(c["class"] == name for c in classes) for name in zs.classnames},
+            "per_set": classes,
+        }
+        atomic_write(folder / "classes.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1) + "\n"))
+        if len(computed) < size and processes == 1:
+            log.info("pseudo masks: reused the cached maps of %d generated set(s) in %s", size - len(computed), folder)
+    return PseudoPool(
+        folder, key, world, size, int(config.set_size), int(config.seed), int(config.image_size), classes, computed
+    )
+
+
+class PseudoWorldSets(Dataset):
+    """Training sets of a generated world on pseudo masks: item ``i`` is set ``i mod size`` of a
+    :class:`PseudoPool`, its images generated again and its masks the pool's pseudo labels.
+
+    An item holds ``images`` ``(N, 3, S, S)``, ``masks`` (the confident object pixels) and
+    ``weights`` (1 where the label is confident, :func:`pseudo_targets`), each
+    ``(N, 1, S, S)``; ``group`` is the set's index in the pool. The world's masks and target
+    class are never read: they are not in the item.
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> from cosegkit.engine.pseudo import PseudoWorldSets
+        >>> world = SyntheticWorld(num_classes=6, image_size=32)
+        >>> ramp = torch.linspace(0, 1, 32).expand(2, 32, 32)  # fake maps for sets of 2
+        >>> pool = SimpleNamespace(world=world, size=3, set_size=2, seed=0, probs=lambda i: ramp)
+        >>> sets = PseudoWorldSets(pool, length=7, low=0.25, high=0.55, rule="fixed")
+        >>> item = sets[4]  # set 4 mod 3 = 1 of the pool
+        >>> sorted(item), int(item["group"])
+        (['group', 'images', 'indices', 'masks', 'score', 'valid', 'weights'], 1)
+        >>> torch.equal(item["images"], world.sample_set(2, seed=(0, 1)).images)
+        True
+        >>> item["masks"].shape, item["masks"][0, 0, 0, -1].item(), item["weights"][0, 0, 0, 12].item()
+        (torch.Size([2, 1, 32, 32]), 1.0, 0.0)
+    """
+
+    def __init__(
+        self, pool: PseudoPool, length: int, low: float, high: float, *, rule: str = "fixed", margin: float = 0.0
+    ) -> None:
+        self.pool, self.length = pool, int(length)
+        self.low, self.high, self.rule, self.margin = float(low), float(high), rule, float(margin)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"item {index} out of range for {self.length} sets")
+        i = index % self.pool.size
+        images = self.pool.world.sample_set(self.pool.set_size, seed=(self.pool.seed, i)).images
+        n, _, h, w = images.shape
+        probs = self.pool.probs(i)
+        if tuple(probs.shape[-2:]) != (h, w):
+            probs = F.interpolate(probs[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        labels = [pseudo_targets(p, self.low, self.high, rule=self.rule, margin=self.margin) for p in probs]
+        return {
+            "images": images,
+            "masks": torch.stack([target for target, _ in labels])[:, None],
+            "weights": torch.stack([weight for _, weight in labels])[:, None],
+            "valid": torch.ones(n, dtype=torch.bool),
+            "score": torch.ones(n, dtype=torch.bool),
+            "group": torch.tensor(i),
+            "indices": torch.arange(n),
+        }

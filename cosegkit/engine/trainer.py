@@ -8,7 +8,8 @@ A run folder holds::
     model/               the final model (LCCo.save_pretrained), for evaluate and segment
     eval.json            the held-out evaluation at the end of the run, when there is one
     eval_photos.json     the composite dataset only: the evaluation on its held-out photos themselves
-    pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo)
+    pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo), of the
+                         training groups, or of a generated world's pool of training sets
     superpixels/         with superpixel_weight > 0: the cached superpixel maps (cosegkit.data.superpixels)
     class_targets/       with class_targets="cached": each training image's masked CLIP embedding (eq. 12),
                          computed once (cosegkit.engine.class_targets)
@@ -643,9 +644,13 @@ def _class_target_cache(config: TrainConfig, model, dataset, groups, store, run:
 
 
 def _pseudo_masks(config: TrainConfig, groups, model: torch.nn.Module, run: Path, device, dist, progress: bool):
-    """The run's pseudo masks, computed once before training (cached in ``run/pseudo_masks``)."""
+    """The run's pseudo masks, computed once before training (cached in ``run/pseudo_masks``).
+
+    A reader's groups give a :class:`~cosegkit.engine.pseudo.PseudoMaskStore`; a generated
+    world a :class:`~cosegkit.engine.pseudo.PseudoPool` of its training sets.
+    """
     from cosegkit.clip.frozen import FrozenClip
-    from cosegkit.engine.pseudo import prepare_pseudo_masks
+    from cosegkit.engine.pseudo import prepare_pseudo_masks, prepare_pseudo_pool
 
     clip = getattr(model, "clip", None)
     if clip is None:  # a model without the CLIP modules: the config's CLIP all the same
@@ -654,6 +659,10 @@ def _pseudo_masks(config: TrainConfig, groups, model: torch.nn.Module, run: Path
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             clip = FrozenClip.from_name(config.clip_model, pretrained=config.clip_pretrained, **kwargs).to(device)
+    if config.dataset in GENERATED_DATASETS:
+        return prepare_pseudo_pool(
+            config, config.world(), clip, run / "pseudo_masks", device=device, dist=dist, progress=progress
+        )
     return prepare_pseudo_masks(config, groups, clip, run / "pseudo_masks", device=device, dist=dist, progress=progress)
 
 

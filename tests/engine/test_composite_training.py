@@ -101,7 +101,7 @@ def test_composite_config_round_trips_and_old_configs_read_as_before(photos, tmp
         ({"held_out": 1.0}, r"--held-out"),
         ({"split_seed": -1}, r"--split-seed"),
         ({"eval_classes": ["a"]}, r"--eval-classes"),
-        ({"pseudo_masks": "zero-shot"}, r"--pseudo-masks"),
+        ({"pseudo_masks": "zero-shot", "pseudo_pool": 0}, r"--pseudo-pool"),
         ({"image_size": 8}, r"composite world draws images of at least 16 px.*--image-size"),
         ({"root": None}, r"--root"),
     ],
