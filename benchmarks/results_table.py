@@ -54,7 +54,10 @@ ROWS: dict[str, Row] = {
     "LCCo": Row({}, what="all three modules, cosegkit's default readings"),
     "LCCo-paper": Row({"variant": "paper"}, what="all three modules, eq. 2, 5, 7 and 8 as printed"),
     "Zero-shot": Row(zero_shot=True, what="the frozen CLIP alone (CLIP-ES), no training, no masks"),
-    "LCCo, pseudo masks": Row({"pseudo_masks": "zero-shot"}, what="LCCo trained on its CLIP's zero-shot masks"),
+    "LCCo, pseudo masks": Row(
+        {"pseudo_masks": "zero-shot", "pseudo_pool": 400},
+        what="LCCo trained on the zero-shot row's masks of 400 generated sets (its own CLIP, no ground truth)",
+    ),
     "Class oracle": Row({"class_oracle": True}, what="ceiling: LCCo told each set's true class"),
 }
 
@@ -75,7 +78,7 @@ def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, c
     import torch
 
     torch.set_num_threads(1)
-    from cosegkit.demo import demo_train_config, demo_zero_shot
+    from cosegkit.demo import demo_train_config, demo_zero_shot, demo_zero_shot_settings
     from cosegkit.engine import evaluate, find_checkpoints, train
     from cosegkit.engine.config import build_eval_sets, build_photo_eval_sets
 
@@ -89,6 +92,9 @@ def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, c
     )
     config = dataclasses.replace(config, **row.settings)
     config.extra["eval_seed"] = EVAL_SEED
+    if config.pseudo_masks:  # labelled exactly as the zero-shot row segments; no more sets than training draws
+        config.extra["zero_shot"] = demo_zero_shot_settings(world)
+        config = dataclasses.replace(config, pseudo_pool=min(config.pseudo_pool, config.steps * config.batch_size))
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if row.zero_shot:

@@ -59,6 +59,7 @@ __all__ = [
     "demo_clip",
     "demo_train_config",
     "demo_zero_shot",
+    "demo_zero_shot_settings",
     "photo_figure",
     "prepare_world_clip",
     "run_demo",
@@ -286,8 +287,23 @@ def demo_zero_shot(clip: FrozenClip, world: str = "synthetic") -> ZeroShotCoseg:
         >>> out.probs.shape, out.cams.shape
         (torch.Size([1, 2, 1, 64, 64]), torch.Size([1, 2, 20, 20]))
     """
-    size = PASCAL_ZERO_SHOT_SIZE if world == "pascal" else ZERO_SHOT_SIZE
-    return ZeroShotCoseg(clip, templates=SYNTHETIC_TEMPLATES, synonyms={}, image_size=size)
+    return ZeroShotCoseg(clip, templates=SYNTHETIC_TEMPLATES, **demo_zero_shot_settings(world))
+
+
+def demo_zero_shot_settings(world: str = "synthetic") -> dict[str, Any]:
+    """The demo's zero-shot settings on ``world`` beyond CLIP-ES's defaults, as ``TrainConfig.extra["zero_shot"]`` takes them.
+
+    No synonyms, and the CLIP input size of the world (:data:`ZERO_SHOT_SIZE`,
+    :data:`PASCAL_ZERO_SHOT_SIZE`); zero-shot pseudo masks labelled with them are the zero-shot
+    model's own masks.
+
+    Example:
+        >>> from cosegkit.demo import demo_zero_shot_settings
+        >>> demo_zero_shot_settings("synthetic"), demo_zero_shot_settings("pascal")
+        ({'synonyms': {}, 'image_size': 160}, {'synonyms': {}, 'image_size': 128})
+    """
+    _check_world(world, "-")
+    return {"synonyms": {}, "image_size": PASCAL_ZERO_SHOT_SIZE if world == "pascal" else ZERO_SHOT_SIZE}
 
 
 def demo_clip(world: str, clip_path: str | Path | None, *, root: str | Path | None = None) -> FrozenClip:
@@ -468,7 +484,7 @@ def photo_figure(runs: dict[str, str | Path], path: str | Path, *, zero_shot: to
 
     ``runs`` maps row names to run folders of one composite world (each folder's ``model`` is
     loaded; a class oracle is given each set's class); the sets are the held-out photos of the
-    first run's config (:func:`~cosegkit.engine.config.build_photo_eval_sets`), the first set
+    first run's config (:func:`~cosegkit.engine.build_photo_eval_sets`), the first set
     of up to four classes spread over the class list.
 
     Example:

@@ -304,16 +304,18 @@ def test_results_table_resumes_its_finished_runs(tmp_path) -> None:
     """Every (world, row, seed) is a run folder; a finished one is read back, not run again."""
     env = dict(cli_env(), COSEGKIT_CACHE=str(tmp_path / "cache"))
     argv = [sys.executable, str(BENCHMARKS / "results_table.py"), "--worlds", "synthetic", "--quick", "--seeds", "2",
-            "--rows", "Baseline", "Zero-shot", "Class oracle", "--out", str(tmp_path / "out")]  # fmt: skip
+            "--rows", "Baseline", "Zero-shot", "Class oracle", "LCCo, pseudo masks", "--out", str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     table = json.loads((tmp_path / "out" / "table.json").read_text())
     runs = {row["row"]: row["runs"] for row in table["rows"]}
-    assert set(runs) == {"Baseline", "Zero-shot", "Class oracle"}
+    assert set(runs) == {"Baseline", "Zero-shot", "Class oracle", "LCCo, pseudo masks"}
     assert len(runs["Baseline"]) == len(runs["Class oracle"]) == 2 and len(runs["Zero-shot"]) == 1  # deterministic
     assert "| Class oracle |" in (tmp_path / "out" / "table.md").read_text()
     oracle = json.loads((tmp_path / "out" / "synthetic" / "class-oracle" / "seed1" / "config.json").read_text())
     assert oracle["class_oracle"] is True and oracle["seed"] == 1 and oracle["extra"]["eval_seed"] == 1
+    pseudo = json.loads((tmp_path / "out" / "synthetic" / "lcco-pseudo-masks" / "seed0" / "config.json").read_text())
+    assert pseudo["pseudo_masks"] == "zero-shot" and pseudo["extra"]["zero_shot"] == {"synonyms": {}, "image_size": 160}
     finished = tmp_path / "out" / "synthetic" / "baseline" / "seed0" / "scores.json"
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("scores.json")}
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

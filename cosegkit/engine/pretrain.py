@@ -66,8 +66,8 @@ SYNTHETIC_CLIP_CONFIG: dict = {
 #: The open_clip architecture name under which :func:`register_composite_clip` registers the
 #: small CLIP for worlds of real photographs.
 COMPOSITE_CLIP = "coseg-composite-clip"
-#: The composite CLIP's open_clip config: a ``ModifiedResNet`` image tower (layers ``[2, 2, 2, 2]``,
-#: width 32) on 64 px input, the synthetic CLIP's text tower, a 64-wide joint space.
+#: The open_clip config of the composite CLIP, a ``ModifiedResNet`` image tower (layers ``[2, 2, 2, 2]``,
+#: width 32) on 64 px input with the synthetic CLIP's text tower and a 64-wide joint space.
 COMPOSITE_CLIP_CONFIG: dict = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 64, "layers": [2, 2, 2, 2], "width": 32, "patch_size": None, "head_width": 32},
