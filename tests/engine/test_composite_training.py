@@ -241,3 +241,22 @@ def test_a_composite_run_scores_held_out_sets_and_held_out_photos(photos, tmp_pa
     assert "eq12" in report["stages"]["final"]["classes"]
     synthetic = train(TrainConfig(**TINY, steps=1), tmp_path / "synthetic", progress=False)
     assert synthetic.photo_evaluation is None and not (tmp_path / "synthetic" / "eval_photos.json").exists()
+
+
+def test_a_class_oracle_is_given_each_photo_sets_class_too(photos, tmp_path, monkeypatch) -> None:
+    """Both final evaluations of an oracle run (held-out sets, held-out photos) give it each set's true class."""
+    from cosegkit.engine import trainer
+
+    calls = []
+
+    def recording(model, sets, *args, **kwargs):
+        calls.append((type(sets).__name__, kwargs.get("class_oracle")))
+        return evaluate(model, sets, *args, **kwargs)
+
+    evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", recording)
+    result = train(
+        composite(photos, steps=1, class_oracle=True, extra={"eval_sets": 2}), tmp_path / "run", progress=False
+    )
+    assert result.photo_evaluation is not None and len(calls) == 2
+    assert [oracle for _, oracle in calls] == [True, True], calls
