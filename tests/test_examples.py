@@ -322,3 +322,32 @@ def test_results_table_resumes_its_finished_runs(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing ran again
     assert json.loads(finished.read_text()) == runs["Baseline"][0]
+
+
+@pytest.mark.parametrize(("steps", "pool"), [(3, 12), (600, 400)])
+def test_results_table_pseudo_row_labels_no_more_sets_than_training_draws(tmp_path, monkeypatch, steps, pool) -> None:
+    """The pseudo-mask row's pool is 400 sets, or fewer when the run draws fewer (steps x batch size)."""
+    import importlib.util
+
+    import cosegkit.engine
+
+    spec = importlib.util.spec_from_file_location("results_table", BENCHMARKS / "results_table.py")
+    table = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "results_table", table)  # its dataclasses look their module up
+    spec.loader.exec_module(table)
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def train(config, *args, **kwargs):
+        trained.append(config)
+        raise Stop
+
+    monkeypatch.setattr(cosegkit.engine, "train", train)
+    budget = {"steps": steps, "eval_sets": 2, "clip_steps": 1}
+    with pytest.raises(Stop):
+        table.run_one("synthetic", None, "LCCo, pseudo masks", 1, budget, "clip.safetensors", str(tmp_path / "run"))
+    (config,) = trained
+    assert (config.steps, config.batch_size, config.pseudo_masks, config.pseudo_pool) == (steps, 4, "zero-shot", pool)
+    assert config.extra["zero_shot"] == {"synonyms": {}, "image_size": 160} and config.extra["eval_seed"] == 1
