@@ -381,3 +381,15 @@ def test_resnet_sizes_round_up_to_its_stride_of_32(tiny_rn) -> None:
     """Not to 16: an 80 px request runs at 96 (a 3-cell side), not at 80 (a 2.5-cell one)."""
     zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND, image_size=(80, 48))
     assert zs.input_size(10, 10) == (96, 64)
+
+
+def test_resnet_cams_of_a_given_class_match_per_image_autograd(tiny_rn) -> None:
+    """The tiny random ResNet's own choice of class gives all-zero CAMs; a given class gives CAMs to compare."""
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND)
+    images = torch.rand(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    out = zs(images, class_name="cat")
+    assert (out.cams.flatten(1) > 0).any(dim=1).all()  # every image's CAM has signal: the check is not vacuous
+    for i in range(2):
+        for j in range(2):
+            cam = reference_rn_cam(tiny_rn, zs, images[i, j], zs.class_index("cat"))
+            torch.testing.assert_close(out.cams[i, j], cam, **TOL)
