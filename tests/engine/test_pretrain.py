@@ -304,3 +304,27 @@ def test_the_composite_fingerprint_changes_with_every_setting_and_the_labels() -
     # the same pixels under other labels (two photos' classes exchanged) generate other captions and targets
     relabelled = ["dog", "cat", "cow", "bus", "cat", "dog", "cow", "bus"]
     assert fingerprint(relabelled) != reference
+
+
+def test_pretraining_warms_up_from_the_first_step_then_follows_a_cosine(tmp_path, monkeypatch) -> None:
+    """The learning rate of each step: ``lr * (s + 1) / warmup`` for the first ``steps // 20``, then a cosine to 0."""
+    import math
+
+    import torch
+
+    from cosegkit.data.synthetic import SyntheticWorld
+    from cosegkit.engine.pretrain import ClipRecipe, pretrain_clip
+
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path))
+    rates = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=1)
+    pretrain_clip(world, ClipRecipe(steps=40, batch_size=2, lr=1e-3), cache=False)  # a warm-up of 2 steps
+    expected = [1e-3 * 0.5, 1e-3] + [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 38)) for s in range(2, 40)]
+    assert rates == pytest.approx(expected, rel=1e-4)  # the schedule computes the cosine in float32
