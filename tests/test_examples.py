@@ -322,3 +322,67 @@ def test_results_table_resumes_its_finished_runs(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing ran again
     assert json.loads(finished.read_text()) == runs["Baseline"][0]
+
+
+def _results_table(monkeypatch):
+    """benchmarks/results_table.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("results_table", BENCHMARKS / "results_table.py")
+    table = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "results_table", table)  # its dataclasses look their module up
+    spec.loader.exec_module(table)
+    return table
+
+
+@pytest.mark.parametrize(("steps", "pool"), [(3, 12), (600, 400)])
+def test_results_table_pseudo_row_labels_no_more_sets_than_training_draws(tmp_path, monkeypatch, steps, pool) -> None:
+    """The pseudo-mask row's pool is 400 sets, or fewer when the run draws fewer (steps x batch size)."""
+    import cosegkit.engine
+
+    table = _results_table(monkeypatch)
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def train(config, *args, **kwargs):
+        trained.append(config)
+        raise Stop
+
+    monkeypatch.setattr(cosegkit.engine, "train", train)
+    budget = {"steps": steps, "eval_sets": 2, "clip_steps": 1}
+    with pytest.raises(Stop):
+        table.run_one("synthetic", None, "LCCo, pseudo masks", 1, budget, "clip.safetensors", str(tmp_path / "run"))
+    (config,) = trained
+    assert (config.steps, config.batch_size, config.pseudo_masks, config.pseudo_pool) == (steps, 4, "zero-shot", pool)
+    assert config.extra["zero_shot"] == {"synonyms": {}, "image_size": 160} and config.extra["eval_seed"] == 1
+
+
+def test_results_table_zero_shot_row_on_real_photos_runs_at_the_worlds_size_and_scores_the_photos(
+    tmp_path, monkeypatch
+) -> None:
+    """On ``pascal`` the zero-shot row uses that world's settings (128 px) and is scored on the sets and the photos."""
+    import types
+
+    import cosegkit.demo
+    import cosegkit.engine
+    import cosegkit.engine.config
+
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path / "cache"))
+    table = _results_table(monkeypatch)
+    clip = cosegkit.demo.demo_clip("synthetic", None)  # any small CLIP: nothing is read from the photos
+    scored = []
+
+    def evaluate(model, sets, **kwargs):
+        scored.append((model.image_size, sets))
+        return types.SimpleNamespace(P=0.5, J=0.25, images=4)
+
+    monkeypatch.setattr(cosegkit.demo, "demo_clip", lambda *args, **kwargs: clip)
+    monkeypatch.setattr(cosegkit.engine.config, "build_eval_sets", lambda config: "sets")
+    monkeypatch.setattr(cosegkit.engine.config, "build_photo_eval_sets", lambda config: "photos")
+    monkeypatch.setattr(cosegkit.engine, "evaluate", evaluate)
+    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 1}
+    scores = table.run_one("pascal", "photos", "Zero-shot", 0, budget, "clip.safetensors", str(tmp_path / "run"))
+    assert scored == [(128, "sets"), (128, "photos")]
+    assert scores["sets"] == scores["photos"] == {"P": 0.5, "J": 0.25, "images": 4}

@@ -705,6 +705,12 @@ def _composite_world(config: TrainConfig, *, held_out: bool) -> CompositeWorld:
             seed=config.world_seed,
             photos=held if held_out else train,
         )
+    except DataError as err:
+        if not held_out:
+            raise CosegValueError(f"the composite world: {err} (--world-objects, --classes, --image-size)") from err
+        raise DataError(
+            f"the held-out photos: {err}; every class needs masked photos in both parts (--held-out, --split-seed)"
+        ) from err
     except CosegValueError as err:
         raise CosegValueError(f"the composite world: {err} (--world-objects, --classes, --image-size)") from err
     if held_out:

@@ -241,3 +241,47 @@ def test_a_composite_run_scores_held_out_sets_and_held_out_photos(photos, tmp_pa
     assert "eq12" in report["stages"]["final"]["classes"]
     synthetic = train(TrainConfig(**TINY, steps=1), tmp_path / "synthetic", progress=False)
     assert synthetic.photo_evaluation is None and not (tmp_path / "synthetic" / "eval_photos.json").exists()
+
+
+def test_a_class_oracle_is_given_each_photo_sets_class_too(photos, tmp_path, monkeypatch) -> None:
+    """Both final evaluations of an oracle run (held-out sets, held-out photos) give it each set's true class."""
+    from cosegkit.engine import trainer
+
+    calls = []
+
+    def recording(model, sets, *args, **kwargs):
+        calls.append((type(sets).__name__, kwargs.get("class_oracle")))
+        return evaluate(model, sets, *args, **kwargs)
+
+    evaluate = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", recording)
+    result = train(
+        composite(photos, steps=1, class_oracle=True, extra={"eval_sets": 2}), tmp_path / "run", progress=False
+    )
+    assert result.photo_evaluation is not None and len(calls) == 2
+    assert [oracle for _, oracle in calls] == [True, True], calls
+
+
+def test_a_class_whose_held_out_photos_have_empty_masks_is_refused(photos, tmp_path) -> None:
+    """Held-out sets must be able to draw every class the training world knows; else the error names the flags."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos, root)
+    config = composite(root)
+    held = held_out_photos(config)
+    victim = sorted(p.name for p in (root / "images").iterdir())[0]
+    blanked = 0
+    for image in (root / "images" / victim).iterdir():
+        if str(image) in held:
+            mask = next((root / "masks" / victim).glob(image.stem + ".*"))
+            Image.fromarray(np.zeros(Image.open(mask).size[::-1], dtype=np.uint8)).save(mask)
+            blanked += 1
+    assert blanked == 2
+    assert victim in config.world().class_names
+    remedy = r"the held-out photos: .*every class needs masked photos in both parts \(--held-out, --split-seed\)"
+    with pytest.warns(UserWarning, match="empty mask"), pytest.raises(DataError, match=remedy):
+        config.held_out_world()

@@ -181,3 +181,150 @@ def test_composite_pretraining_is_keyed_by_the_worlds_content(tmp_path, monkeypa
         pretrain_clip(object(), recipe)
     with pytest.raises(CosegValueError, match="architecture"):
         ClipRecipe("ViT-B-16")
+
+
+def test_the_recipe_key_changes_with_every_setting_and_the_world() -> None:
+    """Any field of the recipe, or another world, names another cache file; equal recipes share one."""
+    from dataclasses import replace
+
+    from cosegkit.data.synthetic import SyntheticWorld
+    from cosegkit.engine.pretrain import COMPOSITE_CLIP, ClipRecipe
+
+    world = SyntheticWorld(num_classes=5, image_size=32)
+    recipe = ClipRecipe(steps=2, batch_size=4)
+    key = recipe.key(world)
+    changed = {
+        "architecture": replace(recipe, architecture=COMPOSITE_CLIP),
+        "steps": replace(recipe, steps=3),
+        "batch_size": replace(recipe, batch_size=8),
+        "lr": replace(recipe, lr=1e-3),
+        "weight_decay": replace(recipe, weight_decay=0.0),
+        "seed": replace(recipe, seed=1),
+    }
+    keys = {name: r.key(world) for name, r in changed.items()}
+    assert [name for name, k in keys.items() if k == key] == [] and len(set(keys.values())) == len(keys)
+    assert replace(recipe).key(SyntheticWorld(num_classes=5, image_size=32)) == key
+    assert recipe.key(SyntheticWorld(num_classes=5, image_size=32, seed=1)) != key
+
+
+def test_pretraining_uses_the_recipes_weight_decay(tmp_path, monkeypatch) -> None:
+    """The same data and seed with another weight decay give other weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from cosegkit.data.synthetic import SyntheticWorld
+    from cosegkit.engine.pretrain import ClipRecipe, pretrain_clip
+
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path))
+    world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=1)
+    weights = [
+        load_file(pretrain_clip(world, ClipRecipe(steps=1, batch_size=2, weight_decay=wd), cache=False))
+        for wd in (0.0, 0.0, 0.5)
+    ]
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])  # deterministic
+    assert not torch.equal(weights[0]["text_projection"], weights[2]["text_projection"])
+
+
+class _ScoredWorld:
+    """A world whose image ``k`` of set ``i`` carries its class scores ``scores[i][k]`` in its first pixel row."""
+
+    def __init__(self, scores: list[list[list[float]]], targets: list[int]) -> None:
+        self.class_names = [f"c{i}" for i in range(len(scores[0][0]))]
+        self.scores, self.targets = scores, targets
+
+    def fingerprint(self) -> str:
+        return "scored"
+
+    def sample_set(self, set_size: int, *, seed):
+        import types
+
+        import torch
+
+        i = seed[-1]
+        images = torch.zeros(set_size, 3, 8, 8)
+        images[:, 0, 0, : len(self.class_names)] = torch.tensor(self.scores[i])
+        present = [[self.targets[i]] for _ in range(set_size)]
+        return types.SimpleNamespace(images=images, target=self.targets[i], present_classes=present)
+
+
+def test_zero_shot_accuracy_top5_counts_the_first_five_of_the_summed_ranking() -> None:
+    # 7 classes; target 0. Set 0: class 0's summed score ranks 5th (top-5 hit, top-1 miss);
+    # set 1: it ranks 6th (a miss); set 2: it ranks 1st.
+    fifth = [[0.0, 9, 8, 7, 6, 0, 0], [5.0, 9, 8, 7, 6, 0, 0]]  # sums 5, 18, 16, 14, 12, 0, 0
+    sixth = [[0.0, 9, 8, 7, 6, 5, 0], [1.0, 9, 8, 7, 6, 5, 0]]  # sums 1, 18, 16, 14, 12, 10, 0
+    first = [[9.0, 1, 0, 0, 0, 0, 0], [9.0, 0, 1, 0, 0, 0, 0]]
+    world = _ScoredWorld([fifth, sixth, first], targets=[0, 0, 0])
+    scores = zero_shot_accuracy(_ReadsFirstRow(7), world, sets=3, set_size=2)
+    assert scores["set_top1"] == pytest.approx(1 / 3) and scores["set_top5"] == pytest.approx(2 / 3)
+
+
+def test_the_synthetic_fingerprint_changes_with_every_setting() -> None:
+    from cosegkit.data.synthetic import SyntheticWorld
+
+    base = dict(num_classes=5, image_size=32, objects_per_image=(1, 2), seed=0)
+    fingerprint = SyntheticWorld(**base).fingerprint()
+    changes = {
+        "num_classes": 6,
+        "image_size": 48,
+        "objects_per_image": (1, 3),
+        "seed": 1,
+        "object_size": (0.1, 0.2),
+        "min_visible": 0.4,
+        "max_tries": 10,
+    }
+    same = [k for k, v in changes.items() if SyntheticWorld(**{**base, k: v}).fingerprint() == fingerprint]
+    assert same == [] and SyntheticWorld(**base).fingerprint() == fingerprint
+
+
+def test_the_composite_fingerprint_changes_with_every_setting_and_the_labels() -> None:
+    import torch
+
+    from cosegkit.data.composite import CompositeWorld
+
+    images = [torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+    masks = [torch.ones(12, 12)] * 8
+    names = ["cat", "dog", "cow", "bus"] * 2
+    base = dict(image_size=32, objects_per_image=2)
+
+    def fingerprint(labels=names, **kwargs) -> str:
+        return CompositeWorld.from_arrays(images, masks, labels, **{**base, **kwargs}).fingerprint()
+
+    reference = fingerprint()
+    changes = {
+        "image_size": 48,
+        "objects_per_image": (1, 2),
+        "seed": 1,
+        "object_size": (0.3, 0.6),
+        "min_visible": 0.4,
+        "max_tries": 10,
+        "jitter": 0.1,
+    }
+    same = [k for k, v in changes.items() if fingerprint(**{k: v}) == reference]
+    assert same == [] and fingerprint() == reference
+    # the same pixels under other labels (two photos' classes exchanged) generate other captions and targets
+    relabelled = ["dog", "cat", "cow", "bus", "cat", "dog", "cow", "bus"]
+    assert fingerprint(relabelled) != reference
+
+
+def test_pretraining_warms_up_from_the_first_step_then_follows_a_cosine(tmp_path, monkeypatch) -> None:
+    """The learning rate of each step: ``lr * (s + 1) / warmup`` for the first ``steps // 20``, then a cosine to 0."""
+    import math
+
+    import torch
+
+    from cosegkit.data.synthetic import SyntheticWorld
+    from cosegkit.engine.pretrain import ClipRecipe, pretrain_clip
+
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path))
+    rates = []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=1)
+    pretrain_clip(world, ClipRecipe(steps=40, batch_size=2, lr=1e-3), cache=False)  # a warm-up of 2 steps
+    expected = [1e-3 * 0.5, 1e-3] + [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 38)) for s in range(2, 40)]
+    assert rates == pytest.approx(expected, rel=1e-4)  # the schedule computes the cosine in float32

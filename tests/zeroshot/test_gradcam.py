@@ -328,3 +328,68 @@ def test_resnet_at_a_larger_size_pools_with_a_resized_positional_embedding(tiny_
             expected = pool(y)
         torch.testing.assert_close(resnet_pass(visual, x, mode).pooled.detach(), expected, **TOL)
     assert not torch.allclose(resnet_pass(visual, x, "bilinear").pooled, resnet_pass(visual, x, "bicubic").pooled)
+
+
+def test_resnet_at_a_larger_size_uses_the_chosen_interpolation(tiny_rn, monkeypatch) -> None:
+    """``pos_interpolation`` reaches the ResNet's tower pass (its attention pool's embedding is resized with it)."""
+    from cosegkit.zeroshot import coseg, towers
+
+    modes = []
+
+    def recording(visual, x, *args, **kwargs):
+        modes.append((tuple(x.shape[-2:]), *args, *kwargs.values()))
+        return towers.resnet_pass(visual, x, *args, **kwargs)
+
+    monkeypatch.setattr(coseg, "resnet_pass", recording)
+    images = torch.rand(1, 2, 3, 50, 70, generator=torch.Generator().manual_seed(4))
+    for mode in ("bicubic", "bilinear"):
+        ZeroShotCoseg(tiny_rn, background=BACKGROUND, image_size=(96, 120), pos_interpolation=mode)(images)
+    assert modes == [((96, 128), "bicubic"), ((96, 128), "bilinear")]
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_attention_pool_on_a_non_square_grid_is_open_clips_pool_with_the_resized_embedding(mode) -> None:
+    """Rows are h, columns w: a 3 x 5 grid's embedding is the 2 x 2 one resized to (3, 5), not (5, 3).
+
+    A pool of unit-scale features, where the positional embedding moves the output by far more
+    than the tolerance (the tiny random ResNet's ``layer4`` features are too small for that).
+    """
+    import copy
+
+    from open_clip.modified_resnet import AttentionPool2d
+
+    from cosegkit.zeroshot.towers import attention_pool, interpolate_positional_embedding
+
+    torch.manual_seed(0)
+    pool = AttentionPool2d(spacial_dim=2, embed_dim=16, num_heads=2, output_dim=8).eval()
+    x = torch.randn(3, 16, 3, 5)
+    resized = copy.deepcopy(pool)
+    resized.positional_embedding = torch.nn.Parameter(
+        interpolate_positional_embedding(pool.positional_embedding.data, (2, 2), (3, 5), mode)
+    )
+    with torch.no_grad():
+        expected = resized(x)
+        torch.testing.assert_close(attention_pool(pool, x, mode), expected, **TOL)
+        transposed = copy.deepcopy(pool)
+        transposed.positional_embedding = torch.nn.Parameter(
+            interpolate_positional_embedding(pool.positional_embedding.data, (2, 2), (5, 3), mode)
+        )
+        assert (transposed(x) - expected).abs().max() > 100 * TOL["atol"]  # the test can tell the orders apart
+
+
+def test_resnet_sizes_round_up_to_its_stride_of_32(tiny_rn) -> None:
+    """Not to 16: an 80 px request runs at 96 (a 3-cell side), not at 80 (a 2.5-cell one)."""
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND, image_size=(80, 48))
+    assert zs.input_size(10, 10) == (96, 64)
+
+
+def test_resnet_cams_of_a_given_class_match_per_image_autograd(tiny_rn) -> None:
+    """The tiny random ResNet's own choice of class gives all-zero CAMs; a given class gives CAMs to compare."""
+    zs = ZeroShotCoseg(tiny_rn, background=BACKGROUND)
+    images = torch.rand(2, 2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
+    out = zs(images, class_name="cat")
+    assert (out.cams.flatten(1) > 0).any(dim=1).all()  # every image's CAM has signal: the check is not vacuous
+    for i in range(2):
+        for j in range(2):
+            cam = reference_rn_cam(tiny_rn, zs, images[i, j], zs.class_index("cat"))
+            torch.testing.assert_close(out.cams[i, j], cam, **TOL)
