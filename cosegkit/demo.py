@@ -11,6 +11,11 @@ r"""``cosegkit demo``: what the set-aware modules buy, measured on the synthetic
    print the table, write ``results.json``.
 5. Write ``figure.png``: images, ground truth and each model's masks for a few held-out sets.
 
+``cosegkit demo --world pascal --root PATH`` runs the same five steps on real photographs: the
+PASCAL-VOC co-segmentation photos split by photo, a composite world of their object cut-outs
+(:class:`~cosegkit.data.composite.CompositeWorld`), the composite CLIP pre-trained on the
+training photos' world only, and every model also scored on the held-out photos themselves.
+
 Each model's run folder (``<out>/baseline``, ``<out>/lcco``, ``<out>/lcco-paper``) is a
 normal ``cosegkit train`` run: interrupted, the demo continues from the last checkpoint when
 started again. A run folder left by a demo with other settings is moved aside
@@ -30,6 +35,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from cosegkit.clip.frozen import FrozenClip
+from cosegkit.engine.checkpoint import find_checkpoints
+from cosegkit.engine.config import TrainConfig, build_eval_sets
+from cosegkit.engine.evaluate import evaluate
 from cosegkit.engine.pretrain import (
     COMPOSITE_CLIP,
     COMPOSITE_RECIPE,
@@ -42,9 +50,6 @@ from cosegkit.engine.pretrain import (
     register_synthetic_clip,
     zero_shot_accuracy,
 )
-from cosegkit.engine.checkpoint import find_checkpoints
-from cosegkit.engine.config import TrainConfig, build_eval_sets
-from cosegkit.engine.evaluate import evaluate
 from cosegkit.engine.segment import binarize
 from cosegkit.engine.trainer import train
 from cosegkit.errors import CosegValueError

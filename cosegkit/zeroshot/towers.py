@@ -27,10 +27,10 @@ from cosegkit.errors import CosegValueError
 __all__ = [
     "POS_INTERPOLATIONS",
     "TowerPass",
+    "attention_pool",
     "check_pos_interpolation",
     "check_tower",
     "interpolate_positional_embedding",
-    "attention_pool",
     "resnet_pass",
     "vit_pass",
 ]
