@@ -87,6 +87,7 @@ from cosegkit.data.synthetic import (
     _make_rng,
     _positive_int,
     _range_pair,
+    _sample_batch,
 )
 from cosegkit.data.types import DataError, Group
 from cosegkit.errors import CosegValueError
@@ -626,21 +627,7 @@ class CompositeWorld:
             >>> world.sample_batch(2, 3, seed=0).images.shape
             torch.Size([2, 3, 3, 32, 32])
         """
-        b = _positive_int(batch_size, "batch_size")
-        if seed is not None and generator is not None:
-            raise CosegValueError("pass either seed or generator, not both")
-        if generator is not None:
-            rng = _make_rng(None, generator)
-            sets = [self.sample_set(set_size, generator=rng) for _ in range(b)]
-        else:
-            base = _check_seed(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
-            words = base if isinstance(base, list) else [base]
-            sets = [self.sample_set(set_size, seed=(*words, j)) for j in range(b)]
-        return SyntheticBatch(
-            images=torch.stack([x.images for x in sets]),
-            masks=torch.stack([x.masks for x in sets]),
-            targets=torch.tensor([x.target for x in sets], dtype=torch.int64),
-        )
+        return _sample_batch(self, batch_size, set_size, seed, generator)
 
     # ------------------------------------------------------------------------ drawing
 

@@ -333,6 +333,25 @@ class _Placed:
 # ---------------------------------------------------------------------------- the world
 
 
+def _sample_batch(world: Any, batch_size: int, set_size: int, seed: Any, generator: Any) -> SyntheticBatch:
+    """``batch_size`` sets of ``world.sample_set``, stacked: set ``j`` from seed ``(*seed, j)`` or drawn from ``generator``."""
+    b = _positive_int(batch_size, "batch_size")
+    if seed is not None and generator is not None:
+        raise CosegValueError("pass either seed or generator, not both")
+    if generator is not None:
+        rng = _make_rng(None, generator)
+        sets = [world.sample_set(set_size, generator=rng) for _ in range(b)]
+    else:
+        base = _check_seed(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
+        words = base if isinstance(base, list) else [base]
+        sets = [world.sample_set(set_size, seed=(*words, j)) for j in range(b)]
+    return SyntheticBatch(
+        images=torch.stack([x.images for x in sets]),
+        masks=torch.stack([x.masks for x in sets]),
+        targets=torch.tensor([x.target for x in sets], dtype=torch.int64),
+    )
+
+
 class SyntheticWorld:
     """A vocabulary of synthetic object classes and a generator of co-segmentation sets.
 
@@ -548,21 +567,7 @@ class SyntheticWorld:
             >>> batch.images.shape, batch.targets.dtype
             (torch.Size([4, 2, 3, 32, 32]), torch.int64)
         """
-        b = _positive_int(batch_size, "batch_size")
-        if seed is not None and generator is not None:
-            raise CosegValueError("pass either seed or generator, not both")
-        if generator is not None:
-            rng = _make_rng(None, generator)
-            sets = [self.sample_set(set_size, generator=rng) for _ in range(b)]
-        else:
-            base = _check_seed(seed) if seed is not None else int(torch.randint(0, 2**62, ()))
-            words = base if isinstance(base, list) else [base]
-            sets = [self.sample_set(set_size, seed=(*words, j)) for j in range(b)]
-        return SyntheticBatch(
-            images=torch.stack([x.images for x in sets]),
-            masks=torch.stack([x.masks for x in sets]),
-            targets=torch.tensor([x.target for x in sets], dtype=torch.int64),
-        )
+        return _sample_batch(self, batch_size, set_size, seed, generator)
 
     # ------------------------------------------------------------------------ drawing
 
