@@ -40,7 +40,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "train",
-        help="train LCCo (or an ablation of it) and write a run folder",
+        help="train LCCo (or an ablation of it, or its peer UFO) and write a run folder",
         formatter_class=_FORMATTER,
         description="Train LCCo on a dataset and write a run folder: config.json, metrics.jsonl, "
         "checkpoints/, model/ and eval.json.",
@@ -58,6 +58,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
   # a ceiling: LCCo told each set's true class in eq. 8 (generated worlds; evaluate gives it the classes too)
   cosegkit train --dataset synthetic --class-oracle
+
+  # the peer UFO (group transformer, intra-MLP, class head; its own loss) on UFO's VGG16-BN
+  cosegkit train --dataset pascal_voc --root ../shared/data/pascal_voc_coseg --model ufo --encoder vgg16_bn
   # the composite world: real object cut-outs of masked photos pasted into generated sets, split by photo
   # (30% of each class's photos held out; the run scores held-out sets and the held-out photos themselves)
   cosegkit train --dataset composite --root ../shared/data/pascal_voc_coseg --reader pascal_voc \
@@ -93,6 +96,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--encoder-weights", type=_none_or_str, default="imagenet", help="tag, file, or none")
     m.add_argument("--encoder-depth", type=_positive, default=5, help="encoder stages (default 5)")
     m.add_argument("--decoder-channels", type=_positive, nargs="+", help="decoder widths, deepest first")
+    m.add_argument(
+        "--model",
+        choices=("lcco", "ufo"),
+        default="lcco",
+        help="the network: lcco (default) or ufo, the peer (UFO's group transformer, its own loss; "
+        "the CLIP and module flags do not apply to it)",
+    )
+    m.add_argument("--ufo-dim", type=_positive, default=512, help="UFO: channels of every level (UFO's 512)")
     m.add_argument("--clip-model", default="ViT-B-16", help="open_clip architecture (default ViT-B-16)")
     m.add_argument("--clip-pretrained", type=_none_or_str, default="openai", help="tag, file, or none")
     m.add_argument("--no-correspondence", action="store_true", help="switch off ISFC (eq. 1-2)")
@@ -296,6 +307,8 @@ def _config_from_args(args: argparse.Namespace):
         batch_size=args.batch_size,
         augment=not args.no_augment,
         workers=args.workers,
+        model=args.model,
+        ufo_dim=args.ufo_dim,
         encoder=args.encoder,
         encoder_weights=args.encoder_weights,
         encoder_depth=args.encoder_depth,
@@ -527,10 +540,10 @@ def _trained_image_size(given: int | None, path: str) -> tuple[int, str | None]:
     """
     if given is not None:
         return given, None
-    from cosegkit.models.lcco import read_config
+    from cosegkit.models.loading import read_model_config
 
     folder = _model_folder(path)
-    stored = read_config(folder).get("image_size")
+    stored = read_model_config(folder).get("image_size")
     if stored is not None:
         return int(stored), None
     return _OLDER_MODEL_SIZE, (
@@ -541,9 +554,9 @@ def _trained_image_size(given: int | None, path: str) -> tuple[int, str | None]:
 
 def _is_class_oracle(path: str) -> bool:
     """Whether the model folder's config.json says it is a class oracle (reads no weights)."""
-    from cosegkit.models.lcco import read_config
+    from cosegkit.models.loading import read_model_config
 
-    return bool(read_config(_model_folder(path)).get("class_oracle", False))
+    return bool(read_model_config(_model_folder(path)).get("class_oracle", False))
 
 
 def _notice(message: str | None) -> None:
@@ -553,14 +566,14 @@ def _notice(message: str | None) -> None:
 
 def _load_model(path: str, device):
     from cosegkit.engine.pretrain import register_composite_clip, register_synthetic_clip
-    from cosegkit.models.lcco import LCCo
+    from cosegkit.models.loading import load_model
     from cosegkit.testing import register_tiny_clips
 
     register_synthetic_clip()
     register_composite_clip()
     register_tiny_clips()
     folder = _model_folder(path)
-    return LCCo.from_pretrained(folder, map_location=device), folder
+    return load_model(folder, map_location=device), folder
 
 
 # ---------------------------------------------------------------------- zero-shot (evaluate, segment)

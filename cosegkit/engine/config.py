@@ -34,6 +34,7 @@ __all__ = [
     "CLASS_ORACLE_DATASETS",
     "DATASETS",
     "GENERATED_DATASETS",
+    "MODELS",
     "SyntheticTrainSets",
     "TrainConfig",
     "build_eval_sets",
@@ -46,6 +47,7 @@ __all__ = [
     "oracle_class_names",
     "steps_for_epochs",
     "train_groups",
+    "training_class_names",
 ]
 
 DATASETS: tuple[str, ...] = ("synthetic", "composite", *READERS)
@@ -60,6 +62,9 @@ The synthetic world of shapes and the composite world of real object cut-outs
 
 _WORLD_CACHE_SIZE = 6  # composite worlds kept in memory (a PASCAL world at 128 px is about 30 MB)
 _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict()
+
+MODELS: tuple[str, ...] = ("lcco", "ufo")
+"""The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.models.UFO`)."""
 
 CLASS_ORACLE_DATASETS: tuple[str, ...] = ("synthetic", "composite")
 """The datasets ``class_oracle`` works on: generated worlds, whose sets' ``group`` is the target's
@@ -95,6 +100,12 @@ class TrainConfig:
     reader's groups it uses. ``missing_masks="skip"``
     leaves out images without a mask and ``on_empty="warn"`` groups without images, each with
     a warning, where the reader would refuse them (``--missing-masks``, ``--on-empty``).
+
+    ``model`` picks the network (:data:`~cosegkit.engine.config.MODELS`): ``"lcco"``, or
+    ``"ufo"``, the peer :class:`~cosegkit.models.UFO` on the same ``encoder`` (at
+    ``encoder_depth`` 5) with ``ufo_dim`` channels per level (UFO's 512), trained with its own
+    loss (:class:`~cosegkit.losses.UFOLoss`) on each set's class (its ``group``); the CLIP and
+    LCCo's module settings do not apply to it.
 
     Model: an smp ``encoder`` with ``encoder_weights`` (tag, file or ``None``), an open_clip
     ``clip_model`` with ``clip_pretrained`` (tag, file or ``None``), the module switches and
@@ -188,6 +199,8 @@ class TrainConfig:
     augment: bool = True
     workers: int = 0
     # model
+    model: str = "lcco"
+    ufo_dim: int = 512
     encoder: str = "resnet50"
     encoder_weights: str | None = "imagenet"
     encoder_depth: int = 5
@@ -288,6 +301,7 @@ class TrainConfig:
         ):
             raise CosegValueError(f"class_prior must be non-negative, got {self.class_prior!r} (--class-prior)")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+        self._check_model()
         self._check_class_oracle()
         self._check_pseudo_masks()
         if self.grouping_level not in (1, 2, 3):
@@ -329,6 +343,32 @@ class TrainConfig:
         from cosegkit.models.lcco import get_variant
 
         get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
+
+    def _check_model(self) -> None:
+        if self.model not in MODELS:
+            raise CosegValueError(f"model must be one of {list(MODELS)}, got {self.model!r} (--model)")
+        if isinstance(self.ufo_dim, bool) or not isinstance(self.ufo_dim, int) or self.ufo_dim < 4 or self.ufo_dim % 4:
+            raise CosegValueError(
+                f"ufo_dim must be a positive multiple of 4 (UFO's 4 heads), got {self.ufo_dim!r} (--ufo-dim)"
+            )
+        if self.model != "ufo":
+            return
+        lcco_only = {
+            "class_oracle": (self.class_oracle, "--class-oracle"),
+            "pseudo_masks": (self.pseudo_masks, "--pseudo-masks"),
+            "use_grouping": (self.use_grouping, "--grouping"),
+        }
+        given = [flag for value, flag in lcco_only.values() if value]
+        if given:
+            raise CosegValueError(
+                f"{', '.join(given)} set(s) LCCo's modules or targets, and UFO has none of them; drop "
+                f"{', '.join(given)} or train LCCo (--model lcco)"
+            )
+        if self.encoder_depth != 5:
+            raise CosegValueError(
+                f"UFO reads its encoder at strides 4, 8, 16 and 32, so it needs encoder_depth 5, got "
+                f"{self.encoder_depth} (--encoder-depth 5)"
+            )
 
     def _check_class_oracle(self) -> None:
         if not isinstance(self.class_oracle, bool):
@@ -1098,7 +1138,25 @@ def labelled_eval_groups(config: TrainConfig, classes: Sequence[str] | None = No
     return groups, [g.name for g in wanted if g.name not in labelled]
 
 
-def build_model(config: TrainConfig) -> torch.nn.Module:
+def training_class_names(config: TrainConfig, groups: Sequence[Group] | None = None) -> list[str]:
+    """The classes a training set's ``group`` indexes, in index order.
+
+    The world's class names on a generated world; the training groups' names (``groups``, or
+    :func:`train_groups` read again) on a dataset of files. UFO's classification head has one
+    output per name.
+
+    Example:
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.config import training_class_names
+        >>> training_class_names(TrainConfig(world_classes=4, image_size=32))
+        ['orange dotted triangle', 'red checkered ring', 'blue dotted diamond', 'yellow striped crescent']
+    """
+    if config.dataset in GENERATED_DATASETS:
+        return list(config.world().class_names)
+    return [g.name for g in (groups if groups is not None else train_groups(config))]
+
+
+def build_model(config: TrainConfig, groups: Sequence[Group] | None = None) -> torch.nn.Module:
     """The LCCo of ``config``, initialised from ``config.seed`` (so a resumed run rebuilds it).
 
     The model records the run's ``image_size`` and ``set_size`` (:attr:`LCCo.image_size
@@ -1129,6 +1187,13 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         >>> a, b = build_model(config).state_dict(), model.state_dict()
         >>> all(torch.equal(a[name], b[name]) for name in b)
         True
+
+        ``model="ufo"`` builds the peer, its classification head over the training classes:
+
+        >>> import dataclasses
+        >>> ufo = build_model(dataclasses.replace(config, model="ufo", encoder="resnet18", ufo_dim=16))
+        >>> type(ufo).__name__, ufo.classifier.out_features, ufo.image_size
+        ('UFO', 4, 32)
     """
     from cosegkit.engine.pretrain import (
         COMPOSITE_CLIP,
@@ -1139,6 +1204,19 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
 
+    if config.model == "ufo":
+        from cosegkit.models.ufo import UFO
+
+        classnames = training_class_names(config, groups)
+        torch.manual_seed(config.seed)
+        return UFO(
+            encoder_name=config.encoder,
+            encoder_weights=config.encoder_weights,
+            classnames=classnames,
+            dim=config.ufo_dim,
+            image_size=config.image_size,
+            set_size=config.set_size,
+        )
     if config.clip_model == SYNTHETIC_CLIP:
         register_synthetic_clip()
     elif config.clip_model == COMPOSITE_CLIP:

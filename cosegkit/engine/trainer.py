@@ -273,13 +273,17 @@ def _check_replicas(model: torch.nn.Module, dist: distributed.DistInfo, run: Pat
         raise CosegError(f"the {dist.world} processes ended with different weights (digests {digests}); see ddp.json")
 
 
-def _class_choices(out: Any) -> dict[str, float]:
+def _class_choices(out: Any, classes: torch.Tensor | None = None) -> dict[str, float]:
     """Agreement of the model's set-level class choices with eq. (12)'s target on this batch.
 
     ``acc/istar`` is the module's own choice (the arg-max of its class probabilities), also
-    when a class oracle's given class regularised the features.
+    when a class oracle's given class regularised the features. For UFO (``classes``, each
+    set's class), ``acc/class``: how often its classification head ranks that class first.
     """
-    if out.class_targets is None:
+    if classes is not None:
+        hits = out.class_logits.detach().argmax(dim=-1).cpu() == classes.cpu()
+        return {"acc/class": float(hits.float().mean())}
+    if getattr(out, "class_targets", None) is None:
         return {}
     from cosegkit.diagnostics import choice_agreement
 
@@ -432,7 +436,7 @@ def _train(
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
             config.save(run / "config.json")
-    model = build_model(config).to(device)
+    model = build_model(config, data_groups).to(device)
     if config.class_oracle:
         _check_oracle_vocabulary(config, model)
     store = None
@@ -467,13 +471,19 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     forward = torch.compile(net) if config.compile else net
-    criterion = LCCoLoss(
-        lambda1=config.lambda1,
-        lambda2=config.lambda2,
-        superpixel_weight=config.superpixel_weight,
-        grouping_weight=config.grouping_weight,
-        distortion_weight=config.distortion_weight,
-    )
+    ufo = config.model == "ufo"
+    if ufo:  # UFO's own loss: its mask terms and the BCE of the set's class (its group)
+        from cosegkit.losses.ufo import UFOLoss
+
+        criterion = UFOLoss()
+    else:
+        criterion = LCCoLoss(
+            lambda1=config.lambda1,
+            lambda2=config.lambda2,
+            superpixel_weight=config.superpixel_weight,
+            grouping_weight=config.grouping_weight,
+            distortion_weight=config.distortion_weight,
+        )
 
     dataset = build_train_sets(
         config, length=config.steps * config.batch_size * dist.world, pseudo_masks=store, groups=data_groups
@@ -528,6 +538,8 @@ def _train(
                     extra["weight"] = batch["weights"].to(device, non_blocking=True)
                 if "superpixels" in batch:
                     extra["superpixels"] = batch["superpixels"].to(device, non_blocking=True)
+                if ufo:
+                    extra["classes"] = batch["group"].to(device, non_blocking=True)
                 losses = criterion(out, masks, **extra)
                 finite = torch.isfinite(losses.total.detach()).float()
                 if dist.world > 1:
@@ -553,7 +565,7 @@ def _train(
                         "seconds": round(time.perf_counter() - tic, 3),
                     }
                     record.update({k: float(v.detach()) for k, v in losses._asdict().items() if v is not None})
-                    record.update(_class_choices(out))
+                    record.update(_class_choices(out, batch["group"] if ufo else None))
                     log.write(json.dumps(record) + "\n")
                     log.flush()
                 if bar is not None:
@@ -635,7 +647,7 @@ def _class_target_cache(config: TrainConfig, model, dataset, groups, store, run:
     Per set: ``class_targets="per-set"``, a model without the regularization module (no target),
     and the generated worlds (synthetic, composite), whose images are all new (nothing to reuse).
     """
-    if config.class_targets != "cached" or not model.use_regularization or groups is None:
+    if config.class_targets != "cached" or not getattr(model, "use_regularization", False) or groups is None:
         return None
     from cosegkit.engine.class_targets import ClassTargetCache, cache_key
 

@@ -234,7 +234,13 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     config_file = Path(path) / CONFIG_NAME
     try:
-        kwargs = dict(json.loads(config_file.read_text())["model"])
+        data = json.loads(config_file.read_text())
+        if isinstance(data, dict) and data.get("architecture", "lcco") != "lcco":
+            raise WeightsUnavailableError(
+                f"{str(Path(path))!r} holds a {data['architecture']!r} model, not an LCCo; load it with "
+                f"cosegkit.models.load_model (or its class's from_pretrained)"
+            )
+        kwargs = dict(data["model"])
     except FileNotFoundError as err:
         raise WeightsUnavailableError(f"{str(Path(path))!r} is not an LCCo checkpoint: no {CONFIG_NAME} in it") from err
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
