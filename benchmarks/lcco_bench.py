@@ -10,13 +10,15 @@ What is measured (random weights, nothing downloaded):
 - ``model``: forward time (``torch.inference_mode``) and peak memory of the full LCCo and of the
   Baseline, for every image size and set size ``N`` (``B = 1``). The Baseline is the same
   encoder and decoder with the three modules off *plus the same CLIP image pass* (dense tokens
-  included), i.e. the unavoidable work; ``ratio`` is LCCo / Baseline.
+  included), i.e. the unavoidable work; ``ratio`` is LCCo / Baseline. The peer UFO
+  (:class:`cosegkit.models.UFO`, UFO's widths unless ``--ufo-dim``) runs on the same encoder
+  at the same sizes; ``UFO/LCCo`` is its time over LCCo's.
 - ``train``: one training step (forward, loss, backward, AdamW step) at ``B = 2`` sets of
   ``N = 5``: the Baseline plus one CLIP pass of the same images, LCCo with eq. (12)'s target
-  per set (the masked images through CLIP every step) and LCCo with the cached target
-  (:mod:`cosegkit.engine.class_targets`, warm as in every epoch after the first), with
-  images trained per second; the calls are interleaved so that the machine's noise spreads
-  over all three.
+  per set (the masked images through CLIP every step), LCCo with the cached target
+  (:mod:`cosegkit.engine.class_targets`, warm as in every epoch after the first) and UFO with
+  its own loss, with images trained per second; the calls are interleaved so that the
+  machine's noise spreads over all four.
 - ``modules``: each set-aware module alone on the feature shapes LCCo gives it (ISFC at
   stride 32, interaction at 16, regularization at 8, the decoder's default widths).
 - ``isfc-loop``: the vectorised ImageSetCorrespondence against a per-pair Python loop of the
@@ -168,6 +170,13 @@ def build(encoder: str, clip_model: str, device: torch.device, *, modules: bool)
     return model.to(device).eval()
 
 
+def build_ufo(encoder: str, device: torch.device, dim: int) -> torch.nn.Module:
+    from cosegkit.models import UFO
+
+    torch.manual_seed(0)
+    return UFO(encoder_name=encoder, encoder_weights=None, dim=dim).to(device).eval()
+
+
 def fmt_row(cells: list[Any], widths: list[int]) -> str:
     return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))
 
@@ -184,6 +193,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast everywhere")
     parser.add_argument("--options", action="store_true", help="also channels_last, torch.compile, bf16 autocast")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--ufo-dim", type=int, default=512, help="UFO's width per level (default UFO's 512)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument(
         "--parts",
@@ -218,23 +228,28 @@ def main() -> None:
 
     full = build(encoder, clip_model, device, modules=True)
     base = build(encoder, clip_model, device, modules=False)
+    ufo = build_ufo(encoder, device, args.ufo_dim)
     clip = full.clip
     _ = clip.text_bank  # computed once per model, here, before any timing
-    results: dict[str, Any] = {"machine": machine, "encoder": encoder, "clip_model": clip_model, "model": []}
+    results: dict[str, Any] = {
+        "machine": machine, "encoder": encoder, "clip_model": clip_model, "ufo_dim": args.ufo_dim, "model": []
+    }  # fmt: skip
 
     if "model" in args.parts:
-        model_table(args, full, base, clip, sizes, set_sizes, device, amp, results)
+        model_table(args, full, base, ufo, clip, sizes, set_sizes, device, amp, results)
     if "train" in args.parts:
-        train_table(args, full, base, clip, sizes, device, amp, results)
+        train_table(args, full, base, ufo, clip, sizes, device, amp, results)
     if "modules" in args.parts or "loop" in args.parts:
         module_tables(args, full, clip, sizes, set_sizes, device, results)
     finish(args, full, clip, encoder, clip_model, sizes, device, results)
 
 
-def model_table(args, full, base, clip, sizes, set_sizes, device, amp, results) -> None:
+def model_table(args, full, base, ufo, clip, sizes, set_sizes, device, amp, results) -> None:
     print("model forward (inference_mode), B = 1")
-    widths = [5, 4, 12, 12, 7, 12, 12, 10]
-    print(fmt_row(["size", "N", "LCCo s", "Baseline s", "ratio", "LCCo MiB", "Base MiB", "ISFC %"], widths))
+    widths = [5, 4, 12, 12, 7, 12, 12, 10, 9, 8, 9]
+    header = ["size", "N", "LCCo s", "Baseline s", "ratio", "LCCo MiB", "Base MiB", "ISFC %", "UFO s", "UFO/LCCo",
+              "UFO MiB"]  # fmt: skip
+    print(fmt_row(header, widths))
     for size in sizes:
         for n in set_sizes:
             images = torch.rand(1, n, 3, size, size, device=device)
@@ -250,8 +265,14 @@ def model_table(args, full, base, clip, sizes, set_sizes, device, amp, results) 
                     base(images)
                     return clip.encode_images(images, dense=True)  # the same CLIP pass LCCo makes
 
+            @torch.inference_mode()
+            def run_ufo(images=images):
+                with amp():
+                    return ufo(images)
+
             f = measure(run_full, device, args.repeats)
             b = measure(run_base, device, args.repeats)
+            u = measure(run_ufo, device, args.repeats)
             # the correspondence module alone on this forward's F^1
             channels = full.config["decoder_channels"][0]
             side = -(-size // full.output_stride)
@@ -265,7 +286,7 @@ def model_table(args, full, base, clip, sizes, set_sizes, device, amp, results) 
             share = measure(run_isfc, device, args.repeats)["median_s"] / f["median_s"]
             ratio = f["median_s"] / b["median_s"]
             results["model"].append(
-                {"size": size, "N": n, "lcco": f, "baseline": b, "ratio": ratio, "isfc_share": share}
+                {"size": size, "N": n, "lcco": f, "baseline": b, "ratio": ratio, "isfc_share": share, "ufo": u}
             )
             print(
                 fmt_row(
@@ -278,6 +299,9 @@ def model_table(args, full, base, clip, sizes, set_sizes, device, amp, results) 
                         f"{f['peak_mib']:.0f}",
                         f"{b['peak_mib']:.0f}",
                         f"{100 * share:.1f}",
+                        f"{u['median_s']:.3f}",
+                        f"{u['median_s'] / f['median_s']:.2f}",
+                        f"{u['peak_mib']:.0f}",
                     ],
                     widths,
                 )
@@ -331,15 +355,18 @@ def measure_side_by_side(fns: dict[str, Callable[[], Any]], device: torch.device
     }
 
 
-def _train_calls(full, base, clip, criterion, cache, images, masks, amp) -> dict[str, Callable[[], None]]:
-    """The three training steps of the table, on the same images and masks."""
+def _train_calls(full, base, ufo, clip, criterion, cache, images, masks, amp) -> dict[str, Callable[[], None]]:
+    """The four training steps of the table, on the same images and masks."""
+    from cosegkit.losses import UFOLoss
+
     b, n = images.shape[:2]
     valid = torch.ones(b, n, dtype=torch.bool)
     group_ids, indices = torch.arange(b), torch.arange(n).expand(b, n)
     optimizers = {
         name: torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
-        for name, model in (("full", full), ("base", base))
+        for name, model in (("full", full), ("base", base), ("ufo", ufo))
     }
+    ufo_loss, classes = UFOLoss(), torch.zeros(b, dtype=torch.long, device=images.device)
 
     def step(model, opt, given, with_clip=False):
         model.train()
@@ -347,7 +374,7 @@ def _train_calls(full, base, clip, criterion, cache, images, masks, amp) -> dict
             out = model(images, **given)
             if with_clip:
                 clip.encode_images(images, dense=True)
-        loss = criterion(out, masks).total
+        loss = ufo_loss(out, masks, classes).total if model is ufo else criterion(out, masks).total
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -358,11 +385,12 @@ def _train_calls(full, base, clip, criterion, cache, images, masks, amp) -> dict
         "LCCo, cached target": lambda: step(
             full, optimizers["full"], {"class_targets": cache.targets(group_ids, indices, valid)}
         ),
+        "UFO": lambda: step(ufo, optimizers["ufo"], {}),
     }
 
 
-def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
-    """One training step, B = 2 sets of N = 5: LCCo with eq. (12)'s target per set and cached, and the Baseline."""
+def train_table(args, full, base, ufo, clip, sizes, device, amp, results) -> None:
+    """One training step, B = 2 sets of N = 5: LCCo with eq. (12)'s target per set and cached, the Baseline, UFO."""
     from cosegkit import LCCoLoss
     from cosegkit.engine.class_targets import ClassTargetCache
 
@@ -375,6 +403,7 @@ def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
     print("  LCCo, per-set target: the masked images through CLIP every step (class_targets='per-set')")
     print("  LCCo, cached target: each image's masked embedding from the cache (class_targets='cached'; ")
     print("    filled on the warm-up step, as in every epoch after the first)")
+    print(f"  UFO: the peer on the same encoder (width {args.ufo_dim}), its own loss (UFOLoss)")
     widths = [5, 24, 9, 9, 9, 10, 9, 15]
     print(fmt_row(["size", "model", "step s", "min s", "max s", "images/s", "MiB", "x Baseline+CLIP"], widths))
     results["train"] = []
@@ -382,9 +411,9 @@ def train_table(args, full, base, clip, sizes, device, amp, results) -> None:
         images = torch.rand(b, n, 3, size, size, device=device)
         masks = (torch.rand(b, n, 1, size, size, device=device) > 0.5).float()
         cache = ClassTargetCache(clip, _FixedSets(images, masks))
-        calls = _train_calls(full, base, clip, criterion, cache, images, masks, amp)
+        calls = _train_calls(full, base, ufo, clip, criterion, cache, images, masks, amp)
         timed = measure_side_by_side(calls, device, args.repeats)
-        full.eval(), base.eval()
+        full.eval(), base.eval(), ufo.eval()
         reference = timed["Baseline + CLIP pass"]["median_s"]
         row: dict[str, Any] = {"size": size, "B": b, "N": n, "cache_embedded": cache.computed}
         for name, m in timed.items():

@@ -4,7 +4,8 @@ Rows (``ROWS``; adding a model is one entry): the single-image Baseline, LCCo (c
 default readings), LCCo-paper (eq. 2, 5, 7, 8 as printed), zero-shot (the frozen CLIP alone,
 CLIP-ES), LCCo trained on zero-shot pseudo masks of its own CLIP (no ground truth), and a
 ceiling, the class oracle: LCCo told each set's true class (the regularization's class forced to
-the truth), trained the same way.
+the truth), trained the same way; the peer UFO (:class:`cosegkit.models.UFO`) on the same encoder
+and budget, at UFO's widths and at a width whose training step costs LCCo's.
 
 Worlds (``cosegkit.demo.DEMO_WORLDS``): ``synthetic``, the demo's coloured shapes, and
 ``pascal``, the composite world of real PASCAL-VOC object cut-outs split by photo
@@ -59,6 +60,15 @@ ROWS: dict[str, Row] = {
         what="LCCo trained on the zero-shot row's masks of 400 generated sets (its own CLIP, no ground truth)",
     ),
     "Class oracle": Row({"class_oracle": True}, what="ceiling: LCCo told each set's true class"),
+    "UFO": Row(
+        {"model": "ufo", "encoder_depth": 5},
+        what="the peer UFO (group transformer, intra-MLP, class head, its own loss) at UFO's widths (512), "
+        "on the same encoder read at strides 4-32",
+    ),
+    "UFO, width 128": Row(
+        {"model": "ufo", "encoder_depth": 5, "ufo_dim": 128},
+        what="UFO at width 128: a training step costs what LCCo's does",
+    ),
 }
 
 #: the evaluation seed shared by every seed's run of a world (the demo's held-out sets)

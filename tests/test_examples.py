@@ -122,17 +122,19 @@ def test_benchmark_harness_runs_and_records_json(tmp_path) -> None:
     script = EXAMPLES.parent / "benchmarks" / "lcco_bench.py"
     done = subprocess.run(
         [sys.executable, str(script), "--encoder", "resnet18", "--clip-model", "coseg-test-tiny", "--sizes", "64",
-         "--set-sizes", "1", "3", "--repeats", "1", "--json", str(tmp_path / "bench.json")],
+         "--set-sizes", "1", "3", "--repeats", "1", "--ufo-dim", "32", "--json", str(tmp_path / "bench.json")],
         env=cli_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((tmp_path / "bench.json").read_text())
     assert [(r["size"], r["N"]) for r in record["model"]] == [(64, 1), (64, 3)]
     assert all(r["lcco"]["median_s"] > 0 and r["baseline"]["peak_mib"] > 0 for r in record["model"])
+    assert all(r["ufo"]["median_s"] > 0 and r["ufo"]["peak_mib"] > 0 for r in record["model"])
+    assert record["ufo_dim"] == 32
     assert all(r["same_output"] for r in record["isfc_loop"])
     assert record["text_bank_computations"] == 1
     (train,) = record["train"]
-    names = ("Baseline + CLIP pass", "LCCo, per-set target", "LCCo, cached target")
+    names = ("Baseline + CLIP pass", "LCCo, per-set target", "LCCo, cached target", "UFO")
     assert all(train[n]["median_s"] > 0 and train[n]["images_per_s"] > 0 for n in names)
     assert train["Baseline + CLIP pass"]["ratio"] == 1.0 and train["cache_embedded"] == 2 * 5
     assert "images/s" in done.stdout
