@@ -72,11 +72,14 @@ def weighted_bce_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.T
     Departure: UFO applies ``F.binary_cross_entropy`` to probabilities, whose log is clamped at
     -100; here the same loss is computed from the logits
     (``F.binary_cross_entropy_with_logits``). The two agree within float rounding where the
-    probability is not saturated. Where it is (:math:`|x| \gtrsim 17` in float32, the sigmoid
-    rounds to 0 or 1), a wrong pixel costs :math:`|x|` here but ``min(100, -log 0) = 100`` in
-    UFO, and gets a gradient of :math:`\pm w/|\Omega|` here but exactly 0 in UFO (the sigmoid's
-    derivative rounds to 0). Padded images (``valid`` False) count nowhere: not in
-    :math:`\rho`, not in :math:`|\Omega|`.
+    probability is not saturated. Where it is, in float32: for :math:`x \gtrsim 16.6` the
+    sigmoid rounds to 1, so a background pixel costs ``-log(0)`` clamped to 100 in UFO (here
+    :math:`x`) and gets no gradient at all (here :math:`(1 - \rho)/|\Omega|`); for :math:`x \lesssim -27.6` an object pixel's gradient shrinks by
+    :math:`\sigma(x) / 10^{-12}` in UFO (the backward of ``F.binary_cross_entropy`` clamps
+    :math:`p(1-p)` at :math:`10^{-12}`), and below :math:`x \approx -104` the sigmoid is 0 and
+    the cost 100. Here the cost is always :math:`\mathrm{softplus}` of the logit and the gradient
+    :math:`w(\sigma(x) - g)/|\Omega|`: a confidently wrong pixel is always pushed back. Padded
+    images (``valid`` False) count nowhere: not in :math:`\rho`, not in :math:`|\Omega|`.
 
     Args:
         logits: mask logits :math:`x`, ``(B, N, 1, H, W)``.
@@ -255,9 +258,7 @@ def ufo_classification_loss(class_logits: torch.Tensor, classes: torch.Tensor) -
                     f"build the model with as many classes as the data's vocabulary"
                 )
         elif classes.shape != class_logits.shape:
-            raise CosegShapeError(
-                f"expected classes of shape ({b},) or ({b}, {c}), got {tuple(classes.shape)}"
-            )
+            raise CosegShapeError(f"expected classes of shape ({b},) or ({b}, {c}), got {tuple(classes.shape)}")
         elif not bool(torch.isfinite(classes).all()) or bool((classes < 0).any()) or bool((classes > 1).any()):
             raise CosegValueError("multi-hot class targets must hold values in [0, 1] (1 for each class present)")
     if classes.ndim == 1:
