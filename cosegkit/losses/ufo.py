@@ -275,6 +275,14 @@ class UFOLossOutput(NamedTuple):
         classification: :func:`ufo_classification_loss`.
         smooth: :func:`smooth_l1_mask_loss`.
         iou: :func:`ufo_iou_loss`.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.losses import UFOLossOutput
+        >>> zero = torch.zeros(())
+        >>> losses = UFOLossOutput(total=zero + 3, mask=zero + 1, classification=zero + 1, smooth=zero, iou=zero + 1)
+        >>> losses.total.item(), losses._fields
+        (3.0, ('total', 'mask', 'classification', 'smooth', 'iou'))
     """
 
     total: torch.Tensor
