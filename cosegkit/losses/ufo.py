@@ -358,6 +358,11 @@ class UFOLoss(nn.Module):
         Returns:
             A :class:`UFOLossOutput`; call ``.total.backward()``.
         """
+        if not is_compiling() and output.class_logits.shape[:1] != output.masks.shape[:1]:
+            raise CosegShapeError(
+                f"output.class_logits {tuple(output.class_logits.shape)} and output.masks "
+                f"{tuple(output.masks.shape)} disagree on the number of sets B; pass one model output"
+            )
         valid = output.valid
         l_mask = weighted_bce_loss(output.masks, masks, valid)
         l_cls = ufo_classification_loss(output.class_logits, classes)

@@ -348,3 +348,9 @@ def test_a_set_without_a_real_image_is_refused():
     valid = torch.tensor([[True, False], [False, False]])
     with pytest.raises(CosegValueError, match=r"set\(s\) \[1\]"):
         UFOLoss()(ufo_output(logits, class_logits, valid), masks, classes)
+
+
+def test_an_output_whose_parts_disagree_is_refused():
+    logits, masks, class_logits, classes = make_batch(2, 2, 4, 4, 3)
+    with pytest.raises(CosegShapeError, match="disagree on the number of sets B"):
+        UFOLoss()(ufo_output(logits, class_logits[:1]), masks, classes[:1])
