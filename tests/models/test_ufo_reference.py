@@ -118,3 +118,29 @@ def test_forward_at_ufo_sizes() -> None:
     assert cls_pred.std() > 0.02
     assert mask_pred.std() > 0.1
     assert ((mask_pred > 0.05) & (mask_pred < 0.95)).float().mean() > 0.5
+
+
+def test_ufo_base_is_smp_vgg16_bn_with_its_pools() -> None:
+    """UFO's ``base.{i}`` keys are smp's ``vgg16_bn`` ``features.{i}``; UFO's levels follow smp's pools.
+
+    smp returns each VGG stage before its max-pool (strides 1 to 16) and pool5 last; UFO keeps
+    pool2..pool5, i.e. smp's stride-2, 4 and 8 features max-pooled, and smp's last feature.
+    """
+    import segmentation_models_pytorch as smp
+    import torch.nn.functional as F
+
+    from tests.models.ufo_reference import _strip, _vgg_taps
+
+    state = _strip(ufo_state_dict(seed=0, dim=64))
+    encoder = smp.encoders.get_encoder("vgg16_bn", weights=None).eval()
+    encoder.load_state_dict(
+        {"features." + k.removeprefix("base."): v for k, v in state.items() if k.startswith("base.")}
+    )
+    images = _images(2, 64)
+    with torch.no_grad():
+        features = encoder(images)
+    taps = _vgg_taps(state, images)
+    expected = [F.max_pool2d(features[1], 2), F.max_pool2d(features[2], 2), F.max_pool2d(features[3], 2), features[5]]
+    assert [tuple(t.shape[1:]) for t in taps] == [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 2, 2)]
+    for tap, feature in zip(taps, expected, strict=True):
+        torch.testing.assert_close(tap, feature, rtol=0, atol=1e-5)
