@@ -1,0 +1,94 @@
+"""cosegkit's UFO against a transcription of UFO's forward, loaded from files in UFO's checkpoint format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cosegkit import WeightsUnavailableError
+from cosegkit.models import UFO, load_model
+from tests.models.ufo_reference import ufo_forward, ufo_state_dict
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def ufo_input(images: torch.Tensor) -> torch.Tensor:
+    """What UFO's network receives: the group's images stacked and ImageNet-normalised (test.py)."""
+    return (images.flatten(0, 1) - IMAGENET_MEAN) / IMAGENET_STD
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[dict[str, torch.Tensor], str]:
+    state = ufo_state_dict(seed=0)  # UFO's keys: DataParallel's "module." prefix, concat4/3/2 shared
+    path = tmp_path_factory.mktemp("ufo") / "image_best.pth"
+    torch.save(state, path)
+    return state, str(path)
+
+
+def test_equal_to_ufo_forward_at_its_sizes(checkpoint) -> None:
+    state, path = checkpoint
+    model = UFO.from_ufo_checkpoint(path).eval()
+    assert (model.image_size, model.set_size, model.classifier.out_features) == (224, 5, 78)
+    images = torch.rand(2, 5, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cls_pred, mask_pred = ufo_forward(state, ufo_input(images), group_size=5)
+        out = model(images)
+    assert mask_pred.std() > 0.05 and cls_pred.std() > 0.01  # a comparison of non-trivial outputs
+    probs = out.masks.sigmoid()
+    assert probs.shape == (2, 5, 1, 224, 224)
+    assert (probs.flatten(0, 2) - mask_pred).abs().max() < 1e-5
+    assert (out.class_probs - cls_pred).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("group, size", [(3, 128), (1, 96)])
+def test_equal_to_ufo_forward_at_other_group_and_image_sizes(checkpoint, group: int, size: int) -> None:
+    """UFO fixes 5 and 224; its logic with the group and the grid generalised is what cosegkit computes."""
+    state, path = checkpoint
+    model = UFO.from_ufo_checkpoint(path).eval()
+    images = torch.rand(2, group, 3, size, size, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cls_pred, mask_pred = ufo_forward(state, ufo_input(images), group_size=group)
+        out = model(images)
+    assert (out.masks.sigmoid().flatten(0, 2) - mask_pred).abs().max() < 1e-5
+    assert (out.class_probs - cls_pred).abs().max() < 1e-5
+
+
+def test_a_checkpoint_without_the_dataparallel_prefix_loads_the_same(checkpoint, tmp_path) -> None:
+    state, path = checkpoint
+    plain = tmp_path / "plain.pth"
+    torch.save({k.removeprefix("module."): v for k, v in state.items()}, plain)
+    a, b = UFO.from_ufo_checkpoint(path), UFO.from_ufo_checkpoint(plain)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_a_loaded_checkpoint_saves_and_reloads_exactly(checkpoint, tmp_path) -> None:
+    _, path = checkpoint
+    model = UFO.from_ufo_checkpoint(path, classnames=[f"class {i}" for i in range(78)]).eval()
+    again = load_model(model.save_pretrained(tmp_path / "ufo")).eval()
+    images = torch.rand(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(again(images).masks, model(images).masks)
+    assert again.classnames == model.classnames and again.image_size == 224
+
+
+def test_a_narrower_checkpoint_loads_at_its_width(tmp_path) -> None:
+    path = tmp_path / "narrow.pth"
+    torch.save(ufo_state_dict(seed=1, num_classes=7, dim=64), path)
+    model = UFO.from_ufo_checkpoint(path)
+    assert model.config["dim"] == 64 and model.classifier.out_features == 7
+
+
+def test_a_truncated_checkpoint_is_refused(checkpoint, tmp_path) -> None:
+    state, _ = checkpoint
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in state.items() if "mask" not in k}, partial)
+    with pytest.raises(WeightsUnavailableError, match="missing"):
+        UFO.from_ufo_checkpoint(partial)
+
+
+def test_wrong_number_of_classnames_is_refused(checkpoint) -> None:
+    _, path = checkpoint
+    with pytest.raises(ValueError, match="78 classes"):
+        UFO.from_ufo_checkpoint(path, classnames=["cat", "dog"])
