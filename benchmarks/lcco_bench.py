@@ -11,7 +11,7 @@ What is measured (random weights, nothing downloaded):
   Baseline, for every image size and set size ``N`` (``B = 1``). The Baseline is the same
   encoder and decoder with the three modules off *plus the same CLIP image pass* (dense tokens
   included), i.e. the unavoidable work; ``ratio`` is LCCo / Baseline. The peer UFO
-  (:class:`cosegkit.models.UFO`, UFO's widths unless ``--ufo-dim``) runs on the same encoder
+  (:class:`cosegkit.UFO`, UFO's widths unless ``--ufo-dim``) runs on the same encoder
   at the same sizes; ``UFO/LCCo`` is its time over LCCo's.
 - ``train``: one training step (forward, loss, backward, AdamW step) at ``B = 2`` sets of
   ``N = 5``: the Baseline plus one CLIP pass of the same images, LCCo with eq. (12)'s target

@@ -4,7 +4,7 @@ Rows (``ROWS``; adding a model is one entry): the single-image Baseline, LCCo (c
 default readings), LCCo-paper (eq. 2, 5, 7, 8 as printed), zero-shot (the frozen CLIP alone,
 CLIP-ES), LCCo trained on zero-shot pseudo masks of its own CLIP (no ground truth), and a
 ceiling, the class oracle: LCCo told each set's true class (the regularization's class forced to
-the truth), trained the same way; the peer UFO (:class:`cosegkit.models.UFO`) on the same encoder
+the truth), trained the same way; the peer UFO (:class:`cosegkit.UFO`) on the same encoder
 and budget, at UFO's widths and at a width whose training step costs LCCo's.
 
 Worlds (``cosegkit.demo.DEMO_WORLDS``): ``synthetic``, the demo's coloured shapes, and

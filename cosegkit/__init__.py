@@ -35,7 +35,7 @@ from cosegkit.losses import (
     superpixel_loss,
 )
 from cosegkit.metrics import CosegJaccard, CosegMetrics, CosegPrecision, precision_jaccard, reduce_scores
-from cosegkit.models import GroupingReadout, LCCo, LCCoOutput, SetAwareNetwork, SetAwareOutput
+from cosegkit.models import UFO, GroupingReadout, LCCo, LCCoOutput, SetAwareNetwork, SetAwareOutput, UFOOutput, load_model
 from cosegkit.zeroshot import ZeroShotCoseg, ZeroShotOutput
 
 __all__ = [
@@ -66,8 +66,10 @@ __all__ = [
     "SetGrouping",
     "SetGroupingOutput",
     "SuperpixelLoss",
+    "UFO",
     "UFOLoss",
     "UFOLossOutput",
+    "UFOOutput",
     "WeightsUnavailableError",
     "ZeroShotCoseg",
     "ZeroShotOutput",
@@ -75,6 +77,7 @@ __all__ = [
     "classification_loss",
     "coarse_segmentation_loss",
     "iou_loss",
+    "load_model",
     "precision_jaccard",
     "reduce_scores",
     "set_class_targets",

@@ -64,7 +64,7 @@ _WORLD_CACHE_SIZE = 6  # composite worlds kept in memory (a PASCAL world at 128 
 _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict()
 
 MODELS: tuple[str, ...] = ("lcco", "ufo")
-"""The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.models.UFO`)."""
+"""The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.UFO`)."""
 
 CLASS_ORACLE_DATASETS: tuple[str, ...] = ("synthetic", "composite")
 """The datasets ``class_oracle`` works on: generated worlds, whose sets' ``group`` is the target's
@@ -102,7 +102,7 @@ class TrainConfig:
     a warning, where the reader would refuse them (``--missing-masks``, ``--on-empty``).
 
     ``model`` picks the network (:data:`~cosegkit.engine.config.MODELS`): ``"lcco"``, or
-    ``"ufo"``, the peer :class:`~cosegkit.models.UFO` on the same ``encoder`` (at
+    ``"ufo"``, the peer :class:`~cosegkit.UFO` on the same ``encoder`` (at
     ``encoder_depth`` 5) with ``ufo_dim`` channels per level (UFO's 512), trained with its own
     loss (:class:`~cosegkit.losses.UFOLoss`) on each set's class (its ``group``); the CLIP and
     LCCo's module settings do not apply to it.

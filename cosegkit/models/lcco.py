@@ -238,7 +238,7 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(data, dict) and data.get("architecture", "lcco") != "lcco":
             raise WeightsUnavailableError(
                 f"{str(Path(path))!r} holds a {data['architecture']!r} model, not an LCCo; load it with "
-                f"cosegkit.models.load_model (or its class's from_pretrained)"
+                f"cosegkit.load_model (or its class's from_pretrained)"
             )
         kwargs = dict(data["model"])
     except FileNotFoundError as err:

@@ -53,7 +53,18 @@ def architecture(folder: str | os.PathLike[str]) -> str:
 
 
 def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The stored constructor settings of any model folder (``image_size``, ``set_size``... included); loads no weights."""
+    """The stored constructor settings of any model folder (``image_size``, ``set_size``... included); loads no weights.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.models import UFO, read_model_config
+        >>> folder = UFO(encoder_name="resnet18", encoder_weights=None, num_classes=2, dim=16, image_size=64
+        ...              ).save_pretrained(Path(tempfile.mkdtemp()) / "ufo")
+        >>> config = read_model_config(folder)
+        >>> config["encoder_name"], config["image_size"]
+        ('resnet18', 64)
+    """
     if architecture(folder) == "ufo":
         return read_ufo_config(folder)
     return read_config(folder)
@@ -62,7 +73,7 @@ def read_model_config(folder: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(name_or_path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> nn.Module:
     """Load a saved model of any architecture: a ``save_pretrained`` folder, a run folder, or a hub id.
 
-    The folder's ``config.json`` says which class rebuilds it (:data:`ARCHITECTURES`); a run
+    The folder's ``config.json`` says which class rebuilds it (:data:`~cosegkit.models.loading.ARCHITECTURES`); a run
     folder of ``cosegkit train`` loads its ``model/``.
 
     Example:

@@ -57,6 +57,7 @@ __all__ = ["UFO", "UFOOutput", "UFO_STRIDE", "ufo_state_dict_to_cosegkit"]
 ARCHITECTURE = "ufo"
 UFO_STRIDE = 32
 """The deepest stride UFO reads; inputs are padded to a multiple of it."""
+UFO_MLP_RATIO = 782 / 512  # UFO's transformer hidden width over its model width
 _KNN_BLOCK = 1e8  # UFO's INF: added to each position's distance to itself in the intra-MLP
 
 
@@ -165,7 +166,8 @@ class UFO(nn.Module):
         dim: the width of every level after the encoder (UFO's 512).
         depth: layers of each group transformer (UFO's 4).
         heads: attention heads (UFO's 4).
-        mlp_dim: the transformers' hidden width (UFO's 782).
+        mlp_dim: the transformers' hidden width; ``None`` keeps UFO's ratio to ``dim``,
+            :math:`\mathrm{round}(782 \cdot \mathrm{dim} / 512)` (UFO's 782 at 512).
         neighbours: ``k`` of the intra-MLP (UFO's 4).
         gram_channels: the channels of the image-level and group-level Gram matrices of the
             class branch (UFO's 64 and 32).
@@ -192,7 +194,7 @@ class UFO(nn.Module):
         dim: int = 512,
         depth: int = 4,
         heads: int = 4,
-        mlp_dim: int = 782,
+        mlp_dim: int | None = None,
         neighbours: int = 4,
         gram_channels: Sequence[int] = (64, 32),
         image_size: int | None = None,
@@ -204,6 +206,8 @@ class UFO(nn.Module):
             if not classnames:
                 raise CosegValueError("classnames is empty; pass the training classes, or None with num_classes")
             num_classes = len(classnames)
+        if mlp_dim is None:
+            mlp_dim = max(1, round(UFO_MLP_RATIO * dim)) if isinstance(dim, int) and not isinstance(dim, bool) else dim
         for name, value in (("num_classes", num_classes), ("dim", dim), ("depth", depth), ("heads", heads),
                             ("mlp_dim", mlp_dim), ("neighbours", neighbours)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -270,7 +274,7 @@ class UFO(nn.Module):
 
     @property
     def class_oracle(self) -> bool:
-        """Always False: UFO chooses its group's class itself."""
+        """Never true for UFO, which chooses its group's class itself (unlike :attr:`LCCo.class_oracle <cosegkit.LCCo.class_oracle>`)."""
         return False
 
     @property
@@ -336,7 +340,7 @@ class UFO(nn.Module):
                 the two models train in one loop.
 
         Returns:
-            :class:`~cosegkit.models.UFOOutput`.
+            :class:`~cosegkit.models.ufo_output.UFOOutput`.
 
         Shape:
             - images: :math:`(B, N, 3, H, W)`
@@ -412,7 +416,7 @@ class UFO(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json`` (with ``"architecture": "ufo"``) and ``model.safetensors``.
 
-        :meth:`from_pretrained` and :func:`cosegkit.models.load_model` rebuild the model from
+        :meth:`from_pretrained` and :func:`cosegkit.load_model` rebuild the model from
         the folder without downloading anything.
         """
         from safetensors.torch import save_file
@@ -611,7 +615,7 @@ def read_ufo_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if data.get("architecture", "lcco") != ARCHITECTURE:
         raise WeightsUnavailableError(
             f"{str(Path(path))!r} holds an {data.get('architecture', 'lcco')!r} model, not a UFO; load it with "
-            f"cosegkit.models.load_model"
+            f"cosegkit.load_model"
         )
     return kwargs
 

@@ -1,4 +1,4 @@
-"""The typed output of :class:`~cosegkit.models.UFO`."""
+"""The typed output of :class:`~cosegkit.UFO`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["UFOOutput"]
 
 @dataclass
 class UFOOutput:
-    """What :meth:`UFO.forward <cosegkit.models.UFO.forward>` returns.
+    """What :meth:`UFO.forward <cosegkit.UFO.forward>` returns.
 
     Attributes:
         masks: mask logits ``(B, N, 1, H, W)`` at input resolution. UFO's mask branch ends in
@@ -22,6 +22,14 @@ class UFOOutput:
             ``cls_pred``.
         class_probs: ``class_logits.sigmoid()``, ``(B, C)``.
         valid: boolean ``(B, N)``: which images are real (not padding).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit import UFO
+        >>> model = UFO(encoder_name="resnet18", encoder_weights=None, num_classes=4, dim=16, mlp_dim=24)
+        >>> out = model(torch.rand(2, 3, 3, 64, 64))
+        >>> out.masks.shape, out.class_logits.shape, out.valid.shape
+        (torch.Size([2, 3, 1, 64, 64]), torch.Size([2, 4]), torch.Size([2, 3]))
     """
 
     masks: torch.Tensor

@@ -1,0 +1,119 @@
+"""UFO through the same commands as LCCo: train, evaluate, segment, export, save/load, and its refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cosegkit import UFO, CosegValueError, load_model
+from cosegkit.cli import main
+from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+from cosegkit.engine import TrainConfig, build_model, find_checkpoints, train
+from cosegkit.engine.config import training_class_names
+
+UFO_ARGS = [
+    "--model", "ufo", "--ufo-dim", "16", "--encoder", "resnet18", "--encoder-weights", "none",
+    "--image-size", "32", "--set-size", "3", "--batch-size", "2", "--lr", "1e-3", "--log-every", "1",
+    "--eval-set-size", "3", "--eval-sets", "4", "--device", "cpu", "--no-progress",
+]  # fmt: skip
+
+
+def ufo_config(**kwargs) -> TrainConfig:
+    settings = {"model": "ufo", "ufo_dim": 16, "encoder": "resnet18", "encoder_weights": None, "world_classes": 6,
+                "image_size": 32, "set_size": 3, "batch_size": 2, "steps": 3, "lr": 1e-3, "log_every": 1,
+                "eval_set_size": 3, "extra": {"eval_sets": 4}, "device": "cpu"}  # fmt: skip
+    return TrainConfig(**{**settings, **kwargs})
+
+
+def test_build_model_gives_ufo_with_a_head_per_training_class() -> None:
+    config = ufo_config()
+    model = build_model(config)
+    assert isinstance(model, UFO)
+    assert model.classnames == training_class_names(config) and model.classifier.out_features == 6
+    assert (model.image_size, model.set_size, model.config["dim"]) == (32, 3, 16)
+    again = build_model(config)  # the seed fixes the initialisation
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+
+
+def test_training_moves_every_parameter_and_saves_a_ufo(tmp_path) -> None:
+    config = ufo_config()
+    start = build_model(config).state_dict()
+    result = train(config, tmp_path / "run", progress=False)
+    model = load_model(tmp_path / "run")
+    assert isinstance(model, UFO)
+    frozen = [name for name, value in model.state_dict().items()
+              if value.is_floating_point() and "running" not in name and torch.equal(value, start[name])]  # fmt: skip
+    assert frozen == []  # every weight trained: the loss reaches the class head, both transformers, the intra-MLP
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert {"total", "mask", "classification", "smooth", "iou", "acc/class"} <= set(records[-1])
+    assert result.evaluation is not None and result.evaluation.images == 4 * 3
+    assert json.loads((tmp_path / "run" / "model" / "config.json").read_text())["architecture"] == "ufo"
+
+
+def test_a_resumed_ufo_run_ends_where_an_uninterrupted_one_does(tmp_path) -> None:
+    whole = train(ufo_config(steps=4, checkpoint_every=2), tmp_path / "whole", progress=False)
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")  # the same run, as if stopped after step 2
+    *_, last = find_checkpoints(tmp_path / "cut" / "checkpoints")
+    last.unlink()
+    shutil.rmtree(tmp_path / "cut" / "model")
+    resumed = train(None, tmp_path / "cut", resume=True, progress=False)
+    assert resumed.last_loss == pytest.approx(whole.last_loss, rel=1e-5)
+    a, b = load_model(tmp_path / "whole").state_dict(), load_model(tmp_path / "cut").state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("settings", "flag"),
+    [({"class_oracle": True}, "--class-oracle"), ({"pseudo_masks": "zero-shot"}, "--pseudo-masks"),
+     ({"use_grouping": True}, "--grouping"), ({"encoder_depth": 3}, "--encoder-depth 5"),
+     ({"ufo_dim": 10}, "--ufo-dim"), ({"model": "segformer"}, "--model")],  # fmt: skip
+)
+def test_settings_ufo_cannot_take_are_refused_naming_the_flag(settings, flag) -> None:
+    with pytest.raises(CosegValueError, match=flag):
+        ufo_config(**settings)
+
+
+def test_cli_train_evaluate_segment_export_a_ufo(tmp_path, capsys) -> None:
+    world = SyntheticWorld(num_classes=5, image_size=32, seed=3)
+    groups = write_folder_dataset(world, tmp_path / "data", images_per_group=4)
+    names = [g.name for g in groups]
+    run = tmp_path / "run"
+    argv = ["train", "--dataset", "folder", "--root", str(tmp_path / "data"), "--classes", *names[:3],
+            "--eval-classes", *names[3:], *UFO_ARGS, "--steps", "2", "--out", str(run)]  # fmt: skip
+    assert main(argv) == 0
+    assert "held-out evaluation" in capsys.readouterr().out
+    model = load_model(run)
+    assert isinstance(model, UFO) and model.classnames == names[:3]  # one class per training group
+
+    scores = tmp_path / "scores.json"
+    argv = ["evaluate", "--model", str(run), "--data", f"folder={tmp_path / 'data'}", "--classes", *names[3:],
+            "--set-size", "3", "--json", str(scores), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads(scores.read_text())["folder"]["images"] == 8
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 60), (50, 30), (33, 33)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(photos / f"p{i}.jpg")
+    assert main(["segment", "--model", str(run), str(photos), "--out", str(tmp_path / "masks")]) == 0
+    for i, (h, w) in enumerate([(40, 60), (50, 30), (33, 33)]):
+        assert np.array(Image.open(tmp_path / "masks" / f"p{i}.png")).shape == (h, w)
+
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "ufo.pt2"), "--set-size", "2"]) == 0
+    program = torch.export.load(str(tmp_path / "ufo.pt2"))
+    images = torch.rand(1, 2, 3, 32, 32)
+    assert torch.allclose(program.module()(images), model.predict(images), atol=1e-5)
+
+
+def test_cli_train_refuses_lcco_flags_with_ufo_in_one_line(tmp_path, capsys) -> None:
+    argv = ["train", "--dataset", "synthetic", *UFO_ARGS, "--class-oracle", "--steps", "1", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--class-oracle" in err and "--model lcco" in err and len(err.splitlines()) == 1
