@@ -92,3 +92,27 @@ def test_wrong_number_of_classnames_is_refused(checkpoint) -> None:
     _, path = checkpoint
     with pytest.raises(ValueError, match="78 classes"):
         UFO.from_ufo_checkpoint(path, classnames=["cat", "dog"])
+
+
+@pytest.fixture(scope="module")
+def coupled(tmp_path_factory) -> UFO:
+    """A narrow UFO-format model whose images visibly shape each other's masks (a random init barely does)."""
+    path = tmp_path_factory.mktemp("narrow") / "narrow.pth"
+    torch.save(ufo_state_dict(seed=0, num_classes=5, dim=64), path)
+    return UFO.from_ufo_checkpoint(path).eval()
+
+
+@pytest.mark.parametrize("where", [[0, 2], [1, 3], [0, 1]])
+def test_padded_images_change_nothing_where_images_shape_each_other(coupled: UFO, where: list[int]) -> None:
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(1, 2, 3, 96, 96, generator=g)
+    padded = torch.rand(1, 4, 3, 96, 96, generator=g)  # two padded images of any content
+    padded[0, where] = images[0]
+    valid = torch.zeros(1, 4, dtype=torch.bool)
+    valid[0, where] = True
+    with torch.no_grad():
+        alone, mixed = coupled(images), coupled(padded, valid=valid)
+        counted = coupled(padded)  # the same images, the padding counted as real
+    assert (counted.masks[0, where] - alone.masks[0]).abs().max() > 1e-3  # so the check below can fail
+    assert (mixed.masks[0, where] - alone.masks[0]).abs().max() < 1e-5
+    assert (mixed.class_logits - alone.class_logits).abs().max() < 1e-5
