@@ -117,3 +117,21 @@ def test_cli_train_refuses_lcco_flags_with_ufo_in_one_line(tmp_path, capsys) -> 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "--class-oracle" in err and "--model lcco" in err and len(err.splitlines()) == 1
+
+
+def test_the_peer_diagnosis_scores_sets_singles_class_and_resolution(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.engine.test_trainer import cli_env
+
+    result = train(ufo_config(steps=2), tmp_path / "run", progress=False)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_diagnosis.py"
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), "--json", str(tmp_path / "d.json")],
+                          env=cli_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "d.json").read_text())
+    assert row["model"] == "UFO" and row["J_sets"] == pytest.approx(result.evaluation.J, abs=1e-6)
+    assert 0 <= row["J_alone"] <= 1 and 0 <= row["class_accuracy"] <= 1 and 0 < row["J_stride4_ceiling"] <= 1
+    assert "stride-4 ceiling" in done.stdout

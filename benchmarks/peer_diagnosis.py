@@ -1,0 +1,87 @@
+"""Where each model's J comes from: the set, the class, the mask's resolution.
+
+For every trained run folder given (LCCo, its Baseline, UFO...), on the run's own held-out
+sets (the sets its ``eval.json`` was scored on):
+
+- ``J sets``: J with each set as drawn (``N`` images), as the results table scores it;
+- ``J alone``: J with every image segmented alone (sets of one), the same images; the
+  difference is what the model takes from the other images of its set;
+- ``class``: how often the model's set-level class is the set's true class (UFO: the arg-max of
+  its classification head; LCCo: the regularization's :math:`i^*`), or ``-`` without one;
+- ``stride-4 ceiling``: J of the ground truth itself averaged over 4x4 cells and upsampled
+  bilinearly, the best a mask predicted at stride 4 and upsampled can score (UFO predicts at
+  stride 4 and upsamples with a transposed convolution; LCCo's decoder ends at its encoder's
+  finest level).
+
+    python benchmarks/peer_diagnosis.py runs/table/synthetic/{baseline,lcco,ufo}/seed0
+    python benchmarks/peer_diagnosis.py runs/table/pascal/ufo/seed* --json diag.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def diagnose(run: Path, batch_size: int = 4) -> dict:
+    from torch.utils.data import DataLoader
+
+    from cosegkit.data.sampling import collate_sets
+    from cosegkit.engine import TrainConfig
+    from cosegkit.engine.config import build_eval_sets
+    from cosegkit.metrics import precision_jaccard, reduce_scores
+    from cosegkit.models import load_model
+
+    config = TrainConfig.load(run / "config.json")
+    model = load_model(run).eval()
+    sets = build_eval_sets(config)
+    j_sets, j_alone, j_ceiling, hits, counted = [], [], [], 0, 0
+    with torch.no_grad():
+        for batch in DataLoader(sets, batch_size=batch_size, collate_fn=collate_sets):
+            images, masks, valid = batch["images"], batch["masks"], batch["valid"]
+            size = tuple(masks.shape[-2:])
+            out = model(images, valid)
+            alone = torch.cat([model(images[:, i : i + 1]).masks for i in range(images.shape[1])], dim=1)
+            ceiling = F.interpolate(
+                F.avg_pool2d(masks.flatten(0, 1).float(), 4), size=size, mode="bilinear", align_corners=False
+            ).view_as(masks)
+            for store, pred in ((j_sets, out.masks.sigmoid()), (j_alone, alone.sigmoid()), (j_ceiling, ceiling)):
+                _, j = precision_jaccard(pred, masks, size=size, valid=valid)
+                store.append(j)
+            choice = getattr(out, "class_logits", None)
+            choice = choice.argmax(-1) if choice is not None else getattr(out, "common_class", None)
+            if choice is not None:
+                hits += int((choice.cpu() == batch["group"]).sum())
+                counted += len(choice)
+    return {
+        "run": str(run),
+        "model": type(model).__name__ + ("" if getattr(model, "use_regularization", True) else " (Baseline)"),
+        "J_sets": float(reduce_scores(torch.cat(j_sets))),
+        "J_alone": float(reduce_scores(torch.cat(j_alone))),
+        "class_accuracy": hits / counted if counted else None,
+        "J_stride4_ceiling": float(reduce_scores(torch.cat(j_ceiling))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders of cosegkit train")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = [diagnose(run) for run in args.runs]
+    print(f"{'run':<48} {'model':<16} {'J sets':>7} {'J alone':>8} {'class':>6} {'stride-4 ceiling':>17}")
+    for r in rows:
+        acc = "-" if r["class_accuracy"] is None else f"{100 * r['class_accuracy']:.1f}"
+        print(f"{r['run'][-48:]:<48} {r['model']:<16} {100 * r['J_sets']:7.2f} {100 * r['J_alone']:8.2f} {acc:>6} "
+              f"{100 * r['J_stride4_ceiling']:17.2f}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
