@@ -35,12 +35,22 @@ from cosegkit.losses import (
     superpixel_loss,
 )
 from cosegkit.metrics import CosegJaccard, CosegMetrics, CosegPrecision, precision_jaccard, reduce_scores
-from cosegkit.models import UFO, GroupingReadout, LCCo, LCCoOutput, SetAwareNetwork, SetAwareOutput, UFOOutput, load_model
+from cosegkit.models import (
+    UFO,
+    GroupingReadout,
+    LCCo,
+    LCCoOutput,
+    SetAwareNetwork,
+    SetAwareOutput,
+    UFOOutput,
+    load_model,
+)
 from cosegkit.zeroshot import ZeroShotCoseg, ZeroShotOutput
 
 __all__ = [
     "DEFAULT_TEMPLATES",
     "DEFAULT_VOCABULARY",
+    "UFO",
     "ClassificationLoss",
     "ClipInteraction",
     "ClipInteractionOutput",
@@ -66,7 +76,6 @@ __all__ = [
     "SetGrouping",
     "SetGroupingOutput",
     "SuperpixelLoss",
-    "UFO",
     "UFOLoss",
     "UFOLossOutput",
     "UFOOutput",

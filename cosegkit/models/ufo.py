@@ -52,7 +52,7 @@ from cosegkit.models.lcco import (
 )
 from cosegkit.models.ufo_output import UFOOutput
 
-__all__ = ["UFO", "UFOOutput", "UFO_STRIDE", "ufo_state_dict_to_cosegkit"]
+__all__ = ["UFO", "UFO_STRIDE", "UFOOutput", "ufo_state_dict_to_cosegkit"]
 
 ARCHITECTURE = "ufo"
 UFO_STRIDE = 32
@@ -102,7 +102,7 @@ class GroupTransformer(nn.Module):
         self.layers = nn.ModuleList(GroupAttentionLayer(dim, heads, mlp_dim) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, c, h, w = x.shape
+        n, h, w = x.shape[1], x.shape[3], x.shape[4]
         tokens = rearrange(x, "b n c h w -> b (n h w) c")
         keep = None if valid is None else valid.repeat_interleave(h * w, dim=1)
         for layer in self.layers:
@@ -495,7 +495,9 @@ class UFO(nn.Module):
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
-            raise WeightsUnavailableError(f"{os.fspath(path)!r} does not hold a state dict (got {type(state).__name__})")
+            raise WeightsUnavailableError(
+                f"{os.fspath(path)!r} does not hold a state dict (got {type(state).__name__})"
+            )
         converted = ufo_state_dict_to_cosegkit(state, source=os.fspath(path))
         num_classes = int(converted["classifier.weight"].shape[0])
         dim = int(converted["classifier.weight"].shape[1])
@@ -556,7 +558,9 @@ _RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def ufo_state_dict_to_cosegkit(state: dict[str, torch.Tensor], *, source: str = "the state dict") -> dict[str, torch.Tensor]:
+def ufo_state_dict_to_cosegkit(
+    state: dict[str, torch.Tensor], *, source: str = "the state dict"
+) -> dict[str, torch.Tensor]:
     """Rename a state dict of UFO's image ``Model`` to :class:`UFO`'s names.
 
     The ``module.`` prefix of ``DataParallel`` is dropped; ``concat3`` and ``concat2`` must
@@ -618,4 +622,3 @@ def read_ufo_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"cosegkit.load_model"
         )
     return kwargs
-

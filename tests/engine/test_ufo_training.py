@@ -70,9 +70,14 @@ def test_a_resumed_ufo_run_ends_where_an_uninterrupted_one_does(tmp_path) -> Non
 
 @pytest.mark.parametrize(
     ("settings", "flag"),
-    [({"class_oracle": True}, "--class-oracle"), ({"pseudo_masks": "zero-shot"}, "--pseudo-masks"),
-     ({"use_grouping": True}, "--grouping"), ({"encoder_depth": 3}, "--encoder-depth 5"),
-     ({"ufo_dim": 10}, "--ufo-dim"), ({"model": "segformer"}, "--model")],  # fmt: skip
+    [
+        ({"class_oracle": True}, "--class-oracle"),
+        ({"pseudo_masks": "zero-shot"}, "--pseudo-masks"),
+        ({"use_grouping": True}, "--grouping"),
+        ({"encoder_depth": 3}, "--encoder-depth 5"),
+        ({"ufo_dim": 10}, "--ufo-dim"),
+        ({"model": "segformer"}, "--model"),
+    ],
 )
 def test_settings_ufo_cannot_take_are_refused_naming_the_flag(settings, flag) -> None:
     with pytest.raises(CosegValueError, match=flag):
@@ -113,7 +118,17 @@ def test_cli_train_evaluate_segment_export_a_ufo(tmp_path, capsys) -> None:
 
 
 def test_cli_train_refuses_lcco_flags_with_ufo_in_one_line(tmp_path, capsys) -> None:
-    argv = ["train", "--dataset", "synthetic", *UFO_ARGS, "--class-oracle", "--steps", "1", "--out", str(tmp_path / "r")]
+    argv = [
+        "train",
+        "--dataset",
+        "synthetic",
+        *UFO_ARGS,
+        "--class-oracle",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "--class-oracle" in err and "--model lcco" in err and len(err.splitlines()) == 1
@@ -135,3 +150,22 @@ def test_the_peer_diagnosis_scores_sets_singles_class_and_resolution(tmp_path) -
     assert row["model"] == "UFO" and row["J_sets"] == pytest.approx(result.evaluation.J, abs=1e-6)
     assert 0 <= row["J_alone"] <= 1 and 0 <= row["class_accuracy"] <= 1 and 0 < row["J_stride4_ceiling"] <= 1
     assert "stride-4 ceiling" in done.stdout
+
+
+def test_a_dev_run_trains_and_scores_on_its_own_seed(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.engine.test_trainer import cli_env
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "dev_run.py"
+    argv = [sys.executable, str(script), "--quick", "--steps", "2", "--eval-sets", "2", "--seed", "5", "--out", str(tmp_path),
+            "--set", "model=ufo", "ufo_dim=16", "encoder_depth=5", "image_size=32"]  # fmt: skip
+    env = dict(cli_env(), COSEGKIT_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "synthetic" / "model=ufo-ufo_dim=16-encoder_depth=5-image_size=32"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["model"], config["ufo_dim"], config["seed"], config["extra"]["eval_seed"]) == ("ufo", 16, 5, 5)
+    assert "held-out P" in done.stdout

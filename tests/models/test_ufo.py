@@ -191,8 +191,12 @@ def test_lcco_keywords_are_ignored(model: UFO) -> None:
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"dim": 0}, "dim"), ({"heads": 3, "dim": 16}, "divisible"), ({"classnames": []}, "empty"),
-     ({"gram_channels": (4,)}, "gram_channels")],  # fmt: skip
+    [
+        ({"dim": 0}, "dim"),
+        ({"heads": 3, "dim": 16}, "divisible"),
+        ({"classnames": []}, "empty"),
+        ({"gram_channels": (4,)}, "gram_channels"),
+    ],
 )
 def test_bad_settings_are_refused(kwargs, match) -> None:
     with pytest.raises(CosegValueError, match=match):
