@@ -169,3 +169,11 @@ def test_a_dev_run_trains_and_scores_on_its_own_seed(tmp_path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert (config["model"], config["ufo_dim"], config["seed"], config["extra"]["eval_seed"]) == ("ufo", 16, 5, 5)
     assert "held-out P" in done.stdout
+
+
+def test_a_ufo_exports_to_onnx_and_onnxruntime_agrees(tmp_path) -> None:
+    from cosegkit.export import export_onnx
+
+    model = UFO(encoder_name="resnet18", encoder_weights=None, num_classes=3, dim=16).eval()
+    report = export_onnx(model, tmp_path / "ufo.onnx", set_size=2, image_size=64)
+    assert report.input_shape == (1, 2, 3, 64, 64) and report.max_abs_diff < 1e-4
