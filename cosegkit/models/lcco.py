@@ -198,7 +198,8 @@ def _run_settings(folder: Path, encoder_name: Any) -> dict[str, int]:
         data = json.loads(run_config.read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(data, dict) or "model" in data or data.get("encoder") != encoder_name:
+    # a model's own config.json holds its settings under "model" (a dict); a run's names its network there
+    if not isinstance(data, dict) or isinstance(data.get("model"), dict) or data.get("encoder") != encoder_name:
         return {}
     found = {}
     for key in ("image_size", "set_size"):
