@@ -7,7 +7,8 @@ sets (the sets its ``eval.json`` was scored on):
 - ``J alone``: J with every image segmented alone (sets of one), the same images; the
   difference is what the model takes from the other images of its set;
 - ``class``: how often the model's set-level class is the set's true class (UFO: the arg-max of
-  its classification head; LCCo: the regularization's :math:`i^*`), or ``-`` without one;
+  its classification head; LCCo: the regularization's :math:`i^*`; a class oracle, told the
+  class as in its evaluation: its own choice), or ``-`` without one;
 - ``stride-4 ceiling``: J of the ground truth itself averaged over 4x4 cells and upsampled
   bilinearly, the best a mask predicted at stride 4 and upsampled can score (UFO predicts at
   stride 4 and upsamples with a transposed convolution; LCCo's decoder ends at its encoder's
@@ -44,22 +45,28 @@ def diagnose(run: Path, batch_size: int = 4) -> dict:
         for batch in DataLoader(sets, batch_size=batch_size, collate_fn=collate_sets):
             images, masks, valid = batch["images"], batch["masks"], batch["valid"]
             size = tuple(masks.shape[-2:])
-            out = model(images, valid)
-            alone = torch.cat([model(images[:, i : i + 1]).masks for i in range(images.shape[1])], dim=1)
+            oracle = getattr(model, "class_oracle", False)  # told each set's class, as its evaluation is
+            given = {"common_class": batch["group"]} if oracle else {}
+            out = model(images, valid, **given)
+            alone = torch.cat([model(images[:, i : i + 1], **given).masks for i in range(images.shape[1])], dim=1)
             ceiling = F.interpolate(
                 F.avg_pool2d(masks.flatten(0, 1).float(), 4), size=size, mode="bilinear", align_corners=False
             ).view_as(masks)
             for store, pred in ((j_sets, out.masks.sigmoid()), (j_alone, alone.sigmoid()), (j_ceiling, ceiling)):
                 _, j = precision_jaccard(pred, masks, size=size, valid=valid)
                 store.append(j)
-            choice = getattr(out, "class_logits", None)
-            choice = choice.argmax(-1) if choice is not None else getattr(out, "common_class", None)
+            scores = getattr(out, "class_logits", None)  # UFO's head
+            if scores is None and oracle:
+                scores = out.class_probs  # the oracle's own choice, not the class it was told
+            choice = scores.argmax(-1) if scores is not None else getattr(out, "common_class", None)
             if choice is not None:
                 hits += int((choice.cpu() == batch["group"]).sum())
                 counted += len(choice)
     return {
         "run": str(run),
-        "model": type(model).__name__ + ("" if getattr(model, "use_regularization", True) else " (Baseline)"),
+        "model": type(model).__name__
+        + ("" if getattr(model, "use_regularization", True) else " (Baseline)")
+        + (" (oracle)" if getattr(model, "class_oracle", False) else ""),
         "J_sets": float(reduce_scores(torch.cat(j_sets))),
         "J_alone": float(reduce_scores(torch.cat(j_alone))),
         "class_accuracy": hits / counted if counted else None,
