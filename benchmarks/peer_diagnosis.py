@@ -9,6 +9,9 @@ sets (the sets its ``eval.json`` was scored on):
 - ``class``: how often the model's set-level class is the set's true class (UFO: the arg-max of
   its classification head; LCCo: the regularization's :math:`i^*`; a class oracle, told the
   class as in its evaluation: its own choice), or ``-`` without one;
+- ``spread`` (UFO): the standard deviation over the held-out sets of each class logit of its
+  head, averaged over the classes, against the logits' spread over the classes: a head whose
+  logits are the same for every set has a spread of 0 over the sets;
 - ``stride-4 ceiling``: J of the ground truth itself averaged over 4x4 cells and upsampled
   bilinearly, the best a mask predicted at stride 4 and upsampled can score (UFO predicts at
   stride 4 and upsamples with a transposed convolution; LCCo's decoder ends at its encoder's
@@ -40,7 +43,7 @@ def diagnose(run: Path, batch_size: int = 4) -> dict:
     config = TrainConfig.load(run / "config.json")
     model = load_model(run).eval()
     sets = build_eval_sets(config)
-    j_sets, j_alone, j_ceiling, hits, counted = [], [], [], 0, 0
+    j_sets, j_alone, j_ceiling, hits, counted, logits = [], [], [], 0, 0, []
     with torch.no_grad():
         for batch in DataLoader(sets, batch_size=batch_size, collate_fn=collate_sets):
             images, masks, valid = batch["images"], batch["masks"], batch["valid"]
@@ -56,6 +59,8 @@ def diagnose(run: Path, batch_size: int = 4) -> dict:
                 _, j = precision_jaccard(pred, masks, size=size, valid=valid)
                 store.append(j)
             scores = getattr(out, "class_logits", None)  # UFO's head
+            if scores is not None:
+                logits.append(scores)
             if scores is None and oracle:
                 scores = out.class_probs  # the oracle's own choice, not the class it was told
             choice = scores.argmax(-1) if scores is not None else getattr(out, "common_class", None)
@@ -71,6 +76,8 @@ def diagnose(run: Path, batch_size: int = 4) -> dict:
         "J_alone": float(reduce_scores(torch.cat(j_alone))),
         "class_accuracy": hits / counted if counted else None,
         "J_stride4_ceiling": float(reduce_scores(torch.cat(j_ceiling))),
+        "logit_spread_over_sets": float(torch.cat(logits).std(0).mean()) if logits else None,
+        "logit_spread_over_classes": float(torch.cat(logits).std(1).mean()) if logits else None,
     }
 
 
@@ -81,11 +88,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [diagnose(run) for run in args.runs]
-    print(f"{'run':<48} {'model':<16} {'J sets':>7} {'J alone':>8} {'class':>6} {'stride-4 ceiling':>17}")
+    print(f"{'run':<48} {'model':<16} {'J sets':>7} {'J alone':>8} {'class':>6} {'spread sets/classes':>20} "
+          f"{'stride-4 ceiling':>17}")  # fmt: skip
     for r in rows:
         acc = "-" if r["class_accuracy"] is None else f"{100 * r['class_accuracy']:.1f}"
+        spread = "-"
+        if r["logit_spread_over_sets"] is not None:
+            spread = f"{r['logit_spread_over_sets']:.4f} / {r['logit_spread_over_classes']:.4f}"
         print(f"{r['run'][-48:]:<48} {r['model']:<16} {100 * r['J_sets']:7.2f} {100 * r['J_alone']:8.2f} {acc:>6} "
-              f"{100 * r['J_stride4_ceiling']:17.2f}")  # fmt: skip
+              f"{spread:>20} {100 * r['J_stride4_ceiling']:17.2f}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -149,6 +149,7 @@ def test_the_peer_diagnosis_scores_sets_singles_class_and_resolution(tmp_path) -
     (row,) = json.loads((tmp_path / "d.json").read_text())
     assert row["model"] == "UFO" and row["J_sets"] == pytest.approx(result.evaluation.J, abs=1e-6)
     assert 0 <= row["J_alone"] <= 1 and 0 <= row["class_accuracy"] <= 1 and 0 < row["J_stride4_ceiling"] <= 1
+    assert row["logit_spread_over_sets"] >= 0 and row["logit_spread_over_classes"] >= 0
     assert "stride-4 ceiling" in done.stdout
 
 
