@@ -44,8 +44,8 @@ from cosegkit.errors import CosegValueError, WeightsUnavailableError
 from cosegkit.models.lcco import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    LCCo,
     _encoder_stats,
-    _positive_or_none,
     _read_safetensors,
     build_encoder,
     model_folder,
@@ -254,23 +254,8 @@ class UFO(nn.Module):
         self.set_size = set_size
 
     # ------------------------------------------------------------------ how it was trained
-    @property
-    def image_size(self) -> int | None:
-        """The square image side the model was trained at, or ``None`` (as :attr:`LCCo.image_size <cosegkit.LCCo.image_size>`)."""
-        return self.config.get("image_size")
-
-    @image_size.setter
-    def image_size(self, value: int | None) -> None:
-        self.config["image_size"] = _positive_or_none(value, "image_size")
-
-    @property
-    def set_size(self) -> int | None:
-        """The images per group the model was trained with, or ``None``."""
-        return self.config.get("set_size")
-
-    @set_size.setter
-    def set_size(self, value: int | None) -> None:
-        self.config["set_size"] = _positive_or_none(value, "set_size")
+    image_size = LCCo.image_size  # the same stored settings, read and checked the same way
+    set_size = LCCo.set_size
 
     @property
     def class_oracle(self) -> bool:
@@ -448,8 +433,6 @@ class UFO(nn.Module):
             >>> loaded.classnames, loaded.image_size, loaded.set_size
             (['cat', 'dog'], 64, 3)
         """
-        from cosegkit.models.lcco import LCCo
-
         path = Path(name_or_path)
         path = model_folder(path) if path.is_dir() else LCCo._download(str(name_or_path))
         kwargs = read_ufo_config(path)

@@ -196,6 +196,8 @@ def test_lcco_keywords_are_ignored(model: UFO) -> None:
         ({"heads": 3, "dim": 16}, "divisible"),
         ({"classnames": []}, "empty"),
         ({"gram_channels": (4,)}, "gram_channels"),
+        ({"image_size": 0}, "image_size"),
+        ({"set_size": -1}, "set_size"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, match) -> None:
