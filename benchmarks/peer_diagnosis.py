@@ -12,6 +12,10 @@ sets (the sets its ``eval.json`` was scored on):
 - ``spread`` (UFO): the standard deviation over the held-out sets of each class logit of its
   head, averaged over the classes, against the logits' spread over the classes: a head whose
   logits are the same for every set has a spread of 0 over the sets;
+- with ``--photos``, on a composite run: J on the held-out photos with each class's short last
+  set padded (``J photos``, as the results table scores them) and filled by wrapping around to
+  the class's first photos (``J wrapped``, as UFO's ``test.py`` fills its last group; every
+  photo is still scored once);
 - ``stride-4 ceiling``: J of the ground truth itself averaged over 4x4 cells and upsampled
   bilinearly, the best a mask predicted at stride 4 and upsampled can score (UFO predicts at
   stride 4 and upsamples with a transposed convolution; LCCo's decoder ends at its encoder's
@@ -19,6 +23,7 @@ sets (the sets its ``eval.json`` was scored on):
 
     python benchmarks/peer_diagnosis.py runs/table/synthetic/{baseline,lcco,ufo}/seed0
     python benchmarks/peer_diagnosis.py runs/table/pascal/ufo/seed* --json diag.json
+    python benchmarks/peer_diagnosis.py runs/table/pascal/{lcco,ufo}/seed0 --photos
 """
 
 from __future__ import annotations
@@ -31,7 +36,24 @@ import torch
 import torch.nn.functional as F
 
 
-def diagnose(run: Path, batch_size: int = 4) -> dict:
+def photo_scores(model, config) -> dict:
+    """J on the held-out photos, short sets padded (the table's) and wrapped (UFO's test.py)."""
+    from cosegkit.data import EvalSets
+    from cosegkit.engine import evaluate
+    from cosegkit.engine.config import build_photo_eval_sets
+
+    padded = build_photo_eval_sets(config)
+    wrapped = EvalSets(padded.groups, config.eval_set_size, config.image_size, wrap=True, loader=padded.loader)
+    names = [g.name for g in padded.groups]
+    oracle = getattr(model, "class_oracle", False)
+    scores = {}
+    for key, sets in (("photos", padded), ("photos_wrapped", wrapped)):
+        result = evaluate(model, sets, group_names=names, class_oracle=oracle)
+        scores[f"J_{key}"], scores[f"images_{key}"] = result.J, result.images
+    return scores
+
+
+def diagnose(run: Path, batch_size: int = 4, photos: bool = False) -> dict:
     from torch.utils.data import DataLoader
 
     from cosegkit.data.sampling import collate_sets
@@ -67,7 +89,9 @@ def diagnose(run: Path, batch_size: int = 4) -> dict:
             if choice is not None:
                 hits += int((choice.cpu() == batch["group"]).sum())
                 counted += len(choice)
+    extra = photo_scores(model, config) if photos and config.dataset == "composite" else {}
     return {
+        **extra,
         "run": str(run),
         "model": type(model).__name__
         + ("" if getattr(model, "use_regularization", True) else " (Baseline)")
@@ -85,9 +109,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders of cosegkit train")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument(
+        "--photos", action="store_true", help="composite runs: J on the held-out photos, padded and wrapped"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [diagnose(run) for run in args.runs]
+    rows = [diagnose(run, photos=args.photos) for run in args.runs]
     print(f"{'run':<48} {'model':<16} {'J sets':>7} {'J alone':>8} {'class':>6} {'spread sets/classes':>20} "
           f"{'stride-4 ceiling':>17}")  # fmt: skip
     for r in rows:
@@ -97,6 +124,10 @@ def main() -> None:
             spread = f"{r['logit_spread_over_sets']:.4f} / {r['logit_spread_over_classes']:.4f}"
         print(f"{r['run'][-48:]:<48} {r['model']:<16} {100 * r['J_sets']:7.2f} {100 * r['J_alone']:8.2f} {acc:>6} "
               f"{spread:>20} {100 * r['J_stride4_ceiling']:17.2f}")  # fmt: skip
+    for r in rows:
+        if "J_photos" in r:
+            print(f"{r['run'][-48:]:<48} photos: J {100 * r['J_photos']:.2f} (short sets padded), "
+                  f"{100 * r['J_photos_wrapped']:.2f} (wrapped)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -178,3 +178,25 @@ def test_a_ufo_exports_to_onnx_and_onnxruntime_agrees(tmp_path) -> None:
     model = UFO(encoder_name="resnet18", encoder_weights=None, num_classes=3, dim=16).eval()
     report = export_onnx(model, tmp_path / "ufo.onnx", set_size=2, image_size=64)
     assert report.input_shape == (1, 2, 3, 64, 64) and report.max_abs_diff < 1e-4
+
+
+def test_the_peer_diagnosis_scores_the_held_out_photos_padded_and_wrapped(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.engine.test_trainer import cli_env
+
+    world = SyntheticWorld(num_classes=5, image_size=32, objects_per_image=2, seed=3)
+    write_folder_dataset(world, tmp_path / "photos", 7)  # per class: 2 held out, cut into sets of 3 (one short)
+    config = ufo_config(dataset="composite", root=str(tmp_path / "photos"), reader="folder", world_classes=16,
+                        world_objects=(2, 2), steps=2)  # fmt: skip
+    result = train(config, tmp_path / "run", progress=False)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_diagnosis.py"
+    argv = [sys.executable, str(script), str(tmp_path / "run"), "--photos", "--json", str(tmp_path / "d.json")]
+    done = subprocess.run(argv, env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (row,) = json.loads((tmp_path / "d.json").read_text())
+    assert row["J_photos"] == pytest.approx(result.photo_evaluation.J, abs=1e-6)  # the table's photo score
+    assert row["images_photos"] == row["images_photos_wrapped"] == result.photo_evaluation.images  # each once
+    assert 0 <= row["J_photos_wrapped"] <= 1 and "wrapped" in done.stdout
