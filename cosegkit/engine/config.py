@@ -358,7 +358,20 @@ class TrainConfig:
             "pseudo_masks": (self.pseudo_masks, "--pseudo-masks"),
             "use_grouping": (self.use_grouping, "--grouping"),
         }
-        given = [flag for value, flag in lcco_only.values() if value]
+        lcco_modules = {
+            "--no-correspondence": not self.use_correspondence,
+            "--no-interaction": not self.use_interaction,
+            "--no-regularization": not self.use_regularization,
+            "--variant": self.variant != "default",
+            "--residual": self.residual is not None,
+            "--correspondence-residual": self.correspondence_residual is not None,
+            "--unit-scale": self.unit_scale is not None,
+            "--class-pool": self.class_pool is not None,
+            "--class-prior": self.class_prior is not None,
+            "--lambda1": self.lambda1 != 1.0,
+            "--lambda2": self.lambda2 != 1.0,
+        }  # LCCo's modules, readings and loss weights: a silent no-op on UFO
+        given = [flag for value, flag in lcco_only.values() if value] + [f for f, on in lcco_modules.items() if on]
         if given:
             raise CosegValueError(
                 f"{', '.join(given)} set(s) LCCo's modules or targets, and UFO has none of them; drop "

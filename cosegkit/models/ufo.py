@@ -206,12 +206,12 @@ class UFO(nn.Module):
             if not classnames:
                 raise CosegValueError("classnames is empty; pass the training classes, or None with num_classes")
             num_classes = len(classnames)
-        if mlp_dim is None:
-            mlp_dim = max(1, round(UFO_MLP_RATIO * dim)) if isinstance(dim, int) and not isinstance(dim, bool) else dim
-        for name, value in (("num_classes", num_classes), ("dim", dim), ("depth", depth), ("heads", heads),
-                            ("mlp_dim", mlp_dim), ("neighbours", neighbours)):  # fmt: skip
+        sizes = {"num_classes": num_classes, "dim": dim, "depth": depth, "heads": heads, "neighbours": neighbours}
+        for name, value in {**sizes, "mlp_dim": 1 if mlp_dim is None else mlp_dim}.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CosegValueError(f"{name} must be a positive integer, got {value!r}")
+        if mlp_dim is None:
+            mlp_dim = max(1, round(UFO_MLP_RATIO * dim))
         gram_channels = tuple(int(c) for c in gram_channels)
         if len(gram_channels) != 2 or min(gram_channels) < 1:
             raise CosegValueError(f"gram_channels must be two positive integers, got {gram_channels!r}")
@@ -305,7 +305,7 @@ class UFO(nn.Module):
             per_image = rearrange(grams, "(b n) g -> b n g", b=b)
             columns = [per_image[i][valid[i]].reshape(g, -1)[None] for i in range(b)]
         vectors = []
-        for col in columns:  # one tensor (groups, g, n) per group size
+        for col in columns:  # (groups, g, n): the whole batch at once, or one group at a time
             y = F.relu(torch.einsum("og,bgn->bon", weight, col) + bias[:, None])
             vectors.append((y @ y.transpose(1, 2)).flatten(1))
         return F.relu(self.class_embed(torch.cat(vectors)))

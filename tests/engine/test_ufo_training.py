@@ -77,6 +77,10 @@ def test_a_resumed_ufo_run_ends_where_an_uninterrupted_one_does(tmp_path) -> Non
         ({"encoder_depth": 3}, "--encoder-depth 5"),
         ({"ufo_dim": 10}, "--ufo-dim"),
         ({"model": "segformer"}, "--model"),
+        ({"use_interaction": False}, "--no-interaction"),
+        ({"variant": "paper"}, "--variant"),
+        ({"class_pool": "mean"}, "--class-pool"),
+        ({"lambda2": 0.5}, "--lambda2"),
     ],
 )
 def test_settings_ufo_cannot_take_are_refused_naming_the_flag(settings, flag) -> None:
