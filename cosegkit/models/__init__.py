@@ -4,6 +4,7 @@ from cosegkit.models.lcco import VARIANTS, LCCo, get_variant
 from cosegkit.models.loading import ARCHITECTURES, load_model, read_model_config
 from cosegkit.models.output import LCCoOutput
 from cosegkit.models.readout import GroupingReadout, GroupingReadoutOutput
+from cosegkit.models.segclip import SegClip, SegClipConfig
 from cosegkit.models.set_aware import GradientReport, SetAwareNetwork, SetAwareOutput, default_modules
 from cosegkit.models.ufo import UFO
 from cosegkit.models.ufo_output import UFOOutput
@@ -17,6 +18,8 @@ __all__ = [
     "GroupingReadoutOutput",
     "LCCo",
     "LCCoOutput",
+    "SegClip",
+    "SegClipConfig",
     "SetAwareNetwork",
     "SetAwareOutput",
     "UFOOutput",
