@@ -1,4 +1,4 @@
-"""Zero-shot co-segmentation with a frozen CLIP (CLIP-ES's softmax-GradCAM and CAA).
+"""Zero-shot co-segmentation: a frozen CLIP (CLIP-ES's softmax-GradCAM and CAA) or SegCLIP's groups.
 
 Needs only a :class:`~cosegkit.clip.FrozenClip` and tensors: no training, no masks.
 """
@@ -13,6 +13,14 @@ from cosegkit.zeroshot.prompts import (
     encode_prompts,
     prompt_texts,
 )
+from cosegkit.zeroshot.segclip import (
+    SEGCLIP_GROUPINGS,
+    SEGCLIP_READOUTS,
+    SEGCLIP_TEMPLATES,
+    SegClipCoseg,
+    SegClipCosegOutput,
+    group_affinity,
+)
 
 __all__ = [
     "BACKGROUND_WORDS",
@@ -20,7 +28,12 @@ __all__ = [
     "CAM_SCALINGS",
     "CLIP_ES_TEMPLATES",
     "DEFAULT_SYNONYMS",
+    "SEGCLIP_GROUPINGS",
+    "SEGCLIP_READOUTS",
+    "SEGCLIP_TEMPLATES",
     "GroupMasks",
+    "SegClipCoseg",
+    "SegClipCosegOutput",
     "ZeroShotCoseg",
     "ZeroShotOutput",
     "affinity",
@@ -28,6 +41,7 @@ __all__ = [
     "caa_refine",
     "connected_components",
     "encode_prompts",
+    "group_affinity",
     "minmax_scale",
     "prompt_texts",
     "segment_group",

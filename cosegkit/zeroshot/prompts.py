@@ -108,7 +108,7 @@ def prompt_texts(
         if t.count("{}") != 1:
             raise CosegValueError(f"each template needs exactly one '{{}}' for the class name, got {t!r}")
     synonyms = synonyms or {}
-    words = [",".join(synonyms[n]) if n in synonyms and synonyms[n] else n for n in names]
+    words = [",".join(synonyms[n]) if synonyms.get(n) else n for n in names]
     return [t.format(w) for w in words for t in templates]
 
 

@@ -253,7 +253,7 @@ def test_config_is_checked() -> None:
 def test_foreign_state_dicts_are_refused(tmp_path) -> None:
     with pytest.raises(WeightsUnavailableError, match="neither clip"):
         segclip_state_dict_to_cosegkit({"encoder.weight": torch.ones(1)})
-    with pytest.raises(WeightsUnavailableError, match="lacks 'visual.conv1.weight'"):
+    with pytest.raises(WeightsUnavailableError, match=r"lacks 'visual\.conv1\.weight'"):
         segclip_config_from_state_dict({})
     path = tmp_path / "x.bin"
     path.write_bytes(b"not a torch file")
