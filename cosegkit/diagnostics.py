@@ -515,3 +515,93 @@ def grouping_diagnostics(model: nn.Module, sets: Any, *, limit: int | None = Non
             totals[key] = totals.get(key, 0.0) + value
         count += 1
     return {key: value / max(count, 1) for key, value in sorted(totals.items())}
+
+
+def segclip_group_diagnostics(
+    zero_shot: nn.Module, sets: Any, *, limit: int | None = None, class_names: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Where do SegCLIP's groups fail, if they do? Means over held-out images with masks.
+
+    For a :class:`~cosegkit.zeroshot.SegClipCoseg`, each valid image's pixels are given to
+    their argmax group (the soft assignment resized to the image, as the hard read-out does):
+
+    - ``groups_used``: groups holding at least one pixel of the image (1 is a collapse);
+    - ``target_share``: the share of the object's pixels held by the group that holds most of
+      them, the image's *main group*;
+    - ``target_purity``: the share of the main group's pixels that are object;
+    - ``oracle_J``: the J of the image's best single group (its region as the mask), the
+      ceiling of a read-out that picks one group;
+    - ``picked_is_main``: how often the group with the highest affinity to the set's class is
+      the main group (a read-out failure when the groups are good);
+    - ``class_top1``: how often the set's class is the true one (only with ``class_names``
+      and sets that carry their class index ``group``).
+
+    Args:
+        zero_shot: a :class:`~cosegkit.zeroshot.SegClipCoseg`.
+        sets: set items with ``images``, ``masks`` and ``valid`` (e.g.
+            :func:`~cosegkit.engine.build_eval_sets`).
+        limit: measure only the first ``limit`` sets.
+        class_names: the sets' class names, by the index in their ``group`` entry, to score the
+            class the set's texts named.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.diagnostics import segclip_group_diagnostics
+        >>> from cosegkit.engine import TrainConfig, build_eval_sets
+        >>> from cosegkit.models import SegClip, SegClipConfig
+        >>> from cosegkit.zeroshot import SegClipCoseg
+        >>> config = SegClipConfig(embed_dim=16, image_size=32, patch_size=8, width=32, layers=2, first_stage_layer=1,
+        ...                        num_groups=4, context_length=16, text_width=32, text_layers=1, head_width=16,
+        ...                        mae_decoder=False)
+        >>> train = TrainConfig(world_classes=4, image_size=32, set_size=2, eval_set_size=2)
+        >>> names = train.world().class_names
+        >>> zs = SegClipCoseg(SegClip(config), names)
+        >>> report = segclip_group_diagnostics(zs, build_eval_sets(train, sets=2), class_names=names)
+        >>> sorted(report)
+        ['class_top1', 'groups_used', 'oracle_J', 'picked_is_main', 'target_purity', 'target_share']
+        >>> 1 <= report["groups_used"] <= 4 and 0 <= report["oracle_J"] <= 1
+        True
+    """
+    import torch.nn.functional as F
+
+    from cosegkit.metrics import precision_jaccard
+
+    totals: dict[str, float] = {}
+    images_seen = sets_seen = 0
+    top1 = 0.0
+    for index in range(len(sets) if limit is None else min(limit, len(sets))):
+        item = sets[index]
+        valid = item["valid"]
+        with torch.no_grad():
+            out = zero_shot(item["images"][None], valid[None])
+        h, w = item["images"].shape[-2:]
+        soft = out.assignment[0][valid]  # (v, g, hh, ww)
+        g = soft.shape[1]
+        full = F.interpolate(soft.float(), size=(h, w), mode="bilinear", align_corners=False)
+        regions = F.one_hot(full.argmax(dim=1), g).permute(0, 3, 1, 2).float()  # (v, g, h, w)
+        target = (item["masks"][valid].float() >= 0.5).float()  # (v, 1, h, w)
+        owned = (regions * target).sum(dim=(2, 3))  # (v, g)
+        size = regions.sum(dim=(2, 3))
+        main = owned.argmax(dim=1)
+        rows = torch.arange(regions.shape[0])
+        picked = out.affinity[0][valid].argmax(dim=1)
+        js = torch.stack(
+            [precision_jaccard(regions[None, :, k : k + 1], target[None], size=(h, w))[1][0] for k in range(g)]
+        )  # (g, v)
+        values = {
+            "groups_used": (size > 0).sum(dim=1).float(),
+            "target_share": owned[rows, main] / target.sum(dim=(1, 2, 3)).clamp_min(1.0),
+            "target_purity": owned[rows, main] / size[rows, main].clamp_min(1.0),
+            "oracle_J": js.amax(dim=0),
+            "picked_is_main": (picked == main).float(),
+        }
+        for key, value in values.items():
+            totals[key] = totals.get(key, 0.0) + float(value.sum())
+        images_seen += int(valid.sum())
+        if class_names is not None and "group" in item:
+            top1 += float(zero_shot.classnames[int(out.common_class[0])] == class_names[int(item["group"])])
+            sets_seen += 1
+    report = {key: value / max(images_seen, 1) for key, value in totals.items()}
+    if sets_seen:
+        report["class_top1"] = top1 / sets_seen
+    return dict(sorted(report.items()))

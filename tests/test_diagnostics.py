@@ -101,3 +101,45 @@ def test_diagnose_a_run_folder(tmp_path) -> None:
     out = run("diagnose.py", str(tmp_path / "run"), "--sets", "2", "--json", "d.json", cwd=tmp_path)
     assert "| init |" in out and "| final |" in out
     assert json.loads((tmp_path / "d.json").read_text())["stages"]["final"]["classes"]["istar"] >= 0
+
+
+class _HalvesSegClip(torch.nn.Module):
+    """A stand-in SegClipCoseg: group 0 holds the left half, group 1 the right; group 1 has the class."""
+
+    classnames = ("cat", "dog")
+
+    def forward(self, images, valid):
+        from cosegkit.zeroshot import SegClipCosegOutput
+
+        b, n = images.shape[:2]
+        assignment = torch.zeros(b, n, 3, 4, 4)
+        assignment[..., 0, :, :2] = 1.0
+        assignment[..., 1, :, 2:] = 1.0
+        affinity = torch.tensor([0.1, 0.8, 0.0]).expand(b, n, 3)
+        return SegClipCosegOutput(
+            probs=torch.zeros(b, n, 1, *images.shape[-2:]),
+            common_class=torch.ones(b, dtype=torch.long),
+            class_scores=torch.zeros(b, 2),
+            assignment=assignment,
+            affinity=affinity,
+            valid=valid,
+        )
+
+
+def test_segclip_group_diagnostics_on_known_groups() -> None:
+    from cosegkit.diagnostics import segclip_group_diagnostics
+
+    masks = torch.zeros(3, 1, 16, 16)
+    masks[..., :8] = 1.0  # the object is the left half: group 0, exactly
+    masks[2, ..., :4] = 0.0  # the third image's object is the left quarter: half of group 0
+    item = {"images": torch.rand(3, 3, 16, 16), "masks": masks, "valid": torch.tensor([True, True, True]),
+            "group": torch.tensor(0)}  # fmt: skip
+    report = segclip_group_diagnostics(_HalvesSegClip(), [item], class_names=["cat", "dog"])
+    assert report["groups_used"] == pytest.approx(2.0)
+    assert report["target_share"] == pytest.approx(1.0)
+    assert report["target_purity"] == pytest.approx((1 + 1 + 0.5) / 3)
+    assert report["oracle_J"] == pytest.approx((1 + 1 + 0.5) / 3, abs=1e-6)
+    assert report["picked_is_main"] == 0.0  # the class's group (1) is the background half
+    assert report["class_top1"] == 0.0  # the set is 'cat', the texts named 'dog'
+    padded = dict(item, valid=torch.tensor([True, True, False]))
+    assert segclip_group_diagnostics(_HalvesSegClip(), [padded])["target_purity"] == pytest.approx(1.0)
