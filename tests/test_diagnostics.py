@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,6 @@ import torch
 from torch import nn
 
 from cosegkit import LCCoLoss
-
 from cosegkit.diagnostics import class_accuracy, diagnose_run, format_report, gradient_norms, set_sensitivity
 from cosegkit.engine import TrainConfig, train
 from tests._support import tiny_lcco
