@@ -476,6 +476,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
   # zero-shot: no training, a frozen CLIP (downloads the weights once; or --clip-pretrained FILE)
   cosegkit evaluate --zero-shot --clip-model ViT-B-16 --clip-pretrained openai --data icoseg=data/icoseg
   cosegkit evaluate --zero-shot --data msrc=data/MSRC --vocabulary names.txt --no-caa --json zs.json
+  cosegkit evaluate --zero-shot --method segclip --clip-pretrained segclip.bin --data icoseg=data/icoseg
 """,
     )
     p.add_argument("--model", help="a model folder, or a run folder (its model/ is used); or --zero-shot")
@@ -578,6 +579,10 @@ def _load_model(path: str, device):
 
 # ---------------------------------------------------------------------- zero-shot (evaluate, segment)
 _ZERO_SHOT_OPTIONS = (
+    "method",
+    "segclip_grouping",
+    "segclip_readout",
+    "segclip_top_k",
     "clip_model",
     "clip_pretrained",
     "class_name",
@@ -593,6 +598,22 @@ _ZERO_SHOT_OPTIONS = (
     "cam_scaling",
     "pos_interpolation",
 )
+
+
+#: the zero-shot options that set CLIP-ES's method only (refused with --method segclip)
+_CLIP_ES_OPTIONS = (
+    "clip_model",
+    "background",
+    "background_file",
+    "synonyms",
+    "no_caa",
+    "attention_blocks",
+    "box_threshold",
+    "box_precision",
+    "cam_scaling",
+    "pos_interpolation",
+)
+_SEGCLIP_OPTIONS = ("segclip_grouping", "segclip_readout", "segclip_top_k")
 
 
 def _plural(n: int, word: str) -> str:
@@ -613,12 +634,38 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
     z = p.add_argument_group(
         "zero-shot (instead of --model)",
         "No trained model: a frozen CLIP names each set's common class and segments it with "
-        "CLIP-ES's softmax-GradCAM and CAA (GradCAM alone on ResNet towers).",
+        "CLIP-ES's softmax-GradCAM and CAA (GradCAM alone on ResNet towers); with --method segclip, "
+        "a SegCLIP model's groups, each pixel given its group's affinity to the class.",
     )
     z.add_argument("--zero-shot", action="store_true", help="use a frozen CLIP instead of --model")
+    z.add_argument(
+        "--method",
+        choices=("clip-es", "segclip"),
+        help="clip-es (default): a CLIP's softmax-GradCAM and CAA; segclip: the groups of a SegCLIP model "
+        "(--clip-pretrained segclip.bin, SegCLIP's released checkpoint, or a model folder of "
+        "'cosegkit pretrain-clip --method segclip')",
+    )
+    z.add_argument(
+        "--segclip-grouping",
+        choices=("image", "set"),
+        help="segclip: group each image alone (SegCLIP's; default) or the whole set with shared centres",
+    )
+    z.add_argument(
+        "--segclip-readout",
+        choices=("hard", "soft"),
+        help="segclip: each pixel takes its argmax group's affinity (SegCLIP's; default) or every group's by share",
+    )
+    z.add_argument(
+        "--segclip-top-k",
+        type=_positive,
+        metavar="K",
+        help="segclip: classes of the image embedding a group may take (default 5, SegCLIP's; the set's class always)",
+    )
     z.add_argument("--clip-model", metavar="NAME", help="open_clip architecture (default ViT-B-16)")
     z.add_argument(
-        "--clip-pretrained", metavar="TAG|FILE", help="weights: open_clip tag, file, or none (default openai)"
+        "--clip-pretrained",
+        metavar="TAG|FILE",
+        help="weights: open_clip tag, file, or none (default openai); segclip: segclip.bin or a model folder",
     )
     z.add_argument("--class-name", metavar="NAME", help="segment this class in every set (default: each set's best)")
     z.add_argument(
@@ -665,6 +712,24 @@ def _add_clip_es_numerics(group: argparse._ArgumentGroup, prefix: str = "") -> N
     )
 
 
+def _check_method_options(args: argparse.Namespace) -> None:
+    """Refuse the options of the zero-shot method not chosen."""
+    segclip = args.method == "segclip"
+    other = _CLIP_ES_OPTIONS if segclip else _SEGCLIP_OPTIONS
+    given = [o for o in other if getattr(args, o) is not None and getattr(args, o) is not False]
+    if given:
+        flags = ", ".join("--" + o.replace("_", "-") for o in given)
+        raise _UsageError(
+            f"{flags}: not with --method {'segclip' if segclip else 'clip-es'} "
+            f"({'CLIP-ES options' if segclip else 'options of --method segclip'})"
+        )
+    if segclip and args.clip_pretrained is None:
+        raise _UsageError(
+            "--method segclip needs --clip-pretrained FILE|FOLDER: SegCLIP's released segclip.bin "
+            "(github.com/ArrowLuo/SegCLIP, releases) or a folder of 'cosegkit pretrain-clip --method segclip'"
+        )
+
+
 def _check_model_or_zero_shot(args: argparse.Namespace) -> None:
     if args.model and args.zero_shot:
         raise _UsageError("give either --model or --zero-shot, not both")
@@ -675,6 +740,8 @@ def _check_model_or_zero_shot(args: argparse.Namespace) -> None:
         if given:
             flags = ", ".join("--" + o.replace("_", "-") for o in given)
             raise _UsageError(f"{flags}: only with --zero-shot (a trained model has its own CLIP and vocabulary)")
+    else:
+        _check_method_options(args)
 
 
 def _read_lines(path: str, flag: str) -> list[str]:
@@ -781,6 +848,8 @@ def _load_zero_shot(args: argparse.Namespace, device):
     from cosegkit.testing import register_tiny_clips
     from cosegkit.zeroshot import ZeroShotCoseg
 
+    if args.method == "segclip":
+        return _load_segclip_zero_shot(args, device)
     settings = _zero_shot_settings(args)
     register_synthetic_clip()
     register_composite_clip()
@@ -794,6 +863,48 @@ def _load_zero_shot(args: argparse.Namespace, device):
         f"zero-shot: {clip.source['model_name']} ({pretrained or 'random weights'}), {zs.tower} tower, "
         f"{_plural(len(zs.classnames), 'class name')}, {_plural(len(zs.background), 'background word')}, "
         f"{_plural(len(zs.templates), 'template')}, {caa}" + (f", class {zs.class_name!r}" if zs.class_name else "")
+    )
+    return zs
+
+
+def _load_segclip_zero_shot(args: argparse.Namespace, device):
+    """A SegClipCoseg from --clip-pretrained (segclip.bin or a cosegkit SegCLIP folder); prints what it is."""
+    from cosegkit.clip import DEFAULT_VOCABULARY
+    from cosegkit.errors import WeightsUnavailableError
+    from cosegkit.models import SegClip
+    from cosegkit.zeroshot import SEGCLIP_TEMPLATES, SegClipCoseg
+    from cosegkit.zeroshot.coseg import _near
+
+    classnames = _vocabulary(args.vocabulary) if args.vocabulary else list(DEFAULT_VOCABULARY)
+    templates = list(args.templates) if args.templates else list(SEGCLIP_TEMPLATES)
+    for t in templates:
+        if t.count("{}") != 1:
+            raise _UsageError(f"--templates {t!r}: each template needs exactly one '{{}}' for the class name")
+    if args.class_name is not None and args.class_name not in classnames:
+        raise _UsageError(
+            f"unknown --class-name {args.class_name!r}: not among the {len(classnames)} names of the "
+            f"vocabulary; {_near(args.class_name, classnames)} (--vocabulary sets the names)"
+        )
+    path = Path(args.clip_pretrained)
+    try:
+        model = SegClip.from_pretrained(path) if path.is_dir() else SegClip.from_segclip_checkpoint(path)
+    except WeightsUnavailableError as err:
+        raise _UsageError(f"--clip-pretrained {args.clip_pretrained!r}: {err}") from None
+    zs = SegClipCoseg(
+        model.to(device),
+        classnames,
+        templates=templates,
+        class_name=args.class_name,
+        grouping=args.segclip_grouping or "image",
+        readout=args.segclip_readout or "hard",
+        top_k=args.segclip_top_k or 5,
+    )
+    c = model.config
+    print(
+        f"zero-shot: SegCLIP ({args.clip_pretrained}), ViT {c.image_size} px patch {c.patch_size}, "
+        f"{_plural(c.num_groups, 'group')} per {'set' if zs.grouping == 'set' else 'image'}, {zs.readout} read-out, "
+        f"{_plural(len(zs.classnames), 'class name')}, {_plural(len(zs.templates), 'template')}"
+        + (f", class {zs.class_name!r}" if zs.class_name else "")
     )
     return zs
 
@@ -992,6 +1103,8 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
   cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
   cosegkit segment --zero-shot photos/ --out masks/ --class-name cat --overlay
   cosegkit segment --zero-shot photos/ --out masks/ --vocabulary names.txt --background grass sky road
+  # zero-shot with SegCLIP's groups (its released checkpoint, or a folder of pretrain-clip --method segclip)
+  cosegkit segment --zero-shot --method segclip --clip-pretrained segclip.bin photos/ --out masks/
 
 Options taking several values (--vocabulary, --templates, --background) go after the inputs,
 or before another option: they take every word up to the next option.

@@ -234,6 +234,15 @@ class SegClipCoseg(nn.Module):
         patch = self.model.patch_size
         return max(1, math.ceil(size / patch)) * patch
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``(K, 3, H, W)`` in [0, 1] resized (bicubic, antialiased) to :meth:`input_size` and
+        normalised with CLIP's statistics, as the model takes them."""
+        size = self.input_size()
+        x = images.float()
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+        return ((x - self.mean) / self.std).to(self.model.logit_scale.dtype)
+
     @torch.no_grad()
     def forward(
         self, images: torch.Tensor, valid: torch.Tensor | None = None, *, class_name: str | None = None
@@ -242,11 +251,7 @@ class SegClipCoseg(nn.Module):
         check_image_set(images)
         b, n, _, height, width = images.shape
         valid = resolve_valid(valid, b, n, images.device)
-        size = self.input_size()
-        x = rearrange(images, "b n c h w -> (b n) c h w").float()
-        if tuple(x.shape[-2:]) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        x = ((x - self.mean) / self.std).to(self.model.logit_scale.dtype)
+        x = self.normalise(rearrange(images, "b n c h w -> (b n) c h w"))
         per_image = self.model.encode_image(x)
         text = self.text_bank.to(per_image.embedding.dtype)
         embeddings = rearrange(F.normalize(per_image.embedding, dim=-1), "(b n) d -> b n d", b=b)
