@@ -48,6 +48,8 @@ class Row:
     settings: dict = dataclasses.field(default_factory=dict)
     zero_shot: bool = False
     what: str = ""
+    clip_seed: bool = False  # zero-shot on the CLIP pre-trained with the run's seed (one run per seed)
+    segclip: dict | None = None  # SegCLIP zero-shot: SegClipCoseg settings over the world's SegCLIP of the seed
 
 
 ROWS: dict[str, Row] = {
@@ -55,6 +57,21 @@ ROWS: dict[str, Row] = {
     "LCCo": Row({}, what="all three modules, cosegkit's default readings"),
     "LCCo-paper": Row({"variant": "paper"}, what="all three modules, eq. 2, 5, 7 and 8 as printed"),
     "Zero-shot": Row(zero_shot=True, what="the frozen CLIP alone (CLIP-ES), no training, no masks"),
+    "Zero-shot, CLIP per seed": Row(
+        zero_shot=True,
+        clip_seed=True,
+        what="CLIP-ES on a CLIP pre-trained with each seed (seed 0 is the Zero-shot row's): the spread of the "
+        "SegCLIP rows' pre-training, at the same budget",
+    ),
+    "SegCLIP zero-shot": Row(
+        segclip={},
+        what="SegCLIP pre-trained with each seed from the same captions, steps and batch as the CLIP (contrastive, "
+        "superpixel and reconstruction losses; no masks), each image's groups read by the set's class",
+    ),
+    "SegCLIP zero-shot, shared centres": Row(
+        segclip={"grouping": "set"},
+        what="the same SegCLIP models, one grouping over all images of a set",
+    ),
     "LCCo, pseudo masks": Row(
         {"pseudo_masks": "zero-shot", "pseudo_pool": 400},
         what="LCCo trained on the zero-shot row's masks of 400 generated sets (its own CLIP, no ground truth)",
@@ -97,9 +114,7 @@ def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, c
     if done.is_file():
         return json.loads(done.read_text())
     row = ROWS[label]
-    config = demo_train_config(
-        clip_path, budget["steps"], seed, budget["eval_sets"], world=world, root=root
-    )
+    config = demo_train_config(clip_path, budget["steps"], seed, budget["eval_sets"], world=world, root=root)
     config = dataclasses.replace(config, **row.settings)
     config.extra["eval_seed"] = EVAL_SEED
     if config.pseudo_masks:  # labelled exactly as the zero-shot row segments; no more sets than training draws
@@ -107,9 +122,13 @@ def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, c
         config = dataclasses.replace(config, pseudo_pool=min(config.pseudo_pool, config.steps * config.batch_size))
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if row.zero_shot:
-        from cosegkit.demo import demo_clip
+    if row.segclip is not None:
+        scores = _segclip_scores(world, root, row, seed, budget, config)
+    elif row.zero_shot:
+        from cosegkit.demo import demo_clip, prepare_world_clip
 
+        if row.clip_seed:
+            clip_path = str(prepare_world_clip(world, root=root, clip_steps=budget["clip_steps"], seed=seed)[0])
         clip = demo_clip(world, clip_path, root=root)
         model = demo_zero_shot(clip, world=world)
         scores = {"sets": _scores(evaluate(model, build_eval_sets(config), batch_size=4))}
@@ -126,10 +145,39 @@ def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, c
     return scores
 
 
+def _segclip_scores(world: str, root: str | None, row: Row, seed: int, budget: dict, config) -> dict:
+    """SegCLIP zero-shot: pre-train (or load) the world's SegCLIP of ``seed``; P, J and group diagnostics."""
+    from cosegkit.demo import demo_segclip_zero_shot, prepare_world_segclip
+    from cosegkit.diagnostics import segclip_group_diagnostics
+    from cosegkit.engine import evaluate
+    from cosegkit.engine.config import build_eval_sets, build_photo_eval_sets
+    from cosegkit.models import SegClip
+
+    folder, accuracy = prepare_world_segclip(world, root=root, steps=budget["clip_steps"], seed=seed)
+    zs = demo_segclip_zero_shot(SegClip.from_pretrained(folder), world, root=root, **row.segclip)
+    sets = build_eval_sets(config)
+    names = (config.held_out_world() if config.dataset == "composite" else config.world()).class_names
+    scores = {
+        "sets": _scores(evaluate(zs, sets, batch_size=4)),
+        "groups": segclip_group_diagnostics(zs, sets, class_names=names),
+        "segclip": {"folder": str(folder), **accuracy},
+    }
+    if config.dataset == "composite":
+        photos = build_photo_eval_sets(config)
+        scores["photos"] = _scores(evaluate(zs, photos, batch_size=1))
+        scores["photo_groups"] = segclip_group_diagnostics(zs, photos, class_names=[g.name for g in photos.groups])
+    return scores
+
+
 def _stat(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _plain(values: list[float]) -> str:
+    m, s = _stat(values)
+    return "" if math.isnan(m) else f"{m:.3f} ± {s:.3f}"
 
 
 def _cell(values: list[float]) -> str:
@@ -140,8 +188,14 @@ def _cell(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", nargs="+", choices=("synthetic", "pascal"), default=["synthetic", "pascal"])
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
-                        help=f"rows to run (default all: {', '.join(ROWS)})")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=list(ROWS),
+        default=list(ROWS),
+        metavar="ROW",
+        help=f"rows to run (default all: {', '.join(ROWS)})",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per trained row (default 3)")
     parser.add_argument("--root", default=None, help="the PASCAL-VOC co-segmentation folder (world 'pascal')")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
@@ -166,7 +220,7 @@ def main() -> None:
         jobs = {}
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for label in args.rows:
-                seeds = [0] if ROWS[label].zero_shot else range(args.seeds)
+                seeds = [0] if ROWS[label].zero_shot and not ROWS[label].clip_seed else range(args.seeds)
                 for seed in seeds:
                     folder = out / world / slug(label) / f"seed{seed}"
                     jobs[(label, seed)] = pool.submit(
@@ -180,15 +234,19 @@ def main() -> None:
 
     lines, table = [], []
     for world in args.worlds:
-        photos = any("photos" in v for k, v in results.items() if k[0] == world and isinstance(v, dict) and k[1] != "budget")
+        photos = any(
+            "photos" in v for k, v in results.items() if k[0] == world and isinstance(v, dict) and k[1] != "budget"
+        )
         head = "| model | P (%) | J (%) |" + (" P photos (%) | J photos (%) |" if photos else "")
         lines += [f"**{world}**", "", head, "| --- | --: | --: |" + (" --: | --: |" if photos else "")]
         for label in args.rows:
             runs = [v for k, v in results.items() if k[0] == world and k[1] == label]
             cells = [_cell([r["sets"]["P"] for r in runs]), _cell([r["sets"]["J"] for r in runs])]
             if photos:
-                cells += [_cell([r["photos"]["P"] for r in runs if "photos" in r]),
-                          _cell([r["photos"]["J"] for r in runs if "photos" in r])]
+                cells += [
+                    _cell([r["photos"]["P"] for r in runs if "photos" in r]),
+                    _cell([r["photos"]["J"] for r in runs if "photos" in r]),
+                ]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
             table.append({"world": world, "row": label, "settings": ROWS[label].settings, "runs": runs})
         b, c = results[(world, "budget")], clips[world]
@@ -200,8 +258,27 @@ def main() -> None:
             f"of the time (chance {100 * c['image_chance']:.0f}%).",
             "",
         ]
-    lines.append(f"Mean ± standard deviation over seeds (zero-shot: one deterministic run). "
-                 f"Wall time {wall / 60:.1f} min with {args.jobs} runs at once.")
+    groups = [(w, label) for w in args.worlds for label in args.rows if ROWS[label].segclip is not None]
+    if groups:
+        keys = ("groups_used", "target_share", "target_purity", "oracle_J", "picked_is_main", "class_top1")
+        lines += [
+            "SegCLIP's groups on the held-out sets (per image; mean ± sd over seeds):",
+            "",
+            "| world | row | " + " | ".join(keys) + " |",
+            "| --- | --- |" + " --: |" * len(keys),
+        ]
+        for w, label in groups:
+            runs = [v for k, v in results.items() if k[0] == w and k[1] == label]
+            for part, tag in (("groups", ""), ("photo_groups", " (photos)")):
+                have = [r[part] for r in runs if part in r]
+                if have:
+                    cells = [_plain([g[k] for g in have if k in g]) for k in keys]
+                    lines.append(f"| {w}{tag} | {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append(
+        f"Mean ± standard deviation over seeds (zero-shot: one deterministic run). "
+        f"Wall time {wall / 60:.1f} min with {args.jobs} runs at once."
+    )
     text = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text)
@@ -211,8 +288,11 @@ def main() -> None:
         from cosegkit.demo import demo_clip, demo_zero_shot, photo_figure
 
         zero_shot = demo_zero_shot(demo_clip("pascal", clips["pascal"]["weights"], root=args.root), world="pascal")
-        photo_figure({name: out / "pascal" / slug(name) / "seed0" for name in ("Baseline", "LCCo")},
-                     out / "figure-pascal.png", zero_shot=zero_shot)
+        photo_figure(
+            {name: out / "pascal" / slug(name) / "seed0" for name in ("Baseline", "LCCo")},
+            out / "figure-pascal.png",
+            zero_shot=zero_shot,
+        )
         print(f"figure: {out / 'figure-pascal.png'}")
 
 

@@ -58,15 +58,18 @@ from cosegkit.zeroshot import ZeroShotCoseg
 __all__ = [
     "DEMO_WORLDS",
     "PASCAL_ZERO_SHOT_SIZE",
+    "SEGCLIP_ZERO_SHOT_SIZE",
     "ZERO_SHOT_SIZE",
     "DemoBudget",
     "DemoWorld",
     "demo_clip",
+    "demo_segclip_zero_shot",
     "demo_train_config",
     "demo_zero_shot",
     "demo_zero_shot_settings",
     "photo_figure",
     "prepare_world_clip",
+    "prepare_world_segclip",
     "run_demo",
 ]
 
@@ -314,6 +317,7 @@ def prepare_world_clip(
     quick: bool = False,
     progress: Any = None,
     eval_sets: int = 60,
+    seed: int = 0,
 ) -> tuple[Path, dict]:
     """Pre-train (or load from the cache) the world's small CLIP; its weights file and held-out accuracy.
 
@@ -321,7 +325,8 @@ def prepare_world_clip(
     16-class world. ``"pascal"``: :func:`~cosegkit.engine.pretrain.pretrain_clip` with
     :data:`~cosegkit.engine.pretrain.COMPOSITE_RECIPE` on the composite world of the
     *training* photos only, at the CLIP's 64 px; the accuracy is measured on sets of the
-    held-out photos. ``progress(step, steps, loss)`` is called after each step.
+    held-out photos. ``progress(step, steps, loss)`` is called after each step; ``seed`` seeds
+    the CLIP's initialisation and data (the demo's is 0).
 
     Returns:
         ``(weights, accuracy)``: the ``.safetensors`` path and
@@ -347,12 +352,13 @@ def prepare_world_clip(
     steps = clip_steps or (QUICK.clip_steps if quick else DEMO_WORLDS[world].budget.clip_steps)
     if world == "pascal":
         config = replace(demo_train_config("", 1, world=world, root=root), image_size=64)
-        path = pretrain_clip(config.world(), replace(COMPOSITE_RECIPE, steps=steps), cache=not quick, progress=progress)
+        recipe = replace(COMPOSITE_RECIPE, steps=steps, seed=seed)
+        path = pretrain_clip(config.world(), recipe, cache=not quick, progress=progress)
         held_out = config.held_out_world()
         seed: tuple[int, ...] = (12345,)
     else:
         clip_config = ClipPretrainConfig(
-            num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=steps
+            num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=steps, seed=seed
         )
         path = pretrain_synthetic_clip(clip_config, cache=not quick, progress=progress)
         held_out = clip_config.world()
@@ -361,6 +367,114 @@ def prepare_world_clip(
     clip = demo_clip(world, path, root=root)
     accuracy = zero_shot_accuracy(clip, held_out, sets=eval_sets, set_size=4 if world == "pascal" else 5, seed=seed)
     return path, {**accuracy, "seconds": round(seconds, 1)}
+
+
+#: The side of the SegCLIP zero-shot model's input, per world (its ViT is trained at 64 px, patch 8).
+#: Chosen on a development seed's model and sets (see the zero-shot docs page's SegCLIP section).
+SEGCLIP_ZERO_SHOT_SIZE: dict[str, int] = {"synthetic": 64, "pascal": 64}
+
+
+def _world_and_held_out(world: str, root: str | Path | None) -> tuple[Any, Any]:
+    """The captioned world a world's CLIP pre-trains on, and the held-out one its accuracy is scored on."""
+    from dataclasses import replace
+
+    if world == "pascal":
+        config = replace(demo_train_config("", 1, world=world, root=root), image_size=64)
+        return config.world(), config.held_out_world()
+    clip_config = ClipPretrainConfig(num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64)
+    return clip_config.world(), clip_config.world()
+
+
+def prepare_world_segclip(
+    world: str,
+    *,
+    root: str | Path | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    reconstruction_weight: float | None = None,
+    quick: bool = False,
+    progress: Any = None,
+    eval_sets: int = 60,
+) -> tuple[Path, dict]:
+    """Pre-train (or load from the cache) the world's SegCLIP from captions; its model folder and held-out accuracy.
+
+    The same world, images, captions, steps and batch as :func:`prepare_world_clip`'s CLIP
+    (:data:`~cosegkit.engine.segclip_pretrain.SEGCLIP_SYNTHETIC_RECIPE`,
+    :data:`~cosegkit.engine.segclip_pretrain.SEGCLIP_COMPOSITE_RECIPE`), so that SegCLIP's
+    zero-shot row and CLIP-ES's compare methods, not budgets.
+
+    Returns:
+        ``(folder, accuracy)``: the :class:`~cosegkit.models.SegClip` folder and
+        :func:`~cosegkit.engine.segclip_pretrain.segclip_zero_shot_accuracy`'s dict plus ``seconds``.
+
+    Example:
+        Two steps on the synthetic world, in a throw-away cache (``quick`` does not cache):
+
+        >>> import os
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> from cosegkit.demo import prepare_world_segclip
+        >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):
+        ...     folder, accuracy = prepare_world_segclip("synthetic", steps=2, quick=True, eval_sets=2)
+        >>> (folder / "config.json").is_file(), sorted(accuracy)[:3]
+        (True, ['chance', 'image_chance', 'image_top1'])
+    """
+    from dataclasses import replace
+
+    from cosegkit.engine.segclip_pretrain import (
+        SEGCLIP_COMPOSITE_RECIPE,
+        SEGCLIP_SYNTHETIC_RECIPE,
+        pretrain_segclip,
+        segclip_zero_shot_accuracy,
+    )
+    from cosegkit.models import SegClip
+
+    _check_world(world, root)
+    start = time.perf_counter()
+    recipe = SEGCLIP_COMPOSITE_RECIPE if world == "pascal" else SEGCLIP_SYNTHETIC_RECIPE
+    changes: dict[str, Any] = {"seed": seed}
+    if steps or quick:
+        changes["steps"] = steps or QUICK.clip_steps
+    elif DEMO_WORLDS[world].budget.clip_steps != recipe.steps:
+        changes["steps"] = DEMO_WORLDS[world].budget.clip_steps
+    if reconstruction_weight is not None:
+        changes["reconstruction_weight"] = reconstruction_weight
+    recipe = replace(recipe, **changes)
+    train_world, held_out = _world_and_held_out(world, root)
+    folder = pretrain_segclip(train_world, recipe, cache=not quick, progress=progress)
+    seconds = time.perf_counter() - start
+    model = SegClip.from_pretrained(folder)
+    accuracy = segclip_zero_shot_accuracy(
+        model, held_out, sets=eval_sets, set_size=4 if world == "pascal" else 5, seed=(12345,)
+    )
+    return folder, {**accuracy, "seconds": round(seconds, 1)}
+
+
+def demo_segclip_zero_shot(
+    model: Any, world: str = "synthetic", *, root: str | Path | None = None, **settings: Any
+) -> Any:
+    """A :class:`~cosegkit.zeroshot.SegClipCoseg` over a world's class names with its captions' template.
+
+    ``settings`` go to :class:`~cosegkit.zeroshot.SegClipCoseg` (e.g. ``grouping="set"``); the
+    input size is :data:`SEGCLIP_ZERO_SHOT_SIZE` unless given.
+
+    Example:
+        >>> from cosegkit.demo import demo_segclip_zero_shot
+        >>> from cosegkit.engine.segclip_pretrain import SEGCLIP_SYNTHETIC_CONFIG
+        >>> from cosegkit.models import SegClip
+        >>> zs = demo_segclip_zero_shot(SegClip(SEGCLIP_SYNTHETIC_CONFIG))
+        >>> len(zs.classnames), zs.templates, zs.input_size()
+        (16, ('a {}',), 64)
+    """
+    from cosegkit.zeroshot import SegClipCoseg
+
+    _check_world(world, root)
+    if world == "pascal":
+        names = demo_train_config("", 1, world=world, root=root).world().class_names
+    else:
+        names = ClipPretrainConfig().world().class_names
+    settings.setdefault("image_size", SEGCLIP_ZERO_SHOT_SIZE[world])
+    return SegClipCoseg(model, names, templates=SYNTHETIC_TEMPLATES, **settings)
 
 
 def _train_or_resume(config: TrainConfig, run: Path, progress: bool) -> dict:
@@ -671,7 +785,9 @@ def run_demo(
         r = results[name]
         _say(f"{name:<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f}{photo_cells(r)} {r['train_seconds']:8.1f}")
     r = results["Zero-shot"]
-    _say(f"{'Zero-shot':<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f}{photo_cells(r)} {'none':>8}   (no training, no masks)")
+    _say(
+        f"{'Zero-shot':<11} {100 * r['P']:7.2f} {100 * r['J']:7.2f}{photo_cells(r)} {'none':>8}   (no training, no masks)"
+    )
     for name in ("LCCo", "LCCo-paper"):
         dp = 100 * (results[name]["P"] - results["Baseline"]["P"])
         dj = 100 * (results[name]["J"] - results["Baseline"]["J"])
