@@ -164,7 +164,9 @@ class SegClipRecipe:
             raise CosegValueError(f"SegClipRecipe.lr must be > 0, got {self.lr}")
         for name in ("weight_decay", "superpixel_weight", "reconstruction_weight"):
             if getattr(self, name) < 0:
-                raise CosegValueError(f"SegClipRecipe.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}")
+                raise CosegValueError(
+                    f"SegClipRecipe.{name} must be >= 0 (0 switches it off), got {getattr(self, name)}"
+                )
         if not 0.0 < self.mask_ratio < 1.0:
             raise CosegValueError(
                 "SegClipRecipe.mask_ratio must lie in (0, 1) (the share of patches the reconstruction removes), "
@@ -349,9 +351,7 @@ def pretrain_segclip(
     config = recipe.config
     torch.manual_seed(recipe.seed)
     model = SegClip(config)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98)
-    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
     warmup = max(1, recipe.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
