@@ -60,6 +60,7 @@ __all__ = [
     "SEGCLIP_SYNTHETIC_CONFIG",
     "SEGCLIP_SYNTHETIC_RECIPE",
     "SegClipRecipe",
+    "contrastive_loss",
     "pretrain_segclip",
     "segclip_zero_shot_accuracy",
 ]
@@ -86,17 +87,17 @@ SEGCLIP_SYNTHETIC_CONFIG = SegClipConfig(
     decoder_depth=3,
     decoder_heads=8,
 )
-"""The synthetic CLIP's tower sizes (:data:`~cosegkit.engine.pretrain.SYNTHETIC_CLIP_CONFIG`: 64 px,
-patch 8, width 96, 3 blocks of 3 heads; text width 64, 2 layers of 2 heads, 32 positions; a 64-wide
-joint space) with the group module after block 2, 8 centres refined by 2 cross-attention blocks, and
-SegCLIP's MAE decoder (width 48, 3 blocks, 8 heads)."""
+"""The sizes of the synthetic world's SegCLIP, the synthetic CLIP's towers (``SYNTHETIC_CLIP_CONFIG``
+of :mod:`cosegkit.engine.pretrain`; 64 px, patch 8, width 96, 3 blocks of 3 heads; text width 64, 2
+layers of 2 heads, 32 positions; a 64-wide joint space) with the group module after block 2, 8
+centres refined by 2 cross-attention blocks, and SegCLIP's MAE decoder (width 48, 3 blocks, 8 heads)."""
 
 #: The name of the SegCLIP architecture for the composite world of real photos (:data:`SEGCLIP_COMPOSITE_CONFIG`).
 SEGCLIP_COMPOSITE = "segclip-composite"
 SEGCLIP_COMPOSITE_CONFIG = SEGCLIP_SYNTHETIC_CONFIG
-"""The composite world's SegCLIP: the synthetic one's sizes. The composite plain CLIP is a
-ResNet (:data:`~cosegkit.engine.pretrain.COMPOSITE_CLIP_CONFIG`), which SegCLIP's grouping cannot
-follow: it needs a ViT's patch tokens."""
+"""The sizes of the composite world's SegCLIP, those of the synthetic one. The composite plain CLIP
+is a ResNet (:data:`~cosegkit.engine.pretrain.COMPOSITE_CLIP_CONFIG`), which SegCLIP's grouping
+cannot follow (it needs a ViT's patch tokens)."""
 
 _ARCHITECTURES: dict[str, SegClipConfig] = {
     SEGCLIP_SYNTHETIC: SEGCLIP_SYNTHETIC_CONFIG,
@@ -194,7 +195,7 @@ SEGCLIP_SYNTHETIC_RECIPE = SegClipRecipe(
     lr=_SYNTHETIC_CLIP_RECIPE.lr,
     weight_decay=_SYNTHETIC_CLIP_RECIPE.weight_decay,
 )
-"""The synthetic world's SegCLIP recipe: the synthetic CLIP's budget (600 steps of 128 pairs, lr 2e-3)."""
+"""The recipe of the synthetic world's SegCLIP, at the synthetic CLIP's budget (600 steps of 128 pairs, lr 2e-3)."""
 SEGCLIP_COMPOSITE_RECIPE = SegClipRecipe(
     SEGCLIP_COMPOSITE,
     steps=COMPOSITE_RECIPE.steps,
@@ -202,8 +203,8 @@ SEGCLIP_COMPOSITE_RECIPE = SegClipRecipe(
     lr=COMPOSITE_RECIPE.lr,
     weight_decay=COMPOSITE_RECIPE.weight_decay,
 )
-"""The composite world's SegCLIP recipe: the composite CLIP's budget
-(:data:`~cosegkit.engine.pretrain.COMPOSITE_RECIPE`: 2000 steps of 128 pairs, lr 2e-3)."""
+"""The recipe of the composite world's SegCLIP, at the composite CLIP's budget
+(:data:`~cosegkit.engine.pretrain.COMPOSITE_RECIPE`, 2000 steps of 128 pairs, lr 2e-3)."""
 
 
 def _normalise(images: torch.Tensor, size: int) -> torch.Tensor:
