@@ -344,3 +344,30 @@ def test_cli_segclip_errors_name_the_flag(argv, message, capsys) -> None:
     assert main(["pretrain-clip", "--dataset", "synthetic", "--steps", "1", "--no-progress", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_cli_segclip_on_the_composite_world_trains_on_the_training_photos(tmp_path, monkeypatch, capsys) -> None:
+    from cosegkit.data.synthetic import write_folder_dataset
+
+    root = tmp_path / "photos"
+    write_folder_dataset(SyntheticWorld(num_classes=4, image_size=32, objects_per_image=2, seed=3), root, 6)
+    calls = []
+    real = segclip_pretrain.pretrain_segclip
+
+    def spy(world, recipe, **kwargs):
+        calls.append((world, recipe))
+        return real(world, recipe, **kwargs)
+
+    monkeypatch.setattr(segclip_pretrain, "pretrain_segclip", spy)
+    argv = ["pretrain-clip", "--method", "segclip", "--dataset", "composite", "--root", str(root), "--reader", "folder"]
+    assert main([*argv, "--split-seed", "2", "--steps", "2", "--batch-size", "4", "--sets", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    ((world, recipe),) = calls
+    assert recipe == replace(SEGCLIP_COMPOSITE_RECIPE, steps=2, batch_size=4)
+    from cosegkit.engine import TrainConfig
+
+    config = TrainConfig(dataset="composite", root=str(root), reader="folder", split_seed=2)
+    assert set(world.photos) == set(config.world().photos) and set(world.photos).isdisjoint(
+        config.held_out_world().photos
+    )
+    assert "model folder: " in out and "segclip-composite-" in out and "held-out photos" in out
