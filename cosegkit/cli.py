@@ -1355,6 +1355,36 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_naming_accuracy(args: argparse.Namespace, scores: dict, where: str) -> None:
+    print(
+        f"held-out sets ({args.sets} of {args.set_size} images, {where}): the common class ranks first in "
+        f"{100 * scores['set_top1']:.1f}% (top 5: {100 * scores['set_top5']:.1f}%; chance {100 * scores['chance']:.1f}%); "
+        f"per image, the top class is one present in {100 * scores['image_top1']:.1f}% "
+        f"(chance {100 * scores['image_chance']:.1f}%)"
+    )
+
+
+def _pretrain_segclip(args: argparse.Namespace, world, held, recipe, progress, bar, where: str) -> int:
+    """``pretrain-clip --method segclip``: pre-train (or reuse) a SegClip; print its folder and accuracy."""
+    from cosegkit.engine.segclip_pretrain import pretrain_segclip, segclip_zero_shot_accuracy
+    from cosegkit.models.segclip import SegClip
+
+    try:
+        folder = pretrain_segclip(world, recipe, cache=not args.no_cache, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    scores = segclip_zero_shot_accuracy(SegClip.from_pretrained(folder), held, sets=args.sets, set_size=args.set_size)
+    print(f"model folder: {folder}")
+    _print_naming_accuracy(args, scores, where)
+    if args.json:
+        destination = Path(args.json)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        record = {"model": str(folder), "architecture": recipe.architecture, "world": world.fingerprint(), **scores}
+        destination.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
 def _add_pretrain_clip(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain-clip",
@@ -1366,13 +1396,20 @@ def _add_pretrain_clip(sub: argparse._SubParsersAction) -> None:
         "them, as for 'cosegkit train'). The weights are cached by their settings and the world's content under "
         "$COSEGKIT_CACHE (default ~/.cache/cosegkit), so a second call returns at once. Prints the weights file "
         "and how well the CLIP names the classes of held-out sets (of the held-out photos, for composite): per "
-        "set (the summed similarity's top class is the common one) and per image (the top class is one present).",
+        "set (the summed similarity's top class is the common one) and per image (the top class is one present). "
+        "With --method segclip it pre-trains SegCLIP's grouping ViT instead (cosegkit.engine.segclip_pretrain), with "
+        "SegCLIP's losses (contrastive, superpixel, reconstruction) on the same images and captions at the same "
+        "budget, and prints its model folder.",
         epilog="""examples:
   cosegkit pretrain-clip --dataset composite --root ../shared/data/pascal_voc_coseg --reader pascal_voc
   cosegkit train --dataset composite --root ../shared/data/pascal_voc_coseg --reader pascal_voc \
       --clip-model coseg-composite-clip --clip-pretrained PATH_PRINTED_ABOVE ...
 
   cosegkit pretrain-clip --dataset synthetic --steps 600     # the demo's CLIP
+
+  # SegCLIP (a ViT grouping its patches into centres) on the same captions and budget; prints its folder
+  cosegkit pretrain-clip --method segclip --dataset synthetic
+  cosegkit pretrain-clip --method segclip --dataset synthetic --reconstruction-weight 0
 """,
     )
     d = p.add_argument_group("world")
@@ -1385,12 +1422,29 @@ def _add_pretrain_clip(sub: argparse._SubParsersAction) -> None:
     _add_world_options(d)
     _add_reader_options(d)
     d.add_argument("--image-size", type=_positive, default=64, help="side of the world's images (default 64)")
-    r = p.add_argument_group("recipe (defaults: cosegkit.engine.pretrain.COMPOSITE_RECIPE, or the synthetic CLIP's)")
+    r = p.add_argument_group(
+        "recipe (defaults: cosegkit.engine.pretrain.COMPOSITE_RECIPE, or the synthetic CLIP's; for segclip "
+        "cosegkit.engine.segclip_pretrain.SEGCLIP_COMPOSITE_RECIPE or SEGCLIP_SYNTHETIC_RECIPE, the same budgets)"
+    )
+    r.add_argument(
+        "--method",
+        choices=("clip", "segclip"),
+        default="clip",
+        help="clip: a small open_clip CLIP (default); segclip: SegCLIP's grouping ViT and text tower",
+    )
     r.add_argument("--steps", type=_positive, help="optimizer steps")
     r.add_argument("--batch-size", type=_positive, help="image-caption pairs per step (at least 2)")
     r.add_argument("--lr", type=float, help="peak learning rate")
     r.add_argument("--seed", type=int, default=0, help="initialisation and data seed (default 0)")
     r.add_argument("--no-cache", action="store_true", help="train even when cached weights exist (and replace them)")
+    r.add_argument(
+        "--superpixel-weight", type=float, help="segclip: weight of the superpixel loss (default 1; 0 switches it off)"
+    )
+    r.add_argument(
+        "--reconstruction-weight",
+        type=float,
+        help="segclip: weight of the masked-patch reconstruction loss (default 1; 0 switches it off)",
+    )
     a = p.add_argument_group("accuracy on held-out sets")
     a.add_argument("--sets", type=_positive, default=50, help="held-out sets scored (default 50)")
     a.add_argument("--set-size", type=_positive, default=5, help="images per held-out set (default 5)")
@@ -1413,6 +1467,7 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
         register_synthetic_clip,
         zero_shot_accuracy,
     )
+    from cosegkit.errors import CosegValueError
 
     config = TrainConfig(
         dataset=args.dataset,
@@ -1429,9 +1484,38 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
         on_empty=args.on_empty,
         image_size=args.image_size,
     )
-    recipe = COMPOSITE_RECIPE if args.dataset == "composite" else ClipPretrainConfig().recipe()
+    segclip_flags = [
+        flag
+        for flag, name in (
+            ("--superpixel-weight", "superpixel_weight"),
+            ("--reconstruction-weight", "reconstruction_weight"),
+        )
+        if getattr(args, name) is not None
+    ]
+    if args.method == "clip" and segclip_flags:
+        raise _UsageError(f"{', '.join(segclip_flags)}: only with --method segclip (they weight SegCLIP's losses)")
     changes = {k: getattr(args, k) for k in ("steps", "batch_size", "lr") if getattr(args, k) is not None}
-    recipe = replace(recipe, seed=args.seed, **changes)
+    if args.method == "segclip":
+        from cosegkit.engine.segclip_pretrain import SEGCLIP_COMPOSITE_RECIPE, SEGCLIP_SYNTHETIC_RECIPE
+
+        recipe = SEGCLIP_COMPOSITE_RECIPE if args.dataset == "composite" else SEGCLIP_SYNTHETIC_RECIPE
+        changes.update(
+            {
+                k: getattr(args, k)
+                for k in ("superpixel_weight", "reconstruction_weight")
+                if getattr(args, k) is not None
+            }
+        )
+    else:
+        recipe = COMPOSITE_RECIPE if args.dataset == "composite" else ClipPretrainConfig().recipe()
+    try:
+        recipe = replace(recipe, seed=args.seed, **changes)
+    except CosegValueError as err:  # name the flag: "SegClipRecipe.lr must ..." -> "--lr: ..."
+        text = str(err)
+        for name in ("superpixel_weight", "reconstruction_weight", "batch_size", "steps", "lr"):
+            if name in text:
+                raise _UsageError(f"--{name.replace('_', '-')}: {text}") from None
+        raise
     world = config.world()  # the training photos only
     held = config.held_out_world()
     print(
@@ -1446,13 +1530,16 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=recipe.steps, desc="pretrain-clip", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=recipe.steps, desc=f"pretrain-{args.method}", unit="step", dynamic_ncols=True)
 
     def progress(step: int, steps: int, loss: float) -> None:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
 
+    where = "held-out photos" if args.dataset == "composite" else "held-out seeds"
+    if args.method == "segclip":
+        return _pretrain_segclip(args, world, held, recipe, progress, bar, where)
     try:
         path = pretrain_clip(world, recipe, cache=not args.no_cache, progress=progress)
     finally:
@@ -1463,14 +1550,8 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
         recipe.architecture, pretrained=str(path), classnames=world.class_names, templates=SYNTHETIC_TEMPLATES
     )
     scores = zero_shot_accuracy(clip, held, sets=args.sets, set_size=args.set_size)
-    where = "held-out photos" if args.dataset == "composite" else "held-out seeds"
     print(f"weights: {path}")
-    print(
-        f"held-out sets ({args.sets} of {args.set_size} images, {where}): the common class ranks first in "
-        f"{100 * scores['set_top1']:.1f}% (top 5: {100 * scores['set_top5']:.1f}%; chance {100 * scores['chance']:.1f}%); "
-        f"per image, the top class is one present in {100 * scores['image_top1']:.1f}% "
-        f"(chance {100 * scores['image_chance']:.1f}%)"
-    )
+    _print_naming_accuracy(args, scores, where)
     data = f"--dataset {args.dataset}" + (f" --root {args.root} --reader {args.reader}" if args.root else "")
     print(f"train with it: cosegkit train {data} --clip-model {recipe.architecture} --clip-pretrained {path} ...")
     if args.json:

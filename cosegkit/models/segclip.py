@@ -171,7 +171,7 @@ class SegClipConfig:
 
     @property
     def decoder_width(self) -> int:
-        """Width of the MAE decoder (SegCLIP: half the image transformer's)."""
+        """The MAE decoder's width, half the image transformer's (as in SegCLIP)."""
         return self.width // 2
 
 
