@@ -371,7 +371,7 @@ def prepare_world_clip(
 
 #: The side of the SegCLIP zero-shot model's input, per world (its ViT is trained at 64 px, patch 8).
 #: Chosen on a development seed's model and sets (see the zero-shot docs page's SegCLIP section).
-SEGCLIP_ZERO_SHOT_SIZE: dict[str, int] = {"synthetic": 64, "pascal": 64}
+SEGCLIP_ZERO_SHOT_SIZE: dict[str, int] = {"synthetic": 160, "pascal": 64}
 
 
 def _world_and_held_out(world: str, root: str | Path | None) -> tuple[Any, Any]:
@@ -464,7 +464,7 @@ def demo_segclip_zero_shot(
         >>> from cosegkit.models import SegClip
         >>> zs = demo_segclip_zero_shot(SegClip(SEGCLIP_SYNTHETIC_CONFIG))
         >>> len(zs.classnames), zs.templates, zs.input_size()
-        (16, ('a {}',), 64)
+        (16, ('a {}',), 160)
     """
     from cosegkit.zeroshot import SegClipCoseg
 
