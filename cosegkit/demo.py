@@ -404,7 +404,7 @@ def prepare_world_segclip(
     zero-shot row and CLIP-ES's compare methods, not budgets.
 
     Returns:
-        ``(folder, accuracy)``: the :class:`~cosegkit.models.SegClip` folder and
+        ``(folder, accuracy)``: the :class:`~cosegkit.models.segclip.SegClip` folder and
         :func:`~cosegkit.engine.segclip_pretrain.segclip_zero_shot_accuracy`'s dict plus ``seconds``.
 
     Example:

@@ -6,7 +6,7 @@ r"""Zero-shot co-segmentation with SegCLIP: the groups of a grouping ViT, read b
    common class, unless a class name is given.
 2. **The groups.** Each image's patches are assigned to ``G`` groups (``grouping="image"``,
    SegCLIP's own), or the patches of the whole set to one set of ``G`` groups
-   (``grouping="set"``: shared centres, as :class:`~cosegkit.layers.SetGrouping` does).
+   (``grouping="set"``: shared centres, as :class:`~cosegkit.SetGrouping` does).
 3. **SegCLIP's read-out** (``ViTSegInference.encode_decode``). Each group's affinity to every
    class: a softmax over the vocabulary of ``logit_scale * cos(group, text)``, restricted to the
    ``top_k`` classes of the image embedding (plus the set's class), times the unrestricted
@@ -129,8 +129,8 @@ class SegClipCoseg(nn.Module):
     """Co-segment image sets with a SegCLIP model and no training: its groups, read by the set's class.
 
     Args:
-        model: a :class:`~cosegkit.models.SegClip` (e.g. :meth:`SegClip.from_segclip_checkpoint
-            <cosegkit.models.SegClip.from_segclip_checkpoint>` of ``segclip.bin``).
+        model: a :class:`~cosegkit.models.segclip.SegClip` (e.g. :meth:`SegClip.from_segclip_checkpoint
+            <cosegkit.models.segclip.SegClip.from_segclip_checkpoint>` of ``segclip.bin``).
         classnames: the vocabulary (class names).
         templates: prompt templates (default SegCLIP's ``"a photo of a {}."``); a class's
             embedding is the mean of its templates' embeddings, then normalised (SegCLIP's order).
@@ -230,12 +230,13 @@ class SegClipCoseg(nn.Module):
         return self.classnames.index(name)
 
     def input_size(self) -> int:
+        """The side the images are resized to: ``image_size`` (or the model's), rounded up to a multiple of the patch."""
         size = self.model.image_size if self.image_size is None else self.image_size
         patch = self.model.patch_size
         return max(1, math.ceil(size / patch)) * patch
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(K, 3, H, W)`` in [0, 1] resized (bicubic, antialiased) to :meth:`input_size` and
+        """Images ``(K, 3, H, W)`` in [0, 1] resized (bicubic, antialiased) to :meth:`SegClipCoseg.input_size` and
         normalised with CLIP's statistics, as the model takes them."""
         size = self.input_size()
         x = images.float()
