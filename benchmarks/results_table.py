@@ -260,7 +260,16 @@ def main() -> None:
         ]
     groups = [(w, label) for w in args.worlds for label in args.rows if ROWS[label].segclip is not None]
     if groups:
-        keys = ("groups_used", "target_share", "target_purity", "oracle_J", "picked_is_main", "class_top1")
+        keys = (
+            "groups_used",
+            "target_share",
+            "target_purity",
+            "oracle_J",
+            "picked_is_main",
+            "class_top1",
+            "own_J",
+            "told_J",
+        )
         lines += [
             "SegCLIP's groups on the held-out sets (per image; mean ± sd over seeds):",
             "",

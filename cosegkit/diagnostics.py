@@ -534,7 +534,10 @@ def segclip_group_diagnostics(
     - ``picked_is_main``: how often the group with the highest affinity to the set's class is
       the main group (a read-out failure when the groups are good);
     - ``class_top1``: how often the set's class is the true one (only with ``class_names``
-      and sets that carry their class index ``group``).
+      and sets that carry their class index ``group``);
+    - ``told_J``: the J of the read-out told the set's true class (same conditions), against
+      ``own_J``, the J of the read-out of the set's own class: when ``told_J`` is the lower,
+      the groups' embeddings do not carry the true class's text, whatever the naming.
 
     Args:
         zero_shot: a :class:`~cosegkit.zeroshot.SegClipCoseg`.
@@ -558,7 +561,7 @@ def segclip_group_diagnostics(
         >>> zs = SegClipCoseg(SegClip(config), names)
         >>> report = segclip_group_diagnostics(zs, build_eval_sets(train, sets=2), class_names=names)
         >>> sorted(report)
-        ['class_top1', 'groups_used', 'oracle_J', 'picked_is_main', 'target_purity', 'target_share']
+        ['class_top1', 'groups_used', 'oracle_J', 'own_J', 'picked_is_main', 'target_purity', 'target_share', 'told_J']
         >>> 1 <= report["groups_used"] <= 4 and 0 <= report["oracle_J"] <= 1
         True
     """
@@ -567,8 +570,9 @@ def segclip_group_diagnostics(
     from cosegkit.metrics import precision_jaccard
 
     totals: dict[str, float] = {}
-    images_seen = sets_seen = 0
+    images_seen = sets_seen = scored = 0
     top1 = 0.0
+    totals_told: dict[str, float] = {}
     for index in range(len(sets) if limit is None else min(limit, len(sets))):
         item = sets[index]
         valid = item["valid"]
@@ -599,9 +603,20 @@ def segclip_group_diagnostics(
             totals[key] = totals.get(key, 0.0) + float(value.sum())
         images_seen += int(valid.sum())
         if class_names is not None and "group" in item:
-            top1 += float(zero_shot.classnames[int(out.common_class[0])] == class_names[int(item["group"])])
+            truth = class_names[int(item["group"])]
+            top1 += float(zero_shot.classnames[int(out.common_class[0])] == truth)
             sets_seen += 1
+            score = item.get("score", valid)[None] & valid[None]
+            masks = item["masks"][None].float()
+            with torch.no_grad():
+                told = zero_shot(item["images"][None], valid[None], class_name=truth)
+            own_j = precision_jaccard(out.probs, masks, size=(h, w), valid=score)[1]
+            told_j = precision_jaccard(told.probs, masks, size=(h, w), valid=score)[1]
+            totals_told["own_J"] = totals_told.get("own_J", 0.0) + float(own_j.nansum())
+            totals_told["told_J"] = totals_told.get("told_J", 0.0) + float(told_j.nansum())
+            scored += int((~torch.isnan(own_j)).sum())
     report = {key: value / max(images_seen, 1) for key, value in totals.items()}
     if sets_seen:
         report["class_top1"] = top1 / sets_seen
+        report.update({key: value / max(scored, 1) for key, value in totals_told.items()})
     return dict(sorted(report.items()))

@@ -106,16 +106,21 @@ class _HalvesSegClip(torch.nn.Module):
 
     classnames = ("cat", "dog")
 
-    def forward(self, images, valid):
+    def forward(self, images, valid, class_name=None):
         from cosegkit.zeroshot import SegClipCosegOutput
 
         b, n = images.shape[:2]
+        probs = torch.zeros(b, n, 1, *images.shape[-2:])
+        if class_name is None:  # its own class, 'dog': the left half, the object, by luck
+            probs[..., : images.shape[-1] // 2] = 1.0
+        else:  # told 'cat': the right half
+            probs[..., images.shape[-1] // 2 :] = 1.0
         assignment = torch.zeros(b, n, 3, 4, 4)
         assignment[..., 0, :, :2] = 1.0
         assignment[..., 1, :, 2:] = 1.0
         affinity = torch.tensor([0.1, 0.8, 0.0]).expand(b, n, 3)
         return SegClipCosegOutput(
-            probs=torch.zeros(b, n, 1, *images.shape[-2:]),
+            probs=probs,
             common_class=torch.ones(b, dtype=torch.long),
             class_scores=torch.zeros(b, 2),
             assignment=assignment,
@@ -139,5 +144,6 @@ def test_segclip_group_diagnostics_on_known_groups() -> None:
     assert report["oracle_J"] == pytest.approx((1 + 1 + 0.5) / 3, abs=1e-6)
     assert report["picked_is_main"] == 0.0  # the class's group (1) is the background half
     assert report["class_top1"] == 0.0  # the set is 'cat', the texts named 'dog'
+    assert report["own_J"] == pytest.approx((1 + 1 + 0.5) / 3) and report["told_J"] == pytest.approx(0.0)
     padded = dict(item, valid=torch.tensor([True, True, False]))
     assert segclip_group_diagnostics(_HalvesSegClip(), [padded])["target_purity"] == pytest.approx(1.0)
