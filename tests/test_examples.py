@@ -388,3 +388,46 @@ def test_results_table_zero_shot_row_on_real_photos_runs_at_the_worlds_size_and_
     scores = table.run_one("pascal", "photos", "Zero-shot", 0, budget, "clip.safetensors", str(tmp_path / "run"))
     assert scored == [(128, "sets"), (128, "photos")]
     assert scores["sets"] == scores["photos"] == {"P": 0.5, "J": 0.25, "images": 4}
+
+
+def test_results_table_segclip_row_pretrains_the_seed_s_segclip_and_reports_its_groups(tmp_path, monkeypatch) -> None:
+    """The SegCLIP row pre-trains a SegCLIP per seed at the world's CLIP budget, scores it and diagnoses its groups."""
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path / "cache"))
+    table = _results_table(monkeypatch)
+    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 2}
+    scores = table.run_one(
+        "synthetic", None, "SegCLIP zero-shot, shared centres", 1, budget, "unused", str(tmp_path / "r")
+    )
+    assert 0 <= scores["sets"]["J"] <= 1 and scores["sets"]["images"] == 8
+    assert {"groups_used", "oracle_J", "target_purity", "class_top1", "told_J"} <= set(scores["groups"])
+    record = json.loads((Path(scores["segclip"]["folder"]) / "pretrain.json").read_text())
+    assert (record["recipe"]["seed"], record["recipe"]["steps"], record["recipe"]["batch_size"]) == (1, 2, 128)
+    assert json.loads((tmp_path / "r" / "scores.json").read_text()) == scores
+
+
+def test_results_table_clip_per_seed_row_uses_the_seed_s_clip(tmp_path, monkeypatch) -> None:
+    import types
+
+    import cosegkit.demo
+    import cosegkit.engine
+
+    table = _results_table(monkeypatch)
+    seeds = []
+
+    def prepare(world, **kwargs):
+        seeds.append(kwargs["seed"])
+        return Path("clip-of-the-seed.safetensors"), {}
+
+    monkeypatch.setattr(cosegkit.demo, "prepare_world_clip", prepare)
+    monkeypatch.setattr(cosegkit.demo, "demo_clip", lambda world, path, root=None: path)
+    monkeypatch.setattr(cosegkit.demo, "demo_zero_shot", lambda clip, world: clip)
+    used = []
+
+    def evaluate(model, sets, **kwargs):
+        used.append(model)
+        return types.SimpleNamespace(P=1.0, J=0.5, images=1)
+
+    monkeypatch.setattr(cosegkit.engine, "evaluate", evaluate)
+    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 1}
+    table.run_one("synthetic", None, "Zero-shot, CLIP per seed", 2, budget, "seed0.safetensors", str(tmp_path / "r"))
+    assert seeds == [2] and used == ["clip-of-the-seed.safetensors"]  # not the seed-0 CLIP the table passes
