@@ -186,6 +186,13 @@ class SegClipImageOutput(NamedTuple):
         hard: ``(B, G, h, w)`` the hard assignment (one-hot over ``G``; Gumbel noise and
             straight-through gradients in training).
         logits: ``(B, G, h, w)`` the assignment logits (centres . keys).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.models.segclip import SegClipImageOutput
+        >>> out = SegClipImageOutput(*(torch.zeros(1) for _ in range(5)))
+        >>> out._fields
+        ('embedding', 'groups', 'soft', 'hard', 'logits')
     """
 
     embedding: torch.Tensor
@@ -204,6 +211,17 @@ class SegClipSetOutput(NamedTuple):
         soft: ``(B, N, G, h, w)`` each patch's soft assignment; zero on padded images.
         hard: ``(B, N, G, h, w)`` the hard assignment; zero on padded images.
         logits: ``(B, N, G, h, w)`` the assignment logits.
+
+    Example:
+        Three images grouped as one set by a tiny random model:
+
+        >>> import torch
+        >>> from cosegkit.models.segclip import SegClip, SegClipConfig
+        >>> config = SegClipConfig(embed_dim=16, image_size=32, patch_size=8, width=32, layers=2, first_stage_layer=1,
+        ...                        num_groups=4, context_length=8, text_width=32, text_layers=1, head_width=16)
+        >>> out = SegClip(config).eval().encode_set(torch.randn(1, 3, 3, 32, 32))
+        >>> out.embedding.shape, out.groups.shape, out.soft.shape
+        (torch.Size([1, 16]), torch.Size([1, 4, 16]), torch.Size([1, 3, 4, 4, 4]))
     """
 
     embedding: torch.Tensor

@@ -65,6 +65,14 @@ class SegClipCosegOutput:
         affinity: ``(B, N, G)``: each group's affinity to the set's class (with
             ``grouping="set"`` the same for every image of a set).
         valid: ``(B, N)`` boolean.
+
+    Example:
+        See :class:`SegClipCoseg` for one from a model; its fields:
+
+        >>> import dataclasses
+        >>> from cosegkit.zeroshot import SegClipCosegOutput
+        >>> [f.name for f in dataclasses.fields(SegClipCosegOutput)]
+        ['probs', 'common_class', 'class_scores', 'assignment', 'affinity', 'valid']
     """
 
     probs: torch.Tensor
