@@ -43,13 +43,16 @@ def cache(tmp_path, monkeypatch):
 def test_presets_have_the_plain_clips_budgets_and_sizes() -> None:
     synthetic = pretrain.ClipPretrainConfig().recipe()
     for segclip, clip in ((SEGCLIP_SYNTHETIC_RECIPE, synthetic), (SEGCLIP_COMPOSITE_RECIPE, pretrain.COMPOSITE_RECIPE)):
-        assert (segclip.steps, segclip.batch_size, segclip.lr, segclip.weight_decay, segclip.seed) == (
+        assert (segclip.steps, segclip.batch_size, segclip.weight_decay, segclip.seed) == (
             clip.steps,
             clip.batch_size,
-            clip.lr,
             clip.weight_decay,
             clip.seed,
         )
+    # the learning rate is each method's own, chosen on a development seed: the composite ViT
+    # stayed at chance at the ResNet CLIP's 2e-3
+    assert (SEGCLIP_SYNTHETIC_RECIPE.lr, SEGCLIP_COMPOSITE_RECIPE.lr) == (synthetic.lr, 5e-4)
+    assert SEGCLIP_SYNTHETIC_RECIPE.reconstruction_weight == SEGCLIP_COMPOSITE_RECIPE.reconstruction_weight == 0.0
     assert (SEGCLIP_SYNTHETIC_RECIPE.steps, SEGCLIP_COMPOSITE_RECIPE.steps) == (600, 2000)
     vision, text = pretrain.SYNTHETIC_CLIP_CONFIG["vision_cfg"], pretrain.SYNTHETIC_CLIP_CONFIG["text_cfg"]
     c = SEGCLIP_SYNTHETIC_CONFIG
