@@ -578,28 +578,6 @@ def _load_model(path: str, device):
 
 
 # ---------------------------------------------------------------------- zero-shot (evaluate, segment)
-_ZERO_SHOT_OPTIONS = (
-    "method",
-    "segclip_grouping",
-    "segclip_readout",
-    "segclip_top_k",
-    "clip_model",
-    "clip_pretrained",
-    "class_name",
-    "vocabulary",
-    "templates",
-    "background",
-    "background_file",
-    "synonyms",
-    "no_caa",
-    "attention_blocks",
-    "box_threshold",
-    "box_precision",
-    "cam_scaling",
-    "pos_interpolation",
-)
-
-
 #: the zero-shot options that set CLIP-ES's method only (refused with --method segclip)
 _CLIP_ES_OPTIONS = (
     "clip_model",
@@ -613,7 +591,19 @@ _CLIP_ES_OPTIONS = (
     "cam_scaling",
     "pos_interpolation",
 )
+#: the options of --method segclip only
 _SEGCLIP_OPTIONS = ("segclip_grouping", "segclip_readout", "segclip_top_k")
+#: every zero-shot option (refused with --model; the order names a segment run's resume key)
+_ZERO_SHOT_OPTIONS = (
+    "method",
+    *_SEGCLIP_OPTIONS,
+    _CLIP_ES_OPTIONS[0],
+    "clip_pretrained",
+    "class_name",
+    "vocabulary",
+    "templates",
+    *_CLIP_ES_OPTIONS[1:],
+)
 
 
 def _plural(n: int, word: str) -> str:
