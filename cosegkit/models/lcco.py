@@ -164,6 +164,23 @@ def _encoder_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def write_model_folder(
+    directory: str | os.PathLike[str], architecture: str, settings: dict[str, Any], module: nn.Module
+) -> Path:
+    """Write a model folder of another architecture than LCCo's: ``config.json`` (the cosegkit
+    version, ``architecture`` and the constructor's ``settings`` under ``"model"``) and the
+    module's weights as ``model.safetensors``, each atomically; returns the folder."""
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"cosegkit_version": __version__, "architecture": architecture, "model": settings}
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return path
+
+
 def model_folder(path: str | os.PathLike[str]) -> Path:
     """The model folder that ``path`` names: ``path/model`` for a run folder of ``cosegkit train``, else ``path``.
 

@@ -48,8 +48,6 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from cosegkit import __version__
-from cosegkit._files import atomic_write
 from cosegkit.errors import CosegShapeError, CosegValueError, WeightsUnavailableError
 from cosegkit.layers._blocks import QuickGELU
 
@@ -780,15 +778,9 @@ class SegClip(nn.Module):
             >>> SegClip.from_pretrained(folder).config == config
             True
         """
-        from safetensors.torch import save_file
+        from cosegkit.models.lcco import write_model_folder
 
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        config = {"cosegkit_version": __version__, "architecture": ARCHITECTURE, "model": asdict(self.config)}
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
-        return path
+        return write_model_folder(directory, ARCHITECTURE, asdict(self.config), self)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> SegClip:

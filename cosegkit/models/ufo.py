@@ -37,8 +37,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from cosegkit import __version__
-from cosegkit._files import atomic_write
 from cosegkit._validation import check_image_set, resolve_valid
 from cosegkit.errors import CosegValueError, WeightsUnavailableError
 from cosegkit.models.lcco import (
@@ -49,6 +47,7 @@ from cosegkit.models.lcco import (
     _read_safetensors,
     build_encoder,
     model_folder,
+    write_model_folder,
 )
 from cosegkit.models.ufo_output import UFOOutput
 
@@ -404,15 +403,7 @@ class UFO(nn.Module):
         :meth:`from_pretrained` and :func:`cosegkit.load_model` rebuild the model from
         the folder without downloading anything.
         """
-        from safetensors.torch import save_file
-
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        config = {"cosegkit_version": __version__, "architecture": ARCHITECTURE, "model": dict(self.config)}
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        atomic_write(path / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
-        return path
+        return write_model_folder(directory, ARCHITECTURE, dict(self.config), self)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> UFO:

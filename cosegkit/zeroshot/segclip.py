@@ -138,7 +138,8 @@ class SegClipCoseg(nn.Module):
 
     Args:
         model: a :class:`~cosegkit.models.segclip.SegClip` (e.g. :meth:`SegClip.from_segclip_checkpoint
-            <cosegkit.models.segclip.SegClip.from_segclip_checkpoint>` of ``segclip.bin``).
+            <cosegkit.models.segclip.SegClip.from_segclip_checkpoint>` of ``segclip.bin``); it is
+            put in eval mode and frozen (``requires_grad_(False)``), as a zero-shot model is used.
         classnames: the vocabulary (class names).
         templates: prompt templates (default SegCLIP's ``"a photo of a {}."``); a class's
             embedding is the mean of its templates' embeddings, then normalised (SegCLIP's order).
