@@ -1,0 +1,89 @@
+"""How long the command line takes to answer ``--help``: the cost of importing before parsing.
+
+    python benchmarks/cli_startup.py                 # every subcommand's --help, 5 rounds
+    python benchmarks/cli_startup.py --repeats 9 --commands train segment
+
+What is measured, each in a fresh process (``subprocess.run``, wall time with
+``time.perf_counter`` around it, the interpreter's own start included):
+
+- ``python -c pass``: the interpreter alone, the floor;
+- ``import cosegkit``: the package's import;
+- ``cosegkit --help`` and ``cosegkit <command> --help`` for each subcommand
+  (``python -m cosegkit ...``, as the ``cosegkit`` script runs ``cosegkit.cli:main``).
+
+The rounds are interleaved (one call of each per round), so a slow spell of a shared machine
+hits all of them alike; the table gives the median, the fastest and the slowest call of each.
+``--importtime`` adds the ten slowest imports made by the modules ``cosegkit --help`` loads,
+one and two levels down, by cumulative time (``python -X importtime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+COMMANDS = ("demo", "train", "evaluate", "segment", "export", "pretrain-clip")
+
+
+def _time(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-500:]}")
+    return elapsed
+
+
+def _slowest_imports(env: dict[str, str], count: int = 10) -> list[tuple[float, str]]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cosegkit", "--help"], env=env, capture_output=True, text=True
+    )
+    rows = []
+    for line in done.stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line[len("import time:") :].split("|")
+        depth = (len(name) - len(name.lstrip()) - 1) // 2  # -X importtime indents each level by 2
+        if 1 <= depth <= 2:  # what the package and its modules import; their time includes their children
+            rows.append((int(cumulative) / 1e6, "  " * (depth - 1) + name.strip()))
+    return sorted(rows, reverse=True)[:count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
+    parser.add_argument("--commands", nargs="+", default=list(COMMANDS), help="subcommands whose --help is timed")
+    parser.add_argument("--importtime", action="store_true", help="also list the slowest imports of --help")
+    args = parser.parse_args()
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cases = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "import cosegkit": [sys.executable, "-c", "import cosegkit"],
+        "cosegkit --help": [sys.executable, "-m", "cosegkit", "--help"],
+    }
+    for command in args.commands:
+        cases[f"cosegkit {command} --help"] = [sys.executable, "-m", "cosegkit", command, "--help"]
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for argv in cases.values():  # one warm-up call each: the file cache, not the imports, is warmed
+        _time(argv, env)
+    for _ in range(args.repeats):
+        for name, argv in cases.items():
+            times[name].append(_time(argv, env))
+    width = max(len(name) for name in cases)
+    print(f"{'call':<{width}}  {'median s':>9}  {'min s':>7}  {'max s':>7}")
+    for name, values in times.items():
+        print(f"{name:<{width}}  {statistics.median(values):>9.3f}  {min(values):>7.3f}  {max(values):>7.3f}")
+    print(f"\n{args.repeats} rounds, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    if args.importtime:
+        print("\nslowest imports of `cosegkit --help`, one and two levels down (cumulative s):")
+        for seconds, name in _slowest_imports(env):
+            print(f"  {seconds:7.3f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
