@@ -637,17 +637,7 @@ class SegClip(nn.Module):
             A :class:`SegClipImageOutput`.
         """
         self._check_images(images, 4, "encode_image")
-        x, h, w = self._first_stage(images)
-        groups, hard, soft, logits = self.visual.grouping(x)
-        embedding, groups = self._groups_to_joint(groups)
-        grid = {"h": h, "w": w}
-        return SegClipImageOutput(
-            embedding,
-            groups,
-            rearrange(soft, "b g (h w) -> b g h w", **grid),
-            rearrange(hard, "b g (h w) -> b g h w", **grid),
-            rearrange(logits, "b g (h w) -> b g h w", **grid),
-        )
+        return self._group_images(*self._first_stage(images))
 
     def encode_set(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> SegClipSetOutput:
         """Group the patches of every image of a set with one set of centres (shared groups).
@@ -663,15 +653,49 @@ class SegClip(nn.Module):
         Returns:
             A :class:`SegClipSetOutput`.
         """
+        valid = self._check_set(images, valid)
+        x, h, w = self._first_stage(rearrange(images, "b n c hh ww -> (b n) c hh ww"))
+        return self._group_set(x, valid, h, w)
+
+    def encode_image_and_set(
+        self, images: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[SegClipImageOutput, SegClipSetOutput]:
+        """:meth:`encode_image` of every image (flattened to ``B * N``) and :meth:`encode_set`,
+        sharing one pass of the first blocks.
+
+        Example:
+            >>> import torch
+            >>> from cosegkit.models.segclip import SegClip, SegClipConfig
+            >>> config = SegClipConfig(embed_dim=16, image_size=32, patch_size=8, width=32, layers=2,
+            ...                        first_stage_layer=1, num_groups=4, context_length=8, text_width=32,
+            ...                        text_layers=1, head_width=16)
+            >>> model = SegClip(config).eval()
+            >>> images = torch.randn(2, 3, 3, 32, 32)
+            >>> alone, shared = model.encode_image_and_set(images)
+            >>> alone.groups.shape, shared.groups.shape
+            (torch.Size([6, 4, 16]), torch.Size([2, 4, 16]))
+            >>> bool(torch.allclose(alone.embedding, model.encode_image(images.flatten(0, 1)).embedding, atol=1e-6))
+            True
+        """
+        valid = self._check_set(images, valid)
+        x, h, w = self._first_stage(rearrange(images, "b n c hh ww -> (b n) c hh ww"))
+        return self._group_images(x, h, w), self._group_set(x, valid, h, w)
+
+    def _check_set(self, images: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Check a batch of sets and its ``valid`` mask; the mask (all True when ``None``)."""
         self._check_images(images, 5, "encode_set")
         b, n = images.shape[:2]
         if valid is None:
-            valid = torch.ones(b, n, dtype=torch.bool, device=images.device)
-        elif valid.shape != (b, n):
+            return torch.ones(b, n, dtype=torch.bool, device=images.device)
+        if valid.shape != (b, n):
             raise CosegShapeError(f"SegClip.encode_set: valid must be (B, N) = {(b, n)}, got {tuple(valid.shape)}")
         if not bool(valid.any(dim=1).all()):
             raise CosegValueError("SegClip.encode_set: every set needs at least one valid image")
-        x, h, w = self._first_stage(rearrange(images, "b n c hh ww -> (b n) c hh ww"))
+        return valid
+
+    def _group_set(self, x: torch.Tensor, valid: torch.Tensor, h: int, w: int) -> SegClipSetOutput:
+        """One grouping per set from the first-stage tokens ``(B * N, h*w, C)`` of its images."""
+        b, n = valid.shape
         tokens = rearrange(x, "(b n) l c -> b (n l) c", b=b)
         token_valid = repeat(valid, "b n -> b (n l)", l=h * w)
         groups, hard, soft, logits = self.visual.grouping(tokens, token_valid)
@@ -683,6 +707,19 @@ class SegClip(nn.Module):
             rearrange(soft, "b g (n h w) -> b n g h w", **grid),
             rearrange(hard, "b g (n h w) -> b n g h w", **grid),
             rearrange(logits, "b g (n h w) -> b n g h w", **grid),
+        )
+
+    def _group_images(self, x: torch.Tensor, h: int, w: int) -> SegClipImageOutput:
+        """Each image's grouping and embeddings from its first-stage tokens ``(B, h*w, C)``."""
+        groups, hard, soft, logits = self.visual.grouping(x)
+        embedding, groups = self._groups_to_joint(groups)
+        grid = {"h": h, "w": w}
+        return SegClipImageOutput(
+            embedding,
+            groups,
+            rearrange(soft, "b g (h w) -> b g h w", **grid),
+            rearrange(hard, "b g (h w) -> b g h w", **grid),
+            rearrange(logits, "b g (h w) -> b g h w", **grid),
         )
 
     # ------------------------------------------------------------------ text tower

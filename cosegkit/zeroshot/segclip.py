@@ -262,7 +262,10 @@ class SegClipCoseg(nn.Module):
         b, n, _, height, width = images.shape
         valid = resolve_valid(valid, b, n, images.device)
         x = self.normalise(rearrange(images, "b n c h w -> (b n) c h w"))
-        per_image = self.model.encode_image(x)
+        if self.grouping == "image":
+            per_image, shared = self.model.encode_image(x), None
+        else:  # the class from each image's own embedding, as per image; one pass of the first blocks
+            per_image, shared = self.model.encode_image_and_set(rearrange(x, "(b n) c h w -> b n c h w", b=b), valid)
         text = self.text_bank.to(per_image.embedding.dtype)
         embeddings = rearrange(F.normalize(per_image.embedding, dim=-1), "(b n) d -> b n d", b=b)
         scores = masked_sum(embeddings.float() @ text.float().T, valid)  # (b, p)
@@ -271,7 +274,7 @@ class SegClipCoseg(nn.Module):
             common = torch.full((b,), self.class_index(name), dtype=torch.long, device=images.device)
         else:
             common = scores.argmax(dim=-1)
-        if self.grouping == "image":
+        if shared is None:
             keep = common.repeat_interleave(n)
             aff = group_affinity(
                 per_image.groups, per_image.embedding, text, self.model.logit_scale, top_k=self.top_k, keep=keep
@@ -281,7 +284,6 @@ class SegClipCoseg(nn.Module):
             )
             soft = rearrange(per_image.soft, "(b n) g h w -> b n g h w", b=b)
         else:
-            shared = self.model.encode_set(rearrange(x, "(b n) c h w -> b n c h w", b=b), valid)
             aff = group_affinity(
                 shared.groups, shared.embedding, text, self.model.logit_scale, top_k=self.top_k, keep=common
             )

@@ -262,3 +262,14 @@ def test_foreign_state_dicts_are_refused(tmp_path) -> None:
     torch.save([torch.ones(1)], path)
     with pytest.raises(WeightsUnavailableError, match="not a state dict"):
         SegClip.from_segclip_checkpoint(path)
+
+
+def test_one_pass_of_the_first_blocks_gives_both_groupings(model: SegClip) -> None:
+    x = images(2, 3, 3, 32, 32)
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    with torch.no_grad():
+        alone, shared = model.encode_image_and_set(x, valid)
+        expected_alone, expected_shared = model.encode_image(x.flatten(0, 1)), model.encode_set(x, valid)
+    for got, expected in ((alone, expected_alone), (shared, expected_shared)):
+        for a, b in zip(got, expected, strict=True):
+            torch.testing.assert_close(a, b)
