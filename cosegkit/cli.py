@@ -781,14 +781,13 @@ def _synonyms(path: str) -> dict[str, list[str]]:
     return out
 
 
-def _zero_shot_settings(args: argparse.Namespace) -> dict:
-    """ZeroShotCoseg's keyword arguments (and the vocabulary), checked before any CLIP is loaded."""
+def _prompt_settings(args: argparse.Namespace, default_templates: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The zero-shot vocabulary and templates of either method, with --class-name checked against them."""
     from cosegkit.clip import DEFAULT_VOCABULARY
-    from cosegkit.zeroshot import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS
     from cosegkit.zeroshot.coseg import _near
 
     classnames = _vocabulary(args.vocabulary) if args.vocabulary else list(DEFAULT_VOCABULARY)
-    templates = list(args.templates) if args.templates else list(CLIP_ES_TEMPLATES)
+    templates = list(args.templates) if args.templates else list(default_templates)
     for t in templates:
         try:
             ok = t.count("{}") == 1 and bool(t.format("x").strip())
@@ -796,6 +795,19 @@ def _zero_shot_settings(args: argparse.Namespace) -> dict:
             ok = False
         if not ok:
             raise _UsageError(f"--templates {t!r}: each template needs exactly one '{{}}' for the class name")
+    if args.class_name is not None and args.class_name not in classnames:
+        raise _UsageError(
+            f"unknown --class-name {args.class_name!r}: not among the {len(classnames)} names of the "
+            f"vocabulary; {_near(args.class_name, classnames)} (--vocabulary sets the names)"
+        )
+    return classnames, templates
+
+
+def _zero_shot_settings(args: argparse.Namespace) -> dict:
+    """ZeroShotCoseg's keyword arguments (and the vocabulary), checked before any CLIP is loaded."""
+    from cosegkit.zeroshot import BACKGROUND_WORDS, CLIP_ES_TEMPLATES, DEFAULT_SYNONYMS
+
+    classnames, templates = _prompt_settings(args, CLIP_ES_TEMPLATES)
     if args.background and args.background_file:
         raise _UsageError("give --background or --background-file, not both")
     if args.background_file:
@@ -811,11 +823,6 @@ def _zero_shot_settings(args: argparse.Namespace) -> dict:
     synonyms = dict(DEFAULT_SYNONYMS)
     if args.synonyms:
         synonyms.update(_synonyms(args.synonyms))
-    if args.class_name is not None and args.class_name not in classnames:
-        raise _UsageError(
-            f"unknown --class-name {args.class_name!r}: not among the {len(classnames)} names of the "
-            f"vocabulary; {_near(args.class_name, classnames)} (--vocabulary sets the names)"
-        )
     return {
         "classnames": classnames,
         "templates": templates,
@@ -859,22 +866,11 @@ def _load_zero_shot(args: argparse.Namespace, device):
 
 def _load_segclip_zero_shot(args: argparse.Namespace, device):
     """A SegClipCoseg from --clip-pretrained (segclip.bin or a cosegkit SegCLIP folder); prints what it is."""
-    from cosegkit.clip import DEFAULT_VOCABULARY
     from cosegkit.errors import WeightsUnavailableError
     from cosegkit.models import SegClip
     from cosegkit.zeroshot import SEGCLIP_TEMPLATES, SegClipCoseg
-    from cosegkit.zeroshot.coseg import _near
 
-    classnames = _vocabulary(args.vocabulary) if args.vocabulary else list(DEFAULT_VOCABULARY)
-    templates = list(args.templates) if args.templates else list(SEGCLIP_TEMPLATES)
-    for t in templates:
-        if t.count("{}") != 1:
-            raise _UsageError(f"--templates {t!r}: each template needs exactly one '{{}}' for the class name")
-    if args.class_name is not None and args.class_name not in classnames:
-        raise _UsageError(
-            f"unknown --class-name {args.class_name!r}: not among the {len(classnames)} names of the "
-            f"vocabulary; {_near(args.class_name, classnames)} (--vocabulary sets the names)"
-        )
+    classnames, templates = _prompt_settings(args, SEGCLIP_TEMPLATES)
     path = Path(args.clip_pretrained)
     try:
         model = SegClip.from_pretrained(path) if path.is_dir() else SegClip.from_segclip_checkpoint(path)
