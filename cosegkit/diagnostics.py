@@ -604,14 +604,18 @@ def segclip_group_diagnostics(
         images_seen += int(valid.sum())
         if class_names is not None and "group" in item:
             truth = class_names[int(item["group"])]
-            top1 += float(zero_shot.classnames[int(out.common_class[0])] == truth)
+            named_right = zero_shot.classnames[int(out.common_class[0])] == truth
+            top1 += float(named_right)
             sets_seen += 1
             score = item.get("score", valid)[None] & valid[None]
             masks = item["masks"][None].float()
-            with torch.no_grad():
-                told = zero_shot(item["images"][None], valid[None], class_name=truth)
             own_j = precision_jaccard(out.probs, masks, size=(h, w), valid=score)[1]
-            told_j = precision_jaccard(told.probs, masks, size=(h, w), valid=score)[1]
+            if named_right:  # told the class it found: the same masks
+                told_j = own_j
+            else:
+                with torch.no_grad():
+                    told = zero_shot(item["images"][None], valid[None], class_name=truth)
+                told_j = precision_jaccard(told.probs, masks, size=(h, w), valid=score)[1]
             totals_told["own_J"] = totals_told.get("own_J", 0.0) + float(own_j.nansum())
             totals_told["told_J"] = totals_told.get("told_J", 0.0) + float(told_j.nansum())
             scored += int((~torch.isnan(own_j)).sum())
