@@ -48,6 +48,7 @@ __all__ = [
     "CaptionedWorld",
     "ClipPretrainConfig",
     "ClipRecipe",
+    "adamw_warmup_cosine",
     "cache_folder",
     "pretrain_clip",
     "pretrain_synthetic_clip",
@@ -337,6 +338,37 @@ def _pairs(world: CaptionedWorld, count: int, seed: tuple[int, ...]) -> tuple[to
     return torch.cat(images)[:count], captions[:count]
 
 
+def adamw_warmup_cosine(
+    parameters: Any, lr: float, weight_decay: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimiser of cosegkit's CLIP pre-training: AdamW (betas 0.9, 0.98) and a linear warm-up
+    over ``steps // 20`` steps, then a cosine to 0 at ``steps`` (step the schedule once a step).
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.engine.pretrain import adamw_warmup_cosine
+        >>> optimizer, schedule = adamw_warmup_cosine([torch.zeros(1, requires_grad=True)], 1.0, 0.1, 40)
+        >>> rates = []
+        >>> for _ in range(40):
+        ...     rates.append(round(optimizer.param_groups[0]["lr"], 3))
+        ...     optimizer.step()
+        ...     schedule.step()
+        >>> rates[:3], rates[2], rates[-1]
+        ([0.5, 1.0, 1.0], 1.0, 0.002)
+    """
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup
+            if s < warmup
+            else 0.5 * (1 + torch.cos(torch.tensor((s - warmup) / max(1, steps - warmup) * torch.pi)).item())
+        ),
+    )
+    return optimizer, schedule
+
+
 def pretrain_clip(
     world: CaptionedWorld,
     recipe: ClipRecipe = ClipRecipe(),
@@ -414,18 +446,7 @@ def pretrain_clip(
     size = visual.preprocess_cfg.get("size", arch["vision_cfg"]["image_size"])
     size = (size, size) if isinstance(size, int) else tuple(size)
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98)
-    )
-    warmup = max(1, recipe.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + torch.cos(torch.tensor((s - warmup) / max(1, recipe.steps - warmup) * torch.pi)).item())
-        ),
-    )
+    optimizer, schedule = adamw_warmup_cosine(model.parameters(), recipe.lr, recipe.weight_decay, recipe.steps)
     model.train()
     start = time.perf_counter()
     for step in range(recipe.steps):

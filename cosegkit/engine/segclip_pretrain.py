@@ -46,6 +46,7 @@ from cosegkit.engine.pretrain import (
     CaptionedWorld,
     ClipPretrainConfig,
     _pairs,
+    adamw_warmup_cosine,
     cache_folder,
     zero_shot_accuracy,
 )
@@ -359,16 +360,7 @@ def pretrain_segclip(
     config = recipe.config
     torch.manual_seed(recipe.seed)
     model = SegClip(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.98))
-    warmup = max(1, recipe.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / warmup
-            if s < warmup
-            else 0.5 * (1 + math.cos((s - warmup) / max(1, recipe.steps - warmup) * math.pi))
-        ),
-    )
+    optimizer, schedule = adamw_warmup_cosine(model.parameters(), recipe.lr, recipe.weight_decay, recipe.steps)
     model.train()
     start = time.perf_counter()
     superpixel_seconds = 0.0
