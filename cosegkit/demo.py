@@ -45,7 +45,6 @@ from cosegkit.engine.pretrain import (
     SYNTHETIC_TEMPLATES,
     ClipPretrainConfig,
     pretrain_clip,
-    pretrain_synthetic_clip,
     register_composite_clip,
     register_synthetic_clip,
     zero_shot_accuracy,
@@ -309,6 +308,21 @@ def demo_clip(world: str, clip_path: str | Path | None, *, root: str | Path | No
     )
 
 
+#: The demo's synthetic CLIP pre-training: the 16-class world of 64 px images with 2-3 objects.
+_SYNTHETIC_CLIP = ClipPretrainConfig(num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64)
+
+
+def _world_and_held_out(world: str, root: str | Path | None) -> tuple[Any, Any]:
+    """The captioned world a world's CLIP pre-trains on, and the held-out one its accuracy is scored on."""
+    from dataclasses import replace
+
+    if world == "pascal":
+        config = replace(demo_train_config("", 1, world=world, root=root), image_size=64)
+        return config.world(), config.held_out_world()
+    world_ = _SYNTHETIC_CLIP.world()
+    return world_, world_
+
+
 def prepare_world_clip(
     world: str,
     *,
@@ -321,8 +335,10 @@ def prepare_world_clip(
 ) -> tuple[Path, dict]:
     """Pre-train (or load from the cache) the world's small CLIP; its weights file and held-out accuracy.
 
-    ``"synthetic"``: :func:`~cosegkit.engine.pretrain.pretrain_synthetic_clip` on the demo's
-    16-class world. ``"pascal"``: :func:`~cosegkit.engine.pretrain.pretrain_clip` with
+    ``"synthetic"``: :func:`~cosegkit.engine.pretrain.pretrain_clip` with the synthetic CLIP's
+    recipe (:class:`~cosegkit.engine.pretrain.ClipPretrainConfig`, as
+    :func:`~cosegkit.engine.pretrain.pretrain_synthetic_clip` trains it) on the demo's 16-class
+    world. ``"pascal"``: :func:`~cosegkit.engine.pretrain.pretrain_clip` with
     :data:`~cosegkit.engine.pretrain.COMPOSITE_RECIPE` on the composite world of the
     *training* photos only, at the CLIP's 64 px; the accuracy is measured on sets of the
     held-out photos. ``progress(step, steps, loss)`` is called after each step; ``seed`` seeds
@@ -351,38 +367,20 @@ def prepare_world_clip(
     start = time.perf_counter()
     steps = clip_steps or (QUICK.clip_steps if quick else DEMO_WORLDS[world].budget.clip_steps)
     if world == "pascal":
-        config = replace(demo_train_config("", 1, world=world, root=root), image_size=64)
         recipe = replace(COMPOSITE_RECIPE, steps=steps, seed=seed)
-        path = pretrain_clip(config.world(), recipe, cache=not quick, progress=progress)
-        held_out = config.held_out_world()
-        seed: tuple[int, ...] = (12345,)
     else:
-        clip_config = ClipPretrainConfig(
-            num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64, steps=steps, seed=seed
-        )
-        path = pretrain_synthetic_clip(clip_config, cache=not quick, progress=progress)
-        held_out = clip_config.world()
-        seed = (12345,)
+        recipe = replace(_SYNTHETIC_CLIP, steps=steps, seed=seed).recipe()
+    train_world, held_out = _world_and_held_out(world, root)
+    path = pretrain_clip(train_world, recipe, cache=not quick, progress=progress)
     seconds = time.perf_counter() - start
     clip = demo_clip(world, path, root=root)
-    accuracy = zero_shot_accuracy(clip, held_out, sets=eval_sets, set_size=4 if world == "pascal" else 5, seed=seed)
+    accuracy = zero_shot_accuracy(clip, held_out, sets=eval_sets, set_size=4 if world == "pascal" else 5, seed=(12345,))
     return path, {**accuracy, "seconds": round(seconds, 1)}
 
 
 #: The side of the SegCLIP zero-shot model's input, per world (its ViT is trained at 64 px, patch 8).
 #: Chosen on a development seed's model and sets (the equations page's SegCLIP pre-training section).
 SEGCLIP_ZERO_SHOT_SIZE: dict[str, int] = {"synthetic": 160, "pascal": 128}
-
-
-def _world_and_held_out(world: str, root: str | Path | None) -> tuple[Any, Any]:
-    """The captioned world a world's CLIP pre-trains on, and the held-out one its accuracy is scored on."""
-    from dataclasses import replace
-
-    if world == "pascal":
-        config = replace(demo_train_config("", 1, world=world, root=root), image_size=64)
-        return config.world(), config.held_out_world()
-    clip_config = ClipPretrainConfig(num_classes=16, world_seed=0, objects_per_image=(2, 3), image_size=64)
-    return clip_config.world(), clip_config.world()
 
 
 def prepare_world_segclip(
