@@ -131,3 +131,11 @@ def test_a_model_folder_of_another_architecture_is_named(tmp_path, photos, capsy
     (tmp_path / "lcco" / "config.json").write_text(json.dumps({"architecture": "ufo", "model": {}}))
     assert main(["segment", str(photos), "--out", str(tmp_path / "m"), *zs(tmp_path / "lcco")]) == 2
     assert "holds a 'ufo' model, not SegCLIP" in one_line_error(capsys)
+
+
+def test_a_segclip_folder_given_as_a_trained_model_names_the_zero_shot_flags(folder, photos, tmp_path, capsys) -> None:
+    assert main(["segment", str(photos), "--out", str(tmp_path / "m"), "--model", str(folder)]) == 2
+    assert (
+        "holds a SegCLIP model, a zero-shot co-segmenter: use it with --zero-shot --method segclip"
+        in one_line_error(capsys)
+    )

@@ -164,6 +164,21 @@ def _encoder_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
     return IMAGENET_MEAN, IMAGENET_STD
 
 
+def read_checkpoint_file(path: str | os.PathLike[str], what: str, remedy: str) -> Any:
+    """A peer's ``torch.save``-d checkpoint, read with ``weights_only=True`` (no code is unpickled).
+
+    Raises:
+        WeightsUnavailableError: the file cannot be read; the message names ``what`` it should
+            be and the ``remedy``.
+    """
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsUnavailableError(
+            f"could not read {what} checkpoint {os.fspath(path)!r} ({type(err).__name__}: {err}); {remedy}"
+        ) from err
+
+
 def write_model_folder(
     directory: str | os.PathLike[str], architecture: str, settings: dict[str, Any], module: nn.Module
 ) -> Path:

@@ -45,6 +45,11 @@ def architecture(folder: str | os.PathLike[str]) -> str:
     except (OSError, json.JSONDecodeError) as err:
         raise WeightsUnavailableError(f"{str(config_file)!r} is not a valid model config: {err}") from err
     name = data.get("architecture", "lcco") if isinstance(data, dict) else None
+    if name == "segclip":
+        raise WeightsUnavailableError(
+            f"{str(Path(folder))!r} holds a SegCLIP model, a zero-shot co-segmenter: use it with --zero-shot "
+            f"--method segclip --clip-pretrained FOLDER (SegClip.from_pretrained and SegClipCoseg in Python)"
+        )
     if name not in ARCHITECTURES:
         raise WeightsUnavailableError(
             f"{str(config_file)!r} names the architecture {name!r}; this cosegkit loads {sorted(ARCHITECTURES)}"

@@ -862,13 +862,9 @@ class SegClip(nn.Module):
         Raises:
             WeightsUnavailableError: the file cannot be read, or is not a SegCLIP state dict.
         """
-        try:
-            state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise WeightsUnavailableError(
-                f"could not read SegCLIP checkpoint {os.fspath(path)!r} ({type(err).__name__}: {err}); pass the "
-                f"state dict file SegCLIP releases (segclip.bin)"
-            ) from err
+        from cosegkit.models.lcco import read_checkpoint_file
+
+        state = read_checkpoint_file(path, "SegCLIP", "pass the state dict file SegCLIP releases (segclip.bin)")
         if not isinstance(state, Mapping):
             raise WeightsUnavailableError(f"{os.fspath(path)!r} holds a {type(state).__name__}, not a state dict")
         state = segclip_state_dict_to_cosegkit(state)

@@ -47,6 +47,7 @@ from cosegkit.models.lcco import (
     _read_safetensors,
     build_encoder,
     model_folder,
+    read_checkpoint_file,
     write_model_folder,
 )
 from cosegkit.models.ufo_output import UFOOutput
@@ -459,13 +460,7 @@ class UFO(nn.Module):
         Raises:
             WeightsUnavailableError: the file cannot be read, or is not a UFO image-model state dict.
         """
-        try:
-            state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise WeightsUnavailableError(
-                f"could not read UFO checkpoint {os.fspath(path)!r} ({type(err).__name__}: {err}); pass the "
-                f"state dict file UFO's train.py saves (e.g. image_best.pth)"
-            ) from err
+        state = read_checkpoint_file(path, "UFO", "pass the state dict file UFO's train.py saves (e.g. image_best.pth)")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
