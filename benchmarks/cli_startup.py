@@ -2,6 +2,7 @@
 
     python benchmarks/cli_startup.py                 # every subcommand's --help, 5 rounds
     python benchmarks/cli_startup.py --repeats 9 --commands train segment
+    python benchmarks/cli_startup.py --source old=/tmp/cosegkit-old --source new=.   # two trees side by side
 
 What is measured, each in a fresh process (``subprocess.run``, wall time with
 ``time.perf_counter`` around it, the interpreter's own start included):
@@ -13,6 +14,9 @@ What is measured, each in a fresh process (``subprocess.run``, wall time with
 
 The rounds are interleaved (one call of each per round), so a slow spell of a shared machine
 hits all of them alike; the table gives the median, the fastest and the slowest call of each.
+``--source LABEL=DIR`` (repeatable) runs every call against the cosegkit source tree at ``DIR``
+(put first on ``PYTHONPATH``), interleaved with the other trees: a before/after comparison on
+the same machine at the same time (e.g. a ``git worktree`` of an older commit beside this one).
 ``--importtime`` adds the ten slowest imports made by the modules ``cosegkit --help`` loads,
 one and two levels down, by cumulative time (``python -X importtime``).
 """
@@ -24,14 +28,23 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
-COMMANDS = ("demo", "train", "evaluate", "segment", "export", "pretrain-clip")
+
+
+def _commands() -> list[str]:
+    """Every subcommand of the ``cosegkit`` command, read from its parser (a light import)."""
+    from cosegkit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return list(sub.choices)
 
 
 def _time(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    start = time.perf_counter()  # from a neutral folder: `python -m`/`-c` put the working folder first on sys.path
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-500:]}")
@@ -40,7 +53,11 @@ def _time(argv: list[str], env: dict[str, str]) -> float:
 
 def _slowest_imports(env: dict[str, str], count: int = 10) -> list[tuple[float, str]]:
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "cosegkit", "--help"], env=env, capture_output=True, text=True
+        [sys.executable, "-X", "importtime", "-m", "cosegkit", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tempfile.gettempdir(),
     )
     rows = []
     for line in done.stderr.splitlines():
@@ -56,23 +73,41 @@ def _slowest_imports(env: dict[str, str], count: int = 10) -> list[tuple[float, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5, help="rounds (default 5)")
-    parser.add_argument("--commands", nargs="+", default=list(COMMANDS), help="subcommands whose --help is timed")
+    parser.add_argument("--commands", nargs="+", default=None, help="subcommands whose --help is timed (default all)")
+    parser.add_argument(
+        "--source",
+        action="append",
+        default=None,
+        metavar="LABEL=DIR",
+        help="time the cosegkit source tree at DIR (repeatable; default: the installed package)",
+    )
     parser.add_argument("--importtime", action="store_true", help="also list the slowest imports of --help")
     args = parser.parse_args()
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cases = {
-        "python -c pass": [sys.executable, "-c", "pass"],
-        "import cosegkit": [sys.executable, "-c", "import cosegkit"],
-        "cosegkit --help": [sys.executable, "-m", "cosegkit", "--help"],
-    }
-    for command in args.commands:
-        cases[f"cosegkit {command} --help"] = [sys.executable, "-m", "cosegkit", command, "--help"]
+    sources = [tuple(item.split("=", 1)) for item in args.source] if args.source else [("", "")]
+    commands = args.commands or _commands()
+    cases: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for label, folder in sources:
+        env = dict(os.environ, HF_HUB_OFFLINE="1")
+        if folder:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.abspath(folder), env.get("PYTHONPATH", "")]))
+        tag = f"[{label}] " if label else ""
+        argvs = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            "import cosegkit": [sys.executable, "-c", "import cosegkit"],
+            "cosegkit --help": [sys.executable, "-m", "cosegkit", "--help"],
+        }
+        for command in commands:
+            argvs[f"cosegkit {command} --help"] = [sys.executable, "-m", "cosegkit", command, "--help"]
+        for name, argv in argvs.items():
+            if name == "python -c pass" and cases:
+                continue  # the interpreter's floor once
+            cases[tag + name] = (argv, env)
     times: dict[str, list[float]] = {name: [] for name in cases}
-    for argv in cases.values():  # one warm-up call each: the file cache, not the imports, is warmed
+    for argv, env in cases.values():  # one warm-up call each: the file cache, not the imports, is warmed
         _time(argv, env)
     for _ in range(args.repeats):
-        for name, argv in cases.items():
+        for name, (argv, env) in cases.items():
             times[name].append(_time(argv, env))
     width = max(len(name) for name in cases)
     print(f"{'call':<{width}}  {'median s':>9}  {'min s':>7}  {'max s':>7}")
@@ -81,7 +116,7 @@ def main() -> None:
     print(f"\n{args.repeats} rounds, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.importtime:
         print("\nslowest imports of `cosegkit --help`, one and two levels down (cumulative s):")
-        for seconds, name in _slowest_imports(env):
+        for seconds, name in _slowest_imports(next(iter(cases.values()))[1]):
             print(f"  {seconds:7.3f}  {name}")
 
 

@@ -36,7 +36,7 @@ def _set_size(value: str) -> int | None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from cosegkit.engine.config import DATASETS
+    from cosegkit._names import DATASETS
 
     p = sub.add_parser(
         "train",
@@ -232,7 +232,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _add_world_options(group: argparse._ArgumentGroup) -> None:
     """The generated worlds' settings: the synthetic world's classes, the composite world's photos and split."""
-    from cosegkit.data.readers import READERS
+    from cosegkit._names import READER_NAMES
 
     group.add_argument("--world-classes", type=_positive, default=16, help="synthetic world: classes (default 16)")
     group.add_argument(
@@ -247,7 +247,7 @@ def _add_world_options(group: argparse._ArgumentGroup) -> None:
         help="synthetic and composite worlds: objects per image, K or LOW HIGH (default 2 3)",
     )
     group.add_argument(
-        "--reader", choices=sorted(READERS), help="composite world: the layout of --root's masked photos"
+        "--reader", choices=sorted(READER_NAMES), help="composite world: the layout of --root's masked photos"
     )
     group.add_argument(
         "--held-out",
@@ -682,8 +682,7 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
 
 def _add_clip_es_numerics(group: argparse._ArgumentGroup, prefix: str = "") -> None:
     """The numerical details of CLIP-ES's code that ZeroShotCoseg follows by default, as flags."""
-    from cosegkit.zeroshot import BOX_PRECISIONS, CAM_SCALINGS
-    from cosegkit.zeroshot.towers import POS_INTERPOLATIONS
+    from cosegkit._names import BOX_PRECISIONS, CAM_SCALINGS, POS_INTERPOLATIONS
 
     group.add_argument(
         f"--{prefix}box-precision",

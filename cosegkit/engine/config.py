@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from cosegkit import _names
 from cosegkit.data.composite import CompositeWorld, split_photos
 from cosegkit.data.readers import READERS, get_reader
 from cosegkit.data.sampling import Augmentation, EvalSets, TrainSets
@@ -50,10 +51,10 @@ __all__ = [
     "training_class_names",
 ]
 
-DATASETS: tuple[str, ...] = ("synthetic", "composite", *READERS)
+DATASETS: tuple[str, ...] = _names.DATASETS
 """Dataset names ``cosegkit train`` accepts: the synthetic world, the composite world and every reader."""
 
-GENERATED_DATASETS: tuple[str, ...] = ("synthetic", "composite")
+GENERATED_DATASETS: tuple[str, ...] = _names.GENERATED_DATASETS
 """The datasets whose training sets are generated, every set new and no epochs.
 
 The synthetic world of shapes and the composite world of real object cut-outs

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from cosegkit import _names
 from cosegkit.errors import CosegValueError
 
 __all__ = [
@@ -21,7 +22,7 @@ __all__ = [
     "minmax_scale",
 ]
 
-BOX_PRECISIONS: tuple[str, ...] = ("uint8", "float")
+BOX_PRECISIONS: tuple[str, ...] = _names.BOX_PRECISIONS
 """How :func:`box_mask` compares a CAM with its threshold: ``"uint8"``, on the CAM's 8-bit copy
 as CLIP-ES's ``scoremap2bbox`` does (the default), or ``"float"``, on the CAM itself."""
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
+from cosegkit import _names
 from cosegkit._validation import check_image_set, resolve_valid
 from cosegkit.errors import CosegValueError
 from cosegkit.layers._blocks import masked_sum
@@ -43,7 +44,7 @@ __all__ = ["CAM_SCALINGS", "ZeroShotCoseg", "ZeroShotOutput"]
 #: How often the GradCAM map is min-max scaled (:func:`~cosegkit.zeroshot.minmax_scale`):
 #: ``"twice"``, as CLIP-ES's GradCAM does (pytorch-grad-cam's ``scale_cam_image`` once per
 #: target layer and once more after averaging the layers), or ``"once"``.
-CAM_SCALINGS: tuple[str, ...] = ("twice", "once")
+CAM_SCALINGS: tuple[str, ...] = _names.CAM_SCALINGS
 
 
 @dataclass

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from cosegkit import _names
 from cosegkit.errors import CosegValueError
 
 __all__ = [
@@ -142,7 +143,7 @@ def check_tower(visual: nn.Module) -> str:
 
 #: How :func:`interpolate_positional_embedding` may resize: CLIP-ES's ``"bilinear"`` (the default)
 #: or ``"bicubic"`` (as open_clip and timm resize a checkpoint's embedding).
-POS_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "bicubic")
+POS_INTERPOLATIONS: tuple[str, ...] = _names.POS_INTERPOLATIONS
 
 
 def check_pos_interpolation(mode: str) -> str:
