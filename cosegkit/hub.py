@@ -28,6 +28,8 @@ from cosegkit.errors import CosegValueError, HubError
 
 __all__ = [
     "PushReport",
+    "check_figures",
+    "check_model_folder",
     "check_repo_id",
     "hub_api",
     "model_card",
@@ -47,7 +49,9 @@ FIGURE_NAMES = ("figure.png", "curves.png")
 """The figures a run folder (or the folder around it) may hold: ``cosegkit demo``'s masks and ``cosegkit plot``'s curves."""
 FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg")
 ARCHITECTURE_NAMES = {"lcco": "LCCo", "ufo": "UFO", "segclip": "SegCLIP"}
-LOGIN_HINT = "log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub), set HF_TOKEN, or pass --token"
+LOGIN_HINT = (
+    "log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub), set HF_TOKEN, or pass --token"
+)
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -102,8 +106,13 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _check_model_folder(path: str | os.PathLike[str], name: str) -> tuple[Path, dict[str, Any]]:
-    """The model folder ``path`` names (a run folder gives its ``model/``) and its ``config.json``."""
+def check_model_folder(path: str | os.PathLike[str], name: str = "folder") -> tuple[Path, dict[str, Any]]:
+    """The model folder ``path`` names (a run folder gives its ``model/``) and its ``config.json``.
+
+    Raises:
+        CosegValueError: no model ``config.json``, an architecture cosegkit does not know, or
+            missing weights; the message names the argument ``name`` (e.g. ``--model``).
+    """
     from cosegkit.models.lcco import model_folder
 
     folder = model_folder(path)
@@ -175,7 +184,13 @@ def default_figures(run: Path | None) -> list[Path]:
     return []
 
 
-def _check_figures(figures: Sequence[str | os.PathLike[str]], name: str) -> list[Path]:
+def check_figures(figures: Sequence[str | os.PathLike[str]], name: str = "figure") -> list[Path]:
+    """``figures`` as paths, once each is an image file the card can show.
+
+    Raises:
+        CosegValueError: a missing file, not an image, a name the repository uses for another
+            file, or two figures of one name; the message names the argument ``name``.
+    """
     paths = [Path(f) for f in figures]
     for path in paths:
         if not path.is_file():
@@ -256,7 +271,10 @@ def _describe(architecture: str, settings: dict[str, Any], run_config: dict[str,
         rows += [
             ("encoder", f"`{settings.get('encoder_name')}`"),
             ("transformer", f"dim {settings.get('dim')}, depth {settings.get('depth')}, heads {settings.get('heads')}"),
-            ("classes", _classes(settings.get("classnames")) if settings.get("classnames") else settings.get("num_classes")),
+            (
+                "classes",
+                _classes(settings.get("classnames")) if settings.get("classnames") else settings.get("num_classes"),
+            ),
         ]
     else:
         text = (
@@ -320,7 +338,9 @@ def _training(run_config: dict[str, Any] | None) -> str:
         )
     world = ""
     if run_config.get("dataset") in ("synthetic", "composite"):
-        world = f", a generated world of {run_config.get('world_classes')} classes (seed {run_config.get('world_seed')})"
+        world = (
+            f", a generated world of {run_config.get('world_classes')} classes (seed {run_config.get('world_seed')})"
+        )
         if run_config.get("dataset") == "composite":
             world += f" made of the cut-outs of `{run_config.get('root')}` ({run_config.get('reader')} layout)"
     summary = (
@@ -473,7 +493,7 @@ def model_card(
         True
     """
     check_repo_id(repo_id)
-    folder, config = _check_model_folder(folder, "folder")
+    folder, config = check_model_folder(folder, "folder")
     architecture = config.get("architecture", "lcco")
     settings = config["model"]
     run = run_folder(folder)
@@ -533,9 +553,9 @@ def write_repo_folder(
         ['README.md', 'clip.safetensors', 'config.json', 'model.safetensors', 'open_clip_config/coseg-test-tiny.json']
     """
     check_repo_id(repo_id)
-    source, _ = _check_model_folder(folder, "folder")
+    source, _ = check_model_folder(folder, "folder")
     run = run_folder(source)
-    chosen = default_figures(run) if figures is None else _check_figures(figures, "figure")
+    chosen = default_figures(run) if figures is None else check_figures(figures, "figure")
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise CosegValueError(f"{os.fspath(out)!r} exists and is not an empty folder; name a new folder to write to")
@@ -665,7 +685,7 @@ def push_to_hub(
          None)
     """
     check_repo_id(repo_id)
-    folder, config = _check_model_folder(model_folder, "model_folder")
+    folder, config = check_model_folder(model_folder, "model_folder")
     branch = revision or "main"
     if dry_run_to is not None:
         files = write_repo_folder(folder, repo_id, dry_run_to, figures=figures, license=license)
