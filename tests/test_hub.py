@@ -19,7 +19,7 @@ from cosegkit import LCCo
 from cosegkit.cli import main
 from cosegkit.errors import CosegValueError, HubError
 from cosegkit.hub import hub_api, model_card, push_to_hub
-from tests._hub import FakeHubApi
+from tests._hub import FakeHubApi, LocalHub
 from tests.engine.test_trainer import TINY_ARGS
 
 REPO = "my-lab/lcco-tiny"
@@ -335,3 +335,58 @@ def test_push_turns_the_real_clients_errors_into_one_line(run, monkeypatch) -> N
     with pytest.raises(HubError, match=r"HF_HUB_OFFLINE is set; unset it to push") as info:
         push_to_hub(run, REPO, token="hf_any")
     assert len(str(info.value).splitlines()) == 1
+
+
+# ---------------------------------------------------------------------- the real client, over HTTP
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A hub on localhost, and the real huggingface_hub client pointed at it, online, with its own cache."""
+    import huggingface_hub.constants as constants
+
+    with LocalHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+        yield hub
+        assert hub.unhandled == []  # every request the real client made is one LocalHub implements
+
+
+def test_real_client_pushes_and_from_pretrained_downloads_over_http(run, local_hub, tmp_path) -> None:
+    """HfApi.create_repo and upload_folder, then snapshot_download: the real client end to end, against LocalHub."""
+    _png(run / "figure.png")
+    report = push_to_hub(run, REPO, token=local_hub.token)  # the production client: hub_api()
+    assert report.commit_url.startswith(f"{local_hub.url}/{REPO}/commit/")
+    pushed = local_hub.files(REPO)
+    assert pushed["model.safetensors"] == (run / "model" / "model.safetensors").read_bytes()
+    assert pushed["figure.png"] == (run / "figure.png").read_bytes()
+    assert local_hub.validated == [pushed["README.md"].decode()]  # the client had the card's metadata checked
+
+    loaded = LCCo.from_pretrained(REPO)
+    assert Path(tmp_path / "hf-cache") in LCCo._download(REPO).parents
+    _same_weights(loaded, LCCo.from_pretrained(run))
+    images = torch.rand(1, 3, 3, 32, 32)
+    assert torch.equal(loaded.predict(images), LCCo.from_pretrained(run).predict(images))
+    downloaded = {path for method, path in local_hub.requests if method == "GET" and "/resolve/" in path}
+    assert not any(p.endswith(("README.md", ".png")) for p in downloaded)  # only what loading needs
+
+
+def test_real_client_cli_push_to_a_private_branch_over_http(run, local_hub, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    assert main(["push", "--model", str(run), "--repo", REPO, "--private", "--branch", "dev"]) == 0
+    assert local_hub.repos[REPO]["private"] is True
+    assert set(local_hub.files(REPO, "main")) == {".gitattributes"} and "README.md" in local_hub.files(REPO, "dev")
+    assert "(dev)" in capsys.readouterr().out
+
+
+def test_real_client_errors_become_one_line(run, local_hub, capsys) -> None:
+    assert main(["push", "--model", str(run), "--repo", REPO, "--token", "hf_wrong"]) == 1
+    err = _one_line(capsys)
+    assert "refused the token (401 Unauthorized)" in err and "hf auth login" in err and "--token" in err
