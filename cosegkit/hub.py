@@ -31,6 +31,7 @@ __all__ = [
     "check_figures",
     "check_model_folder",
     "check_repo_id",
+    "default_figures",
     "hub_api",
     "model_card",
     "push_to_hub",
@@ -112,6 +113,17 @@ def check_model_folder(path: str | os.PathLike[str], name: str = "folder") -> tu
     Raises:
         CosegValueError: no model ``config.json``, an architecture cosegkit does not know, or
             missing weights; the message names the argument ``name`` (e.g. ``--model``).
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.hub import check_model_folder
+        >>> from cosegkit.testing import tiny_model
+        >>> run = Path(tempfile.mkdtemp())
+        >>> _ = tiny_model().save_pretrained(run / "model")
+        >>> folder, config = check_model_folder(run)  # a run folder gives its model/
+        >>> folder == run / "model", config["model"]["encoder_name"]
+        (True, 'tu-test_convnext')
     """
     from cosegkit.models.lcco import model_folder
 
@@ -174,7 +186,21 @@ def run_folder(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def default_figures(run: Path | None) -> list[Path]:
-    """The figures of a run: ``figure.png`` and ``curves.png`` in the run folder, else in the folder around it."""
+    """The figures of a run: ``figure.png`` and ``curves.png`` in the run folder, else in the folder around it.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.hub import default_figures
+        >>> demo = Path(tempfile.mkdtemp())  # cosegkit demo writes figure.png beside its runs
+        >>> (demo / "lcco").mkdir()
+        >>> _ = (demo / "figure.png").write_bytes(b"")
+        >>> [p.name for p in default_figures(demo / "lcco")]
+        ['figure.png']
+        >>> _ = (demo / "lcco" / "curves.png").write_bytes(b"")  # the run's own figure comes first
+        >>> [str(p.relative_to(demo)) for p in default_figures(demo / "lcco")]
+        ['lcco/curves.png']
+    """
     if run is None:
         return []
     for where in (run, run.parent):
@@ -190,6 +216,13 @@ def check_figures(figures: Sequence[str | os.PathLike[str]], name: str = "figure
     Raises:
         CosegValueError: a missing file, not an image, a name the repository uses for another
             file, or two figures of one name; the message names the argument ``name``.
+
+    Example:
+        >>> from cosegkit.hub import check_figures
+        >>> check_figures(["/no/curves.png"], "--figure")  # doctest: +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        ...
+        cosegkit.errors.CosegValueError: --figure '/no/curves.png': no such file; pass an image file (PNG, JPEG, SVG...)
     """
     paths = [Path(f) for f in figures]
     for path in paths:
@@ -324,8 +357,7 @@ cosegkit segment --model {local} photos/ --out masks/
 cosegkit evaluate --model {local} --data icoseg=data/icoseg
 ```"""
     return (
-        f"## How to use\n\nInstall cosegkit (`pip install cosegkit`); the weights download on first use and are "
-        f"cached.\n\n{python}\n\nOn the command line, `--model` takes a local folder, so download the repository "
+        f"## How to use\n\nWith cosegkit installed, the weights download on first use and are cached.\n\n{python}\n\nOn the command line, `--model` takes a local folder, so download the repository "
         f"first:\n\n{command}\n"
     )
 
@@ -412,8 +444,8 @@ def _evaluation(rows: list[tuple[str, str, dict[str, Any]]]) -> str:
 def _figures(names: Sequence[str]) -> str:
     if not names:
         return (
-            "## Figure\n\nNo figure was pushed with this model (none was given and its run holds no "
-            "`figure.png` or `curves.png`).\n"
+            "## Figure\n\nNo figure was pushed with this model (`cosegkit push --figure IMAGE` adds one; by default "
+            "it takes the run's `figure.png` or `curves.png`).\n"
         )
     images = "\n\n".join(f"![{name}]({name})" for name in names)
     return f"## Figure\n\n{images}\n"
@@ -446,9 +478,8 @@ def _front_matter(
                             {"type": "accuracy", "name": "P (pixel accuracy, %)", "value": _percent(data["P"])},
                             {"type": "jaccard", "name": "J (Jaccard index, %)", "value": _percent(data["J"])},
                         ],
-                        "source": {"name": f"cosegkit train ({name})", "url": f"https://huggingface.co/{repo_id}"},
                     }
-                    for name, what, data in eval_rows
+                    for _, what, data in eval_rows
                 ],
             }
         ]
@@ -593,7 +624,13 @@ class PushReport:
 
 
 def hub_api() -> Any:
-    """The hub client :func:`push_to_hub` uses when given none: a fresh :class:`huggingface_hub.HfApi`."""
+    """The hub client :func:`push_to_hub` uses when given none: a fresh ``huggingface_hub.HfApi``.
+
+    Example:
+        >>> from cosegkit.hub import hub_api
+        >>> type(hub_api()).__name__
+        'HfApi'
+    """
     from huggingface_hub import HfApi
 
     return HfApi()
@@ -610,7 +647,7 @@ def _resolve_token(token: str | None) -> str:
 
 def _hub_error(err: Exception, repo_id: str, action: str) -> HubError:
     """One line for an error of ``huggingface_hub`` while ``action`` (e.g. "create the repository")."""
-    from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+    from huggingface_hub.utils import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
     status = getattr(getattr(err, "response", None), "status_code", None) if isinstance(err, HfHubHTTPError) else None
@@ -664,7 +701,7 @@ def push_to_hub(
         license: the weights' license as a hub identifier, written in the card.
         dry_run_to: write the repository's files into this new folder and upload nothing (no
             token needed).
-        api: the hub client (default :func:`hub_api`, a :class:`huggingface_hub.HfApi`); any
+        api: the hub client (default :func:`hub_api`, a ``huggingface_hub.HfApi``); any
             object with its ``create_repo``, ``create_branch`` and ``upload_folder`` methods.
 
     Raises:
