@@ -614,6 +614,12 @@ class PushReport:
         revision: the branch pushed to.
         commit_url: the commit's address on the hub; ``None`` for a dry run.
         folder: the folder a dry run wrote; ``None`` after an upload.
+
+    Example:
+        >>> from cosegkit.hub import PushReport
+        >>> report = PushReport("my-lab/lcco-tiny", ["README.md", "config.json", "model.safetensors"])
+        >>> report.revision, report.commit_url is None
+        ('main', True)
     """
 
     repo_id: str

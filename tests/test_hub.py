@@ -390,3 +390,13 @@ def test_real_client_errors_become_one_line(run, local_hub, capsys) -> None:
     assert main(["push", "--model", str(run), "--repo", REPO, "--token", "hf_wrong"]) == 1
     err = _one_line(capsys)
     assert "refused the token (401 Unauthorized)" in err and "hf auth login" in err and "--token" in err
+
+
+def test_push_help_has_examples(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "cosegkit push --model runs/pascal --repo my-lab/lcco-pascal" in out
+    for flag in ("--private", "--token", "--revision", "--branch", "--commit-message", "--figure", "--dry-run"):
+        assert flag in out
