@@ -755,6 +755,8 @@ def push_to_hub(
                 repo_type="model",
                 revision=branch,
             )
+        except (TypeError, AttributeError, NameError):  # a wrong call, not the hub's answer: keep the traceback
+            raise
         except Exception as err:
             raise _hub_error(err, repo_id, action) from err
     return PushReport(repo_id, files, branch, getattr(commit, "commit_url", None) or str(commit), None)
