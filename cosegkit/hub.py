@@ -356,9 +356,11 @@ hf download {repo_id} --local-dir {local}
 cosegkit segment --model {local} photos/ --out masks/
 cosegkit evaluate --model {local} --data icoseg=data/icoseg
 ```"""
+    flag = "--clip-pretrained" if architecture == "segclip" else "--model"
     return (
-        f"## How to use\n\nWith cosegkit installed, the weights download on first use and are cached.\n\n{python}\n\nOn the command line, `--model` takes a local folder, so download the repository "
-        f"first:\n\n{command}\n"
+        f"## How to use\n\nWith cosegkit installed, the weights download on first use and are cached.\n\n"
+        f"{python}\n\nOn the command line, `{flag}` takes a local folder, so download the repository first:\n\n"
+        f"{command}\n"
     )
 
 

@@ -125,6 +125,8 @@ def test_save_pretrained_push_to_hub_round_trip(architecture, tmp_path, hub) -> 
     card = hub.files(repo)["README.md"].decode()
     assert _front_matter(card)["tags"][3] == architecture
     assert "outside a `cosegkit train` run" in card and "No held-out evaluation" in card
+    flag = "--clip-pretrained" if architecture == "segclip" else "--model"
+    assert f"On the command line, `{flag}` takes a local folder" in card
 
 
 def test_save_pretrained_checks_its_hub_arguments_before_writing(tmp_path) -> None:
