@@ -19,7 +19,7 @@ from cosegkit import LCCo
 from cosegkit.cli import main
 from cosegkit.errors import CosegValueError, HubError
 from cosegkit.hub import hub_api, model_card, push_to_hub
-from tests._hub import FakeHubApi, LocalHub
+from tests._hub import FakeHubApi, LocalHub, http_error
 from tests.engine.test_trainer import TINY_ARGS
 
 REPO = "my-lab/lcco-tiny"
@@ -402,3 +402,25 @@ def test_push_help_has_examples(capsys) -> None:
     assert "examples:" in out and "cosegkit push --model runs/pascal --repo my-lab/lcco-pascal" in out
     for flag in ("--private", "--token", "--revision", "--branch", "--commit-message", "--figure", "--dry-run"):
         assert flag in out
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (lambda: http_error(403, "POST", "https://huggingface.co/api/repos/create", "no write access"),
+         "the token may not create the repository my-lab/lcco-tiny (403 Forbidden): use a token with write access to 'my-lab'"),
+        (lambda: http_error(500, "POST", "https://huggingface.co/api/repos/create", "boom"),
+         "the hub answered 500 to create the repository my-lab/lcco-tiny"),
+        (lambda: ConnectionError("Name or service not known\nmore detail"),
+         "could not create the repository my-lab/lcco-tiny (ConnectionError: Name or service not known); check the network"),
+    ],
+)  # fmt: skip
+def test_push_names_what_the_hub_answered_in_one_line(error, message, run, tmp_path) -> None:
+    class Refusing(FakeHubApi):
+        def create_repo(self, *args, **kwargs):
+            self._bind("create_repo", *args, **kwargs)
+            raise error()
+
+    with pytest.raises(HubError) as info:
+        push_to_hub(run, REPO, token="hf_any", api=Refusing(tmp_path))
+    assert message in str(info.value) and len(str(info.value).splitlines()) == 1
