@@ -1,4 +1,4 @@
-"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate``, ``segment``, ``export`` and ``pretrain-clip``.
+"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate``, ``segment``, ``export``, ``push`` and ``pretrain-clip``.
 
 ``python -m cosegkit`` runs the same command. Bad arguments end with a one-line error (exit
 status 2), not a traceback.
@@ -1340,6 +1340,88 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_push(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a trained model to the Hugging Face hub, with a generated model card",
+        formatter_class=_FORMATTER,
+        description="Uploads a model folder (weights and config.json) to the Hugging Face hub as ORG/NAME in one "
+        "commit, with a generated model card (README.md): what the model is, how to load it, and, for the model/ "
+        "of a cosegkit train run, the run's training settings, its eval.json table and its figure (figure.png or "
+        "curves.png in the run folder or the folder around it, or --figure). The repository is created if "
+        "missing. Load it back with LCCo.from_pretrained('ORG/NAME') (cosegkit.load_model for any architecture). "
+        "Needs a token with write access: hf auth login, HF_TOKEN, or --token.",
+        epilog="""examples:
+  cosegkit push --model runs/pascal --repo my-lab/lcco-pascal
+  cosegkit push --model runs/pascal/model --repo my-lab/lcco-pascal --private --license mit
+  cosegkit push --model runs/pascal --repo my-lab/lcco-pascal --figure curves.png --revision ablation
+  cosegkit push --model runs/pascal --repo my-lab/lcco-pascal --dry-run --out pushed/
+""",
+    )
+    p.add_argument("--model", required=True, help="a model folder, or a run folder (its model/ is pushed)")
+    p.add_argument("--repo", required=True, help="the hub repository, ORG/NAME (created if missing)")
+    p.add_argument(
+        "--private", action="store_true", help="create the repository private (an existing one keeps its own)"
+    )
+    p.add_argument("--token", default=None, help="a hub token with write access (default: HF_TOKEN or hf auth login's)")
+    p.add_argument(
+        "--revision",
+        "--branch",
+        dest="revision",
+        default=None,
+        help="the branch to push to (default main; created if missing)",
+    )
+    p.add_argument("--commit-message", default=None, help="the commit's message")
+    p.add_argument(
+        "--figure",
+        action="append",
+        default=None,
+        metavar="IMAGE",
+        help="an image to show in the card (repeat for more; default: the run's figure.png or curves.png)",
+    )
+    p.add_argument("--license", default=None, help="the weights' license as a hub identifier (mit, cc-by-4.0...)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="upload nothing: write the repository's files into --out to look at"
+    )
+    p.add_argument("--out", default=None, help="with --dry-run: a new folder to write the files to")
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from cosegkit.errors import HubError
+    from cosegkit.hub import check_figures, check_model_folder, check_repo_id, push_to_hub
+
+    check_repo_id(args.repo, "--repo")
+    if args.dry_run and args.out is None:
+        raise _UsageError("--dry-run writes the repository's files into --out DIR; pass --out")
+    if args.out is not None and not args.dry_run:
+        raise _UsageError("--out is the folder of a --dry-run; pass --dry-run too, or leave --out out to upload")
+    folder, _ = check_model_folder(args.model, "--model")
+    check_figures(args.figure or [], "--figure")
+    try:
+        report = push_to_hub(
+            folder,
+            args.repo,
+            private=True if args.private else None,
+            token=args.token,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            figures=args.figure,
+            license=args.license,
+            dry_run_to=args.out if args.dry_run else None,
+        )
+    except HubError as err:
+        print(f"cosegkit push: error: {err}", file=sys.stderr)
+        return 1
+    if report.folder is not None:
+        print(f"dry run: wrote {len(report.files)} files for {report.repo_id} into {report.folder} (nothing uploaded):")
+    else:
+        print(f"pushed {folder} to {report.repo_id} ({report.revision}): {report.commit_url}")
+    for name in report.files:
+        print(f"  {name}")
+    return 0
+
+
 def _print_naming_accuracy(args: argparse.Namespace, scores: dict, where: str) -> None:
     print(
         f"held-out sets ({args.sets} of {args.set_size} images, {where}): the common class ranks first in "
@@ -1553,7 +1635,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="cosegkit",
-        description="Image co-segmentation with LCCo: train, evaluate, segment, export, and a CPU demo.",
+        description="Image co-segmentation with LCCo: train, evaluate, segment, export, share on the hub, and a CPU demo.",
         formatter_class=_FORMATTER,
         epilog="""examples:
   cosegkit demo
@@ -1562,6 +1644,7 @@ def build_parser() -> argparse.ArgumentParser:
   cosegkit segment --model runs/pascal/model photos/ --out masks/
   cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
   cosegkit export --model runs/pascal/model --out lcco.onnx --set-size 5 --image-size 224
+  cosegkit push --model runs/pascal --repo my-lab/lcco-pascal
   cosegkit pretrain-clip --dataset composite --root data/pascal_voc_coseg --reader pascal_voc
 Run 'cosegkit COMMAND --help' for a command's options.""",
     )
@@ -1572,6 +1655,7 @@ Run 'cosegkit COMMAND --help' for a command's options.""",
     _add_evaluate(sub)
     _add_segment(sub)
     _add_export(sub)
+    _add_push(sub)
     _add_pretrain_clip(sub)
     return parser
 

@@ -7,7 +7,7 @@ what was received and what to do about it.
 
 from __future__ import annotations
 
-__all__ = ["CosegError", "CosegShapeError", "CosegValueError", "WeightsUnavailableError"]
+__all__ = ["CosegError", "CosegShapeError", "CosegValueError", "HubError", "WeightsUnavailableError"]
 
 
 class CosegError(ValueError):
@@ -91,4 +91,19 @@ class WeightsUnavailableError(RuntimeError):
         ...
         cosegkit.errors.WeightsUnavailableError: '...' is not an LCCo checkpoint:
         expected config.json and model.safetensors in it
+    """
+
+
+class HubError(RuntimeError):
+    """The Hugging Face hub refused or could not take an upload (:func:`cosegkit.hub.push_to_hub`).
+
+    Raised instead of ``huggingface_hub``'s own errors, with a one-line message that says what
+    to do: log in (``hf auth login``) or pass a token, check the repository name, or reach the
+    network. Like :class:`WeightsUnavailableError` it is a :class:`RuntimeError`, not a
+    :class:`ValueError`.
+
+    Example:
+        >>> from cosegkit.errors import HubError
+        >>> issubclass(HubError, RuntimeError), issubclass(HubError, ValueError)
+        (True, False)
     """

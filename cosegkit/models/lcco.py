@@ -847,7 +847,14 @@ class LCCo(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **push_kwargs: Any,
+    ) -> Path:
         """Write ``config.json``, ``model.safetensors`` and, with a CLIP, ``clip.safetensors``.
 
         The directory is self-contained: :meth:`from_pretrained` rebuilds the model from it
@@ -855,9 +862,33 @@ class LCCo(nn.Module):
         the constructor's settings, :attr:`image_size` and :attr:`set_size` included. Each
         file is written atomically, with the usual mode (``0o666`` minus the umask).
 
+        With ``push_to_hub=True`` the folder then goes to the Hugging Face hub as ``repo_id``
+        (``"ORG/NAME"``), with a generated model card (:func:`cosegkit.hub.push_to_hub`, which
+        takes ``push_kwargs``: ``private``, ``token``, ``revision``, ``commit_message``,
+        ``figures``, ``license``); ``LCCo.from_pretrained("ORG/NAME")`` loads it back.
+
         Returns:
             The directory.
+
+        Raises:
+            CosegValueError: ``push_to_hub`` without a valid ``repo_id``.
+            HubError: the push failed (no token, refused, unreachable).
+
+        Example:
+            >>> import tempfile
+            >>> from pathlib import Path
+            >>> from cosegkit.testing import tiny_model
+            >>> folder = tiny_model().save_pretrained(Path(tempfile.mkdtemp()) / "model")
+            >>> sorted(p.name for p in folder.iterdir())
+            ['clip.safetensors', 'config.json', 'model.safetensors', 'open_clip_config']
         """
+        from cosegkit.hub import save_then_push
+
+        return save_then_push(
+            lambda: self._write_folder(directory), push_to_hub=push_to_hub, repo_id=repo_id, **push_kwargs
+        )
+
+    def _write_folder(self, directory: str | os.PathLike[str]) -> Path:
         from safetensors.torch import save_file
 
         path = Path(directory)
@@ -890,7 +921,11 @@ class LCCo(nn.Module):
         """Load a model written by :meth:`save_pretrained`: a folder, a run folder, or a Hugging Face hub id.
 
         A run folder of ``cosegkit train`` (one holding ``model/``) loads its ``model/``, as the
-        command line does. A model saved before :attr:`image_size` and :attr:`set_size` were
+        command line does. Any other name that is not a local folder is a hub repository,
+        ``"ORG/NAME"``, as ``cosegkit push`` or ``save_pretrained(push_to_hub=True)`` uploads it:
+        its ``.json`` and ``.safetensors`` files are downloaded into the Hugging Face cache
+        (``HF_HUB_CACHE``) once and read from there after, also offline (``HF_HUB_OFFLINE=1``).
+        A private repository needs a token (``hf auth login`` or ``HF_TOKEN``). A model saved before :attr:`image_size` and :attr:`set_size` were
         stored takes them from the run folder's ``config.json`` around it, when there is one.
 
         Raises:
@@ -909,6 +944,10 @@ class LCCo(nn.Module):
             >>> loaded = LCCo.from_pretrained(run)  # the run folder: its model/ is loaded
             >>> loaded.image_size, loaded.set_size
             (64, 4)
+
+            From the hub, by name (downloaded once, then cached)::
+
+                model = LCCo.from_pretrained("my-lab/lcco-pascal")
         """
         path = Path(name_or_path)
         if path.is_dir():

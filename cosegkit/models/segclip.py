@@ -41,7 +41,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -801,8 +801,18 @@ class SegClip(nn.Module):
         return (per_patch * weight).sum() / weight.sum()
 
     # ------------------------------------------------------------------ files
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **push_kwargs: Any,
+    ) -> Path:
         """Write ``config.json`` (``"architecture": "segclip"``) and ``model.safetensors``.
+
+        ``push_to_hub``, ``repo_id`` and ``push_kwargs`` upload the folder to the hub as
+        :meth:`LCCo.save_pretrained <cosegkit.LCCo.save_pretrained>` does.
 
         Example:
             >>> import tempfile
@@ -815,20 +825,30 @@ class SegClip(nn.Module):
             >>> SegClip.from_pretrained(folder).config == config
             True
         """
+        from cosegkit.hub import save_then_push
         from cosegkit.models.lcco import write_model_folder
 
-        return write_model_folder(directory, ARCHITECTURE, asdict(self.config), self)
+        return save_then_push(
+            lambda: write_model_folder(directory, ARCHITECTURE, asdict(self.config), self),
+            push_to_hub=push_to_hub,
+            repo_id=repo_id,
+            **push_kwargs,
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> SegClip:
-        """Load a model written by :meth:`save_pretrained`.
+        """Load a model written by :meth:`save_pretrained`: a folder, or a Hugging Face hub id ``"ORG/NAME"``.
 
         Raises:
-            WeightsUnavailableError: a missing or foreign folder.
+            WeightsUnavailableError: a missing or foreign folder, or a hub id that cannot be fetched.
         """
         from safetensors.torch import load_file
 
+        from cosegkit.models.lcco import LCCo
+
         path = Path(directory)
+        if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", str(directory)):
+            path = LCCo._download(str(directory))  # a hub id ORG/NAME, as LCCo.from_pretrained takes one
         try:
             data = json.loads((path / CONFIG_NAME).read_text())
         except (OSError, ValueError) as err:

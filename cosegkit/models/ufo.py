@@ -398,13 +398,29 @@ class UFO(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        push_to_hub: bool = False,
+        repo_id: str | None = None,
+        **push_kwargs: Any,
+    ) -> Path:
         """Write ``config.json`` (with ``"architecture": "ufo"``) and ``model.safetensors``.
 
         :meth:`from_pretrained` and :func:`cosegkit.load_model` rebuild the model from
-        the folder without downloading anything.
+        the folder without downloading anything. ``push_to_hub``, ``repo_id`` and
+        ``push_kwargs`` upload it to the hub as :meth:`LCCo.save_pretrained
+        <cosegkit.LCCo.save_pretrained>` does.
         """
-        return write_model_folder(directory, ARCHITECTURE, dict(self.config), self)
+        from cosegkit.hub import save_then_push
+
+        return save_then_push(
+            lambda: write_model_folder(directory, ARCHITECTURE, dict(self.config), self),
+            push_to_hub=push_to_hub,
+            repo_id=repo_id,
+            **push_kwargs,
+        )
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> UFO:
