@@ -227,6 +227,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--eval-preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="P/J binarisation")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    w = p.add_argument_group(
+        "watching a run",
+        "--log tensorboard writes <out>/tensorboard (tensorboard --logdir <out>); --eval-every K scores the\n"
+        "held-out sets every K steps into <out>/validation.jsonl and keeps the best model by J in <out>/best\n"
+        "(best/model for evaluate and segment; best/ resumes with --resume --out <out>/best).\n"
+        "cosegkit plot <out> draws the curves without TensorBoard.",
+    )
+    w.add_argument(
+        "--log",
+        nargs="+",
+        choices=("tensorboard",),
+        metavar="LOGGER",
+        help="also log to: tensorboard (the optional extra cosegkit[tensorboard]); metrics.jsonl is always written",
+    )
+    w.add_argument(
+        "--eval-every",
+        type=_positive,
+        metavar="K",
+        help="score the held-out sets (synthetic, composite, or --eval-classes) every K steps; keep the best",
+    )
+    w.add_argument(
+        "--validation-sets",
+        type=_positive,
+        metavar="N",
+        help="--eval-every: score N of the held-out sets, spread evenly (default all: those scored at the end)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -361,6 +387,9 @@ def _config_from_args(args: argparse.Namespace):
         pseudo_background=args.pseudo_background,
         pseudo_pool=args.pseudo_pool,
         extra=_train_extra(args),
+        log=args.log,
+        eval_every=args.eval_every,
+        validation_sets=args.validation_sets,
     )
 
 
@@ -452,6 +481,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.photo_evaluation is not None:
         ev = result.photo_evaluation
         print(f"held-out photos ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
+    best = result.run_dir / "best" / "best.json"
+    if best.is_file():
+        record = json.loads(best.read_text())
+        print(f"best validation J {100 * record['J']:.2f} at step {record['step']}: {best.parent / 'model'}")
     return 0
 
 
