@@ -1294,6 +1294,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw the training curves of one or several runs into a PNG (no TensorBoard needed)",
+        formatter_class=_FORMATTER,
+        description="Draw the curves of run folders into one PNG: one panel per quantity (each loss term, "
+        "the learning rate, the class-choice accuracies of metrics.jsonl; held-out P and J of validation.jsonl, "
+        "--eval-every, with eval.json's end-of-run score as a star), one line per run labelled with its "
+        "folder's name. Needs matplotlib (pip install \"cosegkit[plot]\").",
+        epilog="""examples:
+  cosegkit plot runs/pascal --out curves.png
+  cosegkit plot runs/lr-1e-4 runs/lr-3e-4 --out lr.png --metrics total J
+""",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by cosegkit train --out")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="NAME",
+        help="quantities to draw, in order, e.g. total iou lr acc/istar P J (default: every one logged)",
+    )
+    p.add_argument("--columns", type=_positive, default=3, help="panels per row (default 3)")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from cosegkit.plot import plot_runs
+
+    fig = plot_runs(args.runs, args.out, metrics=args.metrics, columns=args.columns)
+    print(f"wrote {args.out}: {len(fig.axes)} panels, {len(args.runs)} run(s)")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -1597,6 +1631,7 @@ def build_parser() -> argparse.ArgumentParser:
   cosegkit segment --zero-shot --clip-model ViT-B-16 --clip-pretrained openai photos/ --out masks/
   cosegkit export --model runs/pascal/model --out lcco.onnx --set-size 5 --image-size 224
   cosegkit pretrain-clip --dataset composite --root data/pascal_voc_coseg --reader pascal_voc
+  cosegkit plot runs/pascal runs/icoseg --out curves.png
 Run 'cosegkit COMMAND --help' for a command's options.""",
     )
     parser.add_argument("--version", action="version", version=f"cosegkit {__version__}")
@@ -1607,6 +1642,7 @@ Run 'cosegkit COMMAND --help' for a command's options.""",
     _add_segment(sub)
     _add_export(sub)
     _add_pretrain_clip(sub)
+    _add_plot(sub)
     return parser
 
 
