@@ -236,10 +236,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     w.add_argument(
         "--log",
+        "--logger",
+        dest="log",
         nargs="+",
         choices=("tensorboard",),
         metavar="LOGGER",
-        help="also log to: tensorboard (the optional extra cosegkit[tensorboard]); metrics.jsonl is always written",
+        help="also log to: tensorboard (the optional extra cosegkit[tensorboard]); metrics.jsonl is always written. "
+        "Under torchrun spell it --logger (torchrun takes --log for its own --log-dir)",
     )
     w.add_argument(
         "--eval-every",

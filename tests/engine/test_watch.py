@@ -238,3 +238,43 @@ def test_cli_flags_reach_the_config_and_the_run_says_where_the_best_model_is(tmp
     out = capsys.readouterr().out
     assert f"best validation J" in out and str(run / "best" / "model") in out
     assert [line["images"] for line in validation_lines(run)] == [6, 6]
+
+
+def test_a_validation_draws_nothing_from_the_random_generators_and_leaves_train_mode(tmp_path) -> None:
+    from cosegkit.engine import build_model, distributed
+
+    config = TrainConfig(**TINY, steps=2, eval_every=1, log=["tensorboard"])
+    model = build_model(config).train()
+    dist = distributed.DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    watch = watch_module.RunWatch(config, tmp_path, dist, start=0, resume=False)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    result = watch.validate(model, 1, lambda step, folder, keep: None)
+    watch.close()
+    assert torch.equal(torch.get_rng_state(), before)  # the data loaders' seeds were drawn, and given back
+    assert model.training and result.images == 4 * 3
+    assert json.loads((tmp_path / "best" / "best.json").read_text())["step"] == 1
+
+
+@pytest.mark.slow
+def test_ddp_validates_on_both_ranks_and_rank_0_writes(tmp_path) -> None:
+    """Under torchrun, whose own --log-dir makes --log ambiguous, the flag is spelled --logger."""
+    import subprocess
+
+    from tests.engine.test_trainer import cli_env
+
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        "-m", "cosegkit", "train", *TINY_ARGS, "--steps", "2", "--eval-every", "1", "--logger", "tensorboard",
+        "--out", str(run),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = validation_lines(run)
+    assert [line["step"] for line in lines] == [1, 2] and all(line["images"] == 4 * 3 for line in lines)  # both shards
+    assert [e.step for e in events(run).Scalars("validation/J")] == [1, 2]
+    assert len(list((run / "tensorboard").iterdir())) == 1  # one event file: rank 0's
+    assert json.loads((run / "best" / "best.json").read_text())["step"] in (1, 2)
+    ddp = json.loads((run / "ddp.json").read_text())
+    assert ddp["checksums"][0] == ddp["checksums"][1]
