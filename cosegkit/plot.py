@@ -35,10 +35,19 @@ class RunCurves:
         curves: ``{quantity: (steps, values)}``, steps increasing.
         final: ``{"P": ..., "J": ..., "step": ...}`` from ``eval.json`` (its step is the run's
             last), or ``None``.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from cosegkit.plot import RunCurves
+        >>> curves = RunCurves(Path("runs/a"), {"total": ([1, 2], [2.0, 1.5])}, {"P": 0.9, "J": 0.7, "step": 2})
+        >>> curves.curves["total"][1][-1], curves.final["J"]
+        (1.5, 0.7)
     """
 
-    def __init__(self, path: Path, curves: dict[str, tuple[list[int], list[float]]], final: dict | None) -> None:
-        self.path, self.curves, self.final = path, curves, final
+    def __init__(
+        self, path: str | os.PathLike[str], curves: dict[str, tuple[list[int], list[float]]], final: dict | None
+    ) -> None:
+        self.path, self.curves, self.final = Path(path), curves, final
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -150,7 +159,7 @@ def plot_runs(
         columns: panels per row.
 
     Returns:
-        The :class:`matplotlib.figure.Figure`: ``fig.axes`` holds one panel per quantity,
+        The matplotlib ``Figure``: ``fig.axes`` holds one panel per quantity,
         each with one line per run that logged it (the P and J panels also a star per run
         that has an ``eval.json``, its end-of-run score).
 

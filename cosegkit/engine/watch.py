@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -60,7 +61,7 @@ from cosegkit.engine.config import GENERATED_DATASETS, TrainConfig, build_eval_s
 from cosegkit.engine.evaluate import EvalResult, evaluate, mask_probs
 from cosegkit.errors import CosegValueError
 
-__all__ = ["RunWatch", "TensorBoardLog", "mask_grid", "require_tensorboard", "spread"]
+__all__ = ["GRID_IMAGES", "GRID_SETS", "GRID_TILE", "RunWatch", "TensorBoardLog", "mask_grid", "require_tensorboard", "spread"]
 
 GRID_SETS = 3
 """How many validation sets the TensorBoard image ``validation/masks`` shows."""
@@ -117,7 +118,7 @@ def _same_rng(device: torch.device) -> Iterator[None]:
 def mask_grid(model: torch.nn.Module, items: list[Mapping[str, Any]], *, class_oracle: bool = False) -> torch.Tensor:
     """One image of a few sets: per set a row of images, of ground-truth masks, of predicted mask probabilities.
 
-    Each tile is :data:`GRID_TILE` pixels square; at most :data:`GRID_IMAGES` images of a set.
+    Each tile is :data:`~cosegkit.engine.watch.GRID_TILE` pixels square; at most :data:`~cosegkit.engine.watch.GRID_IMAGES` images of a set.
     The model runs as it is (put it in eval mode first) on its parameters' device.
 
     Args:
@@ -131,7 +132,7 @@ def mask_grid(model: torch.nn.Module, items: list[Mapping[str, Any]], *, class_o
     Shape:
         - each item: ``images`` ``(N, 3, H, W)``, ``masks`` ``(N, 1, H', W')``, ``valid`` ``(N,)``.
         - output: ``(3, rows * (T + 2) + 2, columns * (T + 2) + 2)`` with ``rows = 3 * len(items)``,
-          ``columns`` the largest set's image count (at most :data:`GRID_IMAGES`) and ``T`` :data:`GRID_TILE`.
+          ``columns`` the largest set's image count (at most :data:`~cosegkit.engine.watch.GRID_IMAGES`) and ``T`` :data:`~cosegkit.engine.watch.GRID_TILE`.
 
     Example:
         >>> from cosegkit.engine import TrainConfig, build_eval_sets, build_model
@@ -188,7 +189,7 @@ class TensorBoardLog:
         >>> board.close()
     """
 
-    def __init__(self, folder: str | Path, purge_step: int | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike[str], purge_step: int | None = None) -> None:
         require_tensorboard()
         from torch.utils.tensorboard import SummaryWriter
 
@@ -224,7 +225,7 @@ class TensorBoardLog:
         self.writer.close()
 
 
-Checkpointer = Callable[[int, Path, int], "Path | None"]
+Checkpointer = Callable[[int, Path, int], Path | None]
 """The trainer's checkpoint writer: ``(step, folder, keep)`` to the path written (``None`` off rank 0)."""
 
 
@@ -242,11 +243,43 @@ class RunWatch:
         start: the steps done when the run (re)started.
         resume: whether the run was resumed: validation.jsonl loses the lines of steps after
             ``start`` (they are run again) and the best J so far is read from ``best/best.json``.
+
+    Example:
+        The trainer's calls, by hand (``checkpoint`` is the trainer's writer of a step's
+        checkpoint into a folder; here one that writes nothing):
+
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.engine import TrainConfig, build_model
+        >>> from cosegkit.engine.distributed import DistInfo
+        >>> from cosegkit.engine.watch import RunWatch
+        >>> config = TrainConfig(
+        ...     world_classes=4, image_size=32, set_size=2, eval_set_size=2, heads=2, top_k=1,
+        ...     encoder="tu-test_convnext", encoder_weights=None, decoder_channels=[8, 8, 8, 8],
+        ...     clip_model="coseg-test-tiny", clip_pretrained=None, device="cpu",
+        ...     extra={"eval_sets": 2}, eval_every=10, log=["tensorboard"],
+        ... )
+        >>> run = Path(tempfile.mkdtemp())
+        >>> watch = RunWatch(config, run, DistInfo(), start=0, resume=False)
+        >>> watch.due(5), watch.due(10)
+        (False, True)
+        >>> model = build_model(config).train()
+        >>> result = watch.validate(model, 10, checkpoint=lambda step, folder, keep: None)
+        >>> watch.close()
+        >>> result.images, model.training, sorted(p.name for p in run.iterdir())
+        (4, True, ['best', 'tensorboard', 'validation.jsonl'])
     """
 
     def __init__(
-        self, config: TrainConfig, run: Path, dist: distributed.DistInfo, *, start: int, resume: bool
+        self,
+        config: TrainConfig,
+        run: str | os.PathLike[str],
+        dist: distributed.DistInfo,
+        *,
+        start: int,
+        resume: bool,
     ) -> None:
+        run = Path(run)
         self.config, self.run, self.dist, self.device = config, run, dist, dist.device
         self.board: TensorBoardLog | None = None
         if config.log and "tensorboard" in config.log and dist.is_main:
