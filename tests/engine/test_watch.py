@@ -278,3 +278,43 @@ def test_ddp_validates_on_both_ranks_and_rank_0_writes(tmp_path) -> None:
     assert json.loads((run / "best" / "best.json").read_text())["step"] in (1, 2)
     ddp = json.loads((run / "ddp.json").read_text())
     assert ddp["checksums"][0] == ddp["checksums"][1]
+
+
+def test_pseudo_mask_training_whose_held_out_groups_have_no_masks_refuses_eval_every(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+
+    groups = write_folder_dataset(SyntheticWorld(num_classes=3, image_size=32, objects_per_image=2), tmp_path, 3)
+    shutil.rmtree(tmp_path / "masks" / groups[2].name)  # the held-out group has no mask
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the refusal")
+
+    monkeypatch.setattr(trainer_module, "build_model", no_model)
+    settings = {k: v for k, v in TINY.items() if k not in ("dataset", "world_classes", "extra")}
+    config = TrainConfig(
+        **settings, dataset="folder", root=str(tmp_path), pseudo_masks="zero-shot", steps=2,
+        classes=[groups[0].name, groups[1].name], eval_classes=[groups[2].name], eval_every=1,
+    )  # fmt: skip
+    with pytest.raises(CosegValueError, match=r"none of them has masks: name labelled groups with --eval-classes"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_a_config_written_before_watching_existed_reads_with_it_off() -> None:
+    data = TrainConfig(**TINY).to_dict()
+    for key in ("log", "eval_every", "validation_sets"):
+        del data[key]
+    config = TrainConfig.from_dict(data)
+    assert (config.log, config.eval_every, config.validation_sets) == (None, None, None)
+
+
+def test_plot_and_train_help_name_the_watching_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--log LOGGER", "--eval-every K", "--validation-sets N", "cosegkit plot"))
+    with pytest.raises(SystemExit):
+        main(["plot", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:" in out and "cosegkit plot runs/" in out
