@@ -318,3 +318,30 @@ def test_plot_and_train_help_name_the_watching_options(capsys) -> None:
         main(["plot", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "cosegkit plot runs/" in out
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_with_eval_every_equals_an_unwatched_run(tmp_path) -> None:
+    import subprocess
+    import time
+
+    from tests.engine.test_trainer import run_cli
+
+    steps = ["--steps", "20", "--checkpoint-every", "3"]
+    plain = run_cli([*TINY_ARGS, *steps, "--out", str(tmp_path / "plain")], stdout=subprocess.DEVNULL)
+    assert plain.wait(timeout=300) == 0
+    watched = ["--eval-every", "2", "--log", "tensorboard"]
+    broken = tmp_path / "broken"
+    proc = run_cli([*TINY_ARGS, *steps, *watched, "--out", str(broken)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not find_checkpoints(broken / "checkpoints") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    assert not (broken / "model").exists()
+    resumed = run_cli(["--out", str(broken), "--resume", "--no-progress"], stdout=subprocess.DEVNULL)
+    assert resumed.wait(timeout=300) == 0
+    a, b = weights(tmp_path / "plain" / "model"), weights(broken / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [line["step"] for line in validation_lines(broken)] == list(range(2, 21, 2))
+    assert [e.step for e in events(broken).Scalars("loss/total")] == list(range(1, 21))
