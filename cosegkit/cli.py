@@ -1305,7 +1305,7 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
         description="Draw the curves of run folders into one PNG: one panel per quantity (each loss term, "
         "the learning rate, the class-choice accuracies of metrics.jsonl; held-out P and J of validation.jsonl, "
         "--eval-every, with eval.json's end-of-run score as a star), one line per run labelled with its "
-        "folder's name. Needs matplotlib (pip install \"cosegkit[plot]\").",
+        'folder\'s name. Needs matplotlib (pip install "cosegkit[plot]").',
         epilog="""examples:
   cosegkit plot runs/pascal --out curves.png
   cosegkit plot runs/lr-1e-4 runs/lr-3e-4 --out lr.png --metrics total J

@@ -189,7 +189,7 @@ def plot_runs(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise CosegValueError(f"plotting needs matplotlib ({err}): pip install \"cosegkit[plot]\"") from None
+        raise CosegValueError(f'plotting needs matplotlib ({err}): pip install "cosegkit[plot]"') from None
     read = [read_run(run) for run in runs]
     found = set().union(*(r.curves for r in read)) | ({"P", "J"} if any(r.final for r in read) else set())
     if metrics is None:
@@ -212,7 +212,9 @@ def plot_runs(
         for run, label, colour in zip(read, labels, colours, strict=True):
             if name in run.curves:
                 steps, values = run.curves[name]
-                ax.plot(steps, values, color=colour, label=label, linewidth=1.4, marker="." if len(steps) < 30 else None)
+                ax.plot(
+                    steps, values, color=colour, label=label, linewidth=1.4, marker="." if len(steps) < 30 else None
+                )
             if name in ("P", "J") and run.final is not None:
                 ax.scatter([run.final["step"]], [run.final[name]], color=colour, marker="*", s=90, zorder=3)
         ax.set_title(_TITLES.get(name, f"{name} (class choice)" if name.startswith("acc/") else f"loss: {name}"))

@@ -61,7 +61,16 @@ from cosegkit.engine.config import GENERATED_DATASETS, TrainConfig, build_eval_s
 from cosegkit.engine.evaluate import EvalResult, evaluate, mask_probs
 from cosegkit.errors import CosegValueError
 
-__all__ = ["GRID_IMAGES", "GRID_SETS", "GRID_TILE", "RunWatch", "TensorBoardLog", "mask_grid", "require_tensorboard", "spread"]
+__all__ = [
+    "GRID_IMAGES",
+    "GRID_SETS",
+    "GRID_TILE",
+    "RunWatch",
+    "TensorBoardLog",
+    "mask_grid",
+    "require_tensorboard",
+    "spread",
+]
 
 GRID_SETS = 3
 """How many validation sets the TensorBoard image ``validation/masks`` shows."""
@@ -88,7 +97,7 @@ def require_tensorboard() -> None:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except ImportError as err:
         raise CosegValueError(
-            f"--log tensorboard needs the tensorboard package ({err}): pip install \"cosegkit[tensorboard]\", "
+            f'--log tensorboard needs the tensorboard package ({err}): pip install "cosegkit[tensorboard]", '
             f"or drop --log tensorboard (metrics.jsonl is written either way)"
         ) from None
 
@@ -347,7 +356,7 @@ class RunWatch:
                 f.write(json.dumps(line) + "\n")
         if self.board is not None:
             self.board.validation(step, result, grid)
-        if not math.isnan(result.J) and result.J > self.best_j:
+        if not math.isnan(result.J) and self.best_j < result.J:
             self.best_j = result.J
             self._save_best(model, step, result, checkpoint)
         return result
