@@ -28,7 +28,8 @@ class RunCurves:
 
     Quantities: the keys of ``metrics.jsonl`` (loss terms such as ``total``, ``lr``,
     ``acc/istar``), and ``P`` and ``J`` from ``validation.jsonl``. A step logged twice (a run
-    resumed from a checkpoint before it) counts once, its last line.
+    resumed from a checkpoint before it) counts once, its last line; an unfinished last line
+    (a running run writing it) is left out.
 
     Attributes:
         path: the run folder.
@@ -51,14 +52,18 @@ class RunCurves:
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text()
+    lines = text.splitlines()
     records: dict[int, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
             records[int(record["step"])] = record
         except (ValueError, KeyError, TypeError) as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the line a running run is writing
             raise CosegValueError(f"{str(path)!r} line {number} is not a JSON record with a step ({err})") from None
     return [records[step] for step in sorted(records)]
 

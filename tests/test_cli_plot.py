@@ -137,3 +137,13 @@ def test_a_real_run_plots_its_training_and_validation(tmp_path) -> None:
         by_title
     )
     assert list(by_title["held-out J"].lines[0].get_xdata()) == [1, 2]
+
+
+def test_the_line_a_running_run_is_writing_is_left_out(tmp_path) -> None:
+    run = write_run(tmp_path / "run", steps=3)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lr": 0.0, "tot')  # no newline yet
+    assert read_run(run).curves["total"][0] == [1, 2, 3]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('al": 1.0}\n')
+    assert read_run(run).curves["total"][0] == [1, 2, 3, 4]
