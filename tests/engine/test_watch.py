@@ -348,3 +348,30 @@ def test_killed_and_resumed_with_eval_every_equals_an_unwatched_run(tmp_path) ->
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [line["step"] for line in validation_lines(broken)] == list(range(2, 21, 2))
     assert [e.step for e in events(broken).Scalars("loss/total")] == list(range(1, 21))
+
+
+def test_composite_and_folder_runs_validate_on_their_end_of_run_sets(tmp_path, monkeypatch) -> None:
+    from cosegkit.data.synthetic import SyntheticWorld, write_folder_dataset
+
+    groups = write_folder_dataset(
+        SyntheticWorld(num_classes=4, image_size=32, objects_per_image=2, seed=3), tmp_path, 6
+    )
+    settings = {k: v for k, v in TINY.items() if k not in ("dataset", "world_classes", "extra")}
+    composite = TrainConfig(
+        **settings, dataset="composite", root=str(tmp_path), reader="folder", steps=2, eval_every=2,
+        extra={"eval_sets": 4},
+    )  # fmt: skip
+    train(composite, tmp_path / "composite", progress=False)
+    end = json.loads((tmp_path / "composite" / "eval.json").read_text())  # the held-out composite sets
+    assert [(line["step"], line["J"], line["images"]) for line in validation_lines(tmp_path / "composite")] == [
+        (2, pytest.approx(end["J"]), end["images"])
+    ]
+    folder = TrainConfig(
+        **settings, dataset="folder", root=str(tmp_path), steps=2, eval_every=1,
+        classes=[g.name for g in groups[:3]], eval_classes=[groups[3].name],
+    )  # fmt: skip
+    train(folder, tmp_path / "folder", progress=False)
+    end = json.loads((tmp_path / "folder" / "eval.json").read_text())  # the --eval-classes groups
+    lines = validation_lines(tmp_path / "folder")
+    assert [line["step"] for line in lines] == [1, 2]
+    assert (lines[-1]["J"], lines[-1]["images"]) == (pytest.approx(end["J"]), end["images"])
