@@ -227,6 +227,35 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--eval-preset", choices=("ssnm", "ufo", "fixed"), default="ssnm", help="P/J binarisation")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    w = p.add_argument_group(
+        "watching a run",
+        "--log tensorboard writes <out>/tensorboard (tensorboard --logdir <out>); --eval-every K scores the\n"
+        "held-out sets every K steps into <out>/validation.jsonl and keeps the best model by J in <out>/best\n"
+        "(best/model for evaluate and segment; best/ resumes with --resume --out <out>/best).\n"
+        "cosegkit plot <out> draws the curves without TensorBoard.",
+    )
+    w.add_argument(
+        "--log",
+        "--logger",
+        dest="log",
+        nargs="+",
+        choices=("tensorboard",),
+        metavar="LOGGER",
+        help="also log to: tensorboard (the optional extra cosegkit[tensorboard]); metrics.jsonl is always written. "
+        "Under torchrun spell it --logger (torchrun takes --log for its own --log-dir)",
+    )
+    w.add_argument(
+        "--eval-every",
+        type=_positive,
+        metavar="K",
+        help="score the held-out sets (synthetic, composite, or --eval-classes) every K steps; keep the best",
+    )
+    w.add_argument(
+        "--validation-sets",
+        type=_positive,
+        metavar="N",
+        help="--eval-every: score N of the held-out sets, spread evenly (default all: those scored at the end)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -361,6 +390,9 @@ def _config_from_args(args: argparse.Namespace):
         pseudo_background=args.pseudo_background,
         pseudo_pool=args.pseudo_pool,
         extra=_train_extra(args),
+        log=args.log,
+        eval_every=args.eval_every,
+        validation_sets=args.validation_sets,
     )
 
 
@@ -452,6 +484,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result.photo_evaluation is not None:
         ev = result.photo_evaluation
         print(f"held-out photos ({ev.preset}, {ev.images} images): P {100 * ev.P:.2f}  J {100 * ev.J:.2f}")
+    best = result.run_dir / "best" / "best.json"
+    if best.is_file():
+        record = json.loads(best.read_text())
+        print(f"best validation J {100 * record['J']:.2f} at step {record['step']}: {best.parent / 'model'}")
     return 0
 
 
@@ -1260,6 +1296,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw the training curves of one or several runs into a PNG (no TensorBoard needed)",
+        formatter_class=_FORMATTER,
+        description="Draw the curves of run folders into one PNG: one panel per quantity (each loss term, "
+        "the learning rate, the class-choice accuracies of metrics.jsonl; held-out P and J of validation.jsonl, "
+        "--eval-every, with eval.json's end-of-run score as a star), one line per run labelled with its "
+        'folder\'s name. Needs matplotlib (pip install "cosegkit[plot]").',
+        epilog="""examples:
+  cosegkit plot runs/pascal --out curves.png
+  cosegkit plot runs/lr-1e-4 runs/lr-3e-4 --out lr.png --metrics total J
+""",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written by cosegkit train --out")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="NAME",
+        help="quantities to draw, in order, e.g. total iou lr acc/istar P J (default: every one logged)",
+    )
+    p.add_argument("--columns", type=_positive, default=3, help="panels per row (default 3)")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from cosegkit.plot import plot_runs
+
+    fig = plot_runs(args.runs, args.out, metrics=args.metrics, columns=args.columns)
+    print(f"wrote {args.out}: {len(fig.axes)} panels, {len(args.runs)} run(s)")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
@@ -1646,6 +1716,7 @@ def build_parser() -> argparse.ArgumentParser:
   cosegkit export --model runs/pascal/model --out lcco.onnx --set-size 5 --image-size 224
   cosegkit push --model runs/pascal --repo my-lab/lcco-pascal
   cosegkit pretrain-clip --dataset composite --root data/pascal_voc_coseg --reader pascal_voc
+  cosegkit plot runs/pascal runs/icoseg --out curves.png
 Run 'cosegkit COMMAND --help' for a command's options.""",
     )
     parser.add_argument("--version", action="version", version=f"cosegkit {__version__}")
@@ -1657,6 +1728,7 @@ Run 'cosegkit COMMAND --help' for a command's options.""",
     _add_export(sub)
     _add_push(sub)
     _add_pretrain_clip(sub)
+    _add_plot(sub)
     return parser
 
 

@@ -64,6 +64,10 @@ The synthetic world of shapes and the composite world of real object cut-outs
 _WORLD_CACHE_SIZE = 6  # composite worlds kept in memory (a PASCAL world at 128 px is about 30 MB)
 _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict()
 
+LOGGERS: tuple[str, ...] = ("tensorboard",)
+"""The loggers ``cosegkit train --log`` writes beside ``metrics.jsonl``: TensorBoard (``<run>/tensorboard``,
+the optional extra ``cosegkit[tensorboard]``)."""
+
 MODELS: tuple[str, ...] = ("lcco", "ufo")
 """The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.UFO`)."""
 
@@ -144,6 +148,13 @@ class TrainConfig:
     template ``"a {}"``) when the dataset is synthetic or the CLIP is the synthetic one
     (:data:`~cosegkit.engine.pretrain.SYNTHETIC_CLIP`); the composite world's class names on
     the composite dataset; else the default vocabulary.
+
+    Watching a run: ``log=["tensorboard"]`` also writes TensorBoard event files into
+    ``<run>/tensorboard`` (:data:`~cosegkit.engine.config.LOGGERS`; ``metrics.jsonl`` is
+    written either way). ``eval_every`` scores the held-out sets (the end-of-run evaluation's,
+    or ``validation_sets`` of them spread evenly) every that many steps, writes
+    ``<run>/validation.jsonl`` and keeps the best model by J in ``<run>/best``
+    (:mod:`cosegkit.engine.watch`); a dataset on disk needs ``eval_classes`` for it.
 
     Example:
         >>> import tempfile
@@ -258,6 +269,10 @@ class TrainConfig:
     pseudo_background: list[str] | None = None
     pseudo_pool: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # watching a run
+    log: list[str] | None = None
+    eval_every: int | None = None
+    validation_sets: int | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -344,6 +359,31 @@ class TrainConfig:
         from cosegkit.models.lcco import get_variant
 
         get_variant(self.variant)  # an unknown name raises KeyError listing the valid ones
+        self._check_watching()
+
+    def _check_watching(self) -> None:
+        """``log``, ``eval_every`` and ``validation_sets``: loggers by name; validation needs held-out sets."""
+        if self.log is not None:
+            if isinstance(self.log, str) or not all(isinstance(name, str) for name in self.log):
+                raise CosegValueError(f"log must be a list of logger names {list(LOGGERS)}, got {self.log!r} (--log)")
+            unknown = [name for name in self.log if name not in LOGGERS]
+            if unknown:
+                raise CosegValueError(f"unknown logger(s) {unknown} (--log); choose from {list(LOGGERS)}")
+            self.log = list(dict.fromkeys(self.log)) or None
+        for name in ("eval_every", "validation_sets"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise CosegValueError(f"{name} must be a positive integer or None, got {value!r} (--{_flag(name)})")
+        if self.validation_sets is not None and self.eval_every is None:
+            raise CosegValueError(
+                "validation_sets (--validation-sets) sizes the validation of eval_every (--eval-every): set both, "
+                "or leave it out"
+            )
+        if self.eval_every is not None and self.dataset not in GENERATED_DATASETS and not self.eval_classes:
+            raise CosegValueError(
+                f"eval_every (--eval-every) scores the held-out sets during training, and a {self.dataset!r} run "
+                f"has none: name held-out groups with --eval-classes (eval_classes), or drop --eval-every"
+            )
 
     def _check_model(self) -> None:
         if self.model not in MODELS:

@@ -8,6 +8,11 @@ A run folder holds::
     model/               the final model (LCCo.save_pretrained), for evaluate and segment
     eval.json            the held-out evaluation at the end of the run, when there is one
     eval_photos.json     the composite dataset only: the evaluation on its held-out photos themselves
+    tensorboard/         with log=["tensorboard"] (--log tensorboard): TensorBoard event files of the losses,
+                         learning rate, class-choice accuracies, validation P and J and validation masks
+    validation.jsonl     with eval_every (--eval-every K): one JSON line per validation (step, P, J, images, seconds)
+    best/                with eval_every: the best model by validation J, a run folder of its own (best.json with
+                         its step and J, config.json, checkpoints/ for --resume, model/); cosegkit.engine.watch
     pseudo_masks/        with pseudo_masks set: the cached zero-shot maps (cosegkit.engine.pseudo), of the
                          training groups, or of a generated world's pool of training sets
     superpixels/         with superpixel_weight > 0: the cached superpixel maps (cosegkit.data.superpixels)
@@ -54,6 +59,7 @@ from cosegkit.engine.config import (
     build_train_sets,
 )
 from cosegkit.engine.evaluate import EvalResult, evaluate
+from cosegkit.engine.watch import RunWatch
 from cosegkit.errors import CosegError, CosegValueError
 
 __all__ = ["StepBatches", "TrainResult", "TrainingDiverged", "TrainingInterrupted", "train"]
@@ -421,6 +427,7 @@ def _train(
     from cosegkit.losses.lcco import LCCoLoss
 
     device = dist.device
+    _check_watching(config, dist)
     data_groups = None
     if config.dataset == "composite":  # every mask's size from the headers, then the photos are loaded
         from cosegkit.engine.config import check_mask_sizes, composite_groups
@@ -501,7 +508,7 @@ def _train(
         persistent_workers=False,
     )
 
-    def checkpoint(step: int) -> Path | None:
+    def checkpoint(step: int, folder: Path = ckpt_dir, keep: int | None = config.keep_checkpoints) -> Path | None:
         if targets is not None:
             targets.save()  # every rank its own file
         if not dist.is_main:
@@ -513,11 +520,12 @@ def _train(
             "rng": _rng_state(device),
             "config": config.to_dict(),
         }
-        return save_checkpoint(state, ckpt_dir, step, keep=config.keep_checkpoints)
+        return save_checkpoint(state, folder, step, keep=keep)
 
     amp = config.amp and device.type == "cuda"
     bar = _progress(config.steps, start, progress, "train")
     log = (run / "metrics.jsonl").open("a") if dist.is_main else None
+    watch = RunWatch(config, run, dist, start=start, resume=resume)
     step, loss_value, tic = start, math.nan, time.perf_counter()
     try:
         with _StopFlag() as stop:
@@ -568,6 +576,9 @@ def _train(
                     record.update(_class_choices(out, batch["group"] if ufo else None))
                     log.write(json.dumps(record) + "\n")
                     log.flush()
+                    watch.log_step(record)
+                if watch.due(done):  # before the step's checkpoint: a run stopped between them validates again
+                    watch.validate(model, done, checkpoint)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -590,6 +601,7 @@ def _train(
             bar.close()
         if log is not None:
             log.close()
+        watch.close()
 
     if dist.world > 1:
         _check_replicas(model, dist, run)
@@ -676,6 +688,19 @@ def _pseudo_masks(config: TrainConfig, groups, model: torch.nn.Module, run: Path
             config, config.world(), clip, run / "pseudo_masks", device=device, dist=dist, progress=progress
         )
     return prepare_pseudo_masks(config, groups, clip, run / "pseudo_masks", device=device, dist=dist, progress=progress)
+
+
+def _check_watching(config: TrainConfig, dist: distributed.DistInfo) -> None:
+    """Refuse, before anything is built, --log tensorboard without tensorboard and --eval-every with nothing to score."""
+    if config.log and "tensorboard" in config.log:
+        from cosegkit.engine.watch import require_tensorboard
+
+        require_tensorboard()
+    if config.eval_every and not _can_evaluate(config, dist):
+        raise CosegValueError(
+            "--eval-every scores the held-out groups during training, and none of them has masks: name labelled "
+            "groups with --eval-classes, or drop --eval-every"
+        )
 
 
 def _can_evaluate(config: TrainConfig, dist: distributed.DistInfo) -> bool:
