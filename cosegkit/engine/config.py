@@ -31,6 +31,7 @@ from cosegkit.data.types import DataError, Group
 from cosegkit.errors import CosegValueError
 
 __all__ = [
+    "AMP_DTYPES",
     "CLASS_ORACLE_DATASETS",
     "DATASETS",
     "GENERATED_DATASETS",
@@ -62,6 +63,11 @@ The synthetic world of shapes and the composite world of real object cut-outs
 
 _WORLD_CACHE_SIZE = 6  # composite worlds kept in memory (a PASCAL world at 128 px is about 30 MB)
 _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict()
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The mixed precisions of ``cosegkit train --amp`` (``TrainConfig.amp``), by name: the autocast dtype.
+
+``fp16`` also scales the loss with a :class:`torch.amp.GradScaler`; ``bf16`` needs none."""
 
 MODELS: tuple[str, ...] = ("lcco", "ufo")
 """The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.UFO`)."""
@@ -243,7 +249,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None
     compile: bool = False
     eval_set_size: int | None = 5
     eval_preset: str = "ssnm"
@@ -257,6 +263,9 @@ class TrainConfig:
     pseudo_background: list[str] | None = None
     pseudo_pool: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # continuing from a trained model; extending a run
+    init_from: str | None = None
+    extensions: list[dict[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -301,6 +310,8 @@ class TrainConfig:
         ):
             raise CosegValueError(f"class_prior must be non-negative, got {self.class_prior!r} (--class-prior)")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+        self._check_amp()
+        self._check_continuation()
         self._check_model()
         self._check_class_oracle()
         self._check_pseudo_masks()
@@ -381,6 +392,45 @@ class TrainConfig:
             raise CosegValueError(
                 f"UFO reads its encoder at strides 4, 8, 16 and 32, so it needs encoder_depth 5, got "
                 f"{self.encoder_depth} (--encoder-depth 5)"
+            )
+
+    def _check_amp(self) -> None:
+        """``amp``: ``None``, ``"bf16"`` or ``"fp16"``; ``True``/``False`` (configs written before fp16) read as bf16/None."""
+        if self.amp is True:
+            self.amp = "bf16"
+        elif self.amp is False:
+            self.amp = None
+        if self.amp not in AMP_DTYPES and self.amp is not None:
+            raise CosegValueError(
+                f"amp must be None, 'bf16' or 'fp16', got {self.amp!r} (--amp bf16 or --amp fp16; leave it out for fp32)"
+            )
+
+    def _check_continuation(self) -> None:
+        """``init_from`` names a model; ``extensions`` is the list :func:`~cosegkit.engine.train` writes."""
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise CosegValueError(
+                f"init_from must be a model folder, a run folder or a hub name, got {self.init_from!r} (--init-from)"
+            )
+        if not isinstance(self.extensions, list):
+            raise CosegValueError(f"extensions must be a list, got {self.extensions!r}")
+        previous = 0
+        for ext in self.extensions:
+            keys = ("step", "from_steps", "to_steps")
+            if not isinstance(ext, dict) or sorted(ext) != sorted(keys) or not all(
+                isinstance(ext[k], int) and not isinstance(ext[k], bool) for k in keys
+            ):
+                raise CosegValueError(
+                    f"each entry of extensions is {{'step': int, 'from_steps': int, 'to_steps': int}}, got {ext!r}"
+                )
+            if not previous <= ext["step"] <= ext["from_steps"] < ext["to_steps"]:
+                raise CosegValueError(
+                    f"extension {ext} does not follow the run: need the previous extension's step ({previous}) "
+                    f"<= step <= from_steps < to_steps"
+                )
+            previous = ext["step"]
+        if self.extensions and self.extensions[-1]["to_steps"] != self.steps:
+            raise CosegValueError(
+                f"the last extension ends at {self.extensions[-1]['to_steps']} steps, but steps is {self.steps}"
             )
 
     def _check_class_oracle(self) -> None:
@@ -1174,7 +1224,8 @@ def build_model(config: TrainConfig, groups: Sequence[Group] | None = None) -> t
 
     The model records the run's ``image_size`` and ``set_size`` (:attr:`LCCo.image_size
     <cosegkit.LCCo.image_size>`), so the saved model is evaluated and exported at the size it
-    was trained at.
+    was trained at. With ``init_from`` set, the model holds that trained model's weights
+    (:func:`~cosegkit.engine.finetune.init_model`).
 
     Example:
         A tiny random model (no weights are downloaded), fine for smoke tests:
@@ -1217,6 +1268,10 @@ def build_model(config: TrainConfig, groups: Sequence[Group] | None = None) -> t
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
 
+    if config.init_from:  # fine-tuning: the source's weights (cosegkit.engine.finetune)
+        from cosegkit.engine.finetune import inherit_architecture, init_model
+
+        return init_model(inherit_architecture(config), groups)
     if config.model == "ufo":
         from cosegkit.models.ufo import UFO
 

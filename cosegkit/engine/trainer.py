@@ -27,12 +27,14 @@ and resumed ends with the same weights as one that was not.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,14 +206,94 @@ class StepBatches(Sampler[list[int]]):
             yield list(range(first, first + self.batch_size))
 
 
+def planned_steps(config: TrainConfig, step: int) -> int:
+    """The run length the schedule follows at ``step``: ``config.steps``, or, in an extended run, the plan of the time.
+
+    An extension (``--resume --steps N``) that started at step ``s`` switched the plan from
+    its ``from_steps`` to ``N`` for the steps from ``s`` on; the steps before ``s`` keep the
+    plan they were run with, so a second resume recomputes the same learning rates.
+
+    Example:
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.trainer import planned_steps
+        >>> config = TrainConfig(steps=8, extensions=[{"step": 4, "from_steps": 4, "to_steps": 8}])
+        >>> [planned_steps(config, s) for s in range(8)]
+        [4, 4, 4, 4, 8, 8, 8, 8]
+    """
+    total = config.extensions[0]["from_steps"] if config.extensions else config.steps
+    for ext in config.extensions:
+        if step >= ext["step"]:
+            total = ext["to_steps"]
+    return total
+
+
 def _lr_lambda(config: TrainConfig):
     def factor(step: int) -> float:
         if config.warmup and step < config.warmup:
             return (step + 1) / config.warmup
-        span = max(1, config.steps - config.warmup)
+        span = max(1, planned_steps(config, step) - config.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - config.warmup) / span)))
 
     return factor
+
+
+_AMP_DEVICES: tuple[str, ...] = ("cuda",)  # where --amp runs (tests widen it to exercise the scaler on the CPU)
+
+
+def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """The autocast dtype of ``config.amp`` (``None``: fp32) and the gradient scaler (enabled for fp16 only).
+
+    Refuses ``--amp`` on a device without it rather than training in fp32 unasked.
+    """
+    from cosegkit.engine.config import AMP_DTYPES
+
+    if config.amp is None:
+        return None, torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda", enabled=False)
+    if device.type not in _AMP_DEVICES:
+        raise CosegValueError(
+            f"--amp {config.amp} is mixed precision on a CUDA GPU, and this run's device is {device.type} "
+            f"(--device {config.device}): drop --amp to train in fp32, or train on a GPU (--device cuda)"
+        )
+    return AMP_DTYPES[config.amp], torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+
+
+def _newest_step(ckpt_dir: Path) -> int | None:
+    """The step of the newest checkpoint, from its file name (nothing is loaded)."""
+    checkpoints = find_checkpoints(ckpt_dir)
+    return int(checkpoints[-1].name[len("step_") : -len(".pt")]) if checkpoints else None
+
+
+def _resumed_config(saved: TrainConfig, config: TrainConfig | None, ckpt_dir: Path) -> TrainConfig:
+    """The config a resume continues with: the saved one, or the saved one extended to ``config.steps``.
+
+    Only ``steps`` may change, and only upwards: the extension is appended to ``extensions``
+    with the step it starts at (the newest checkpoint's).
+    """
+    if config is None:
+        return saved
+    if config.init_from:  # as the run resolved it when it started
+        from cosegkit.engine.finetune import inherit_architecture
+
+        config = inherit_architecture(config)
+    given, kept = config.to_dict(), saved.to_dict()
+    diff = sorted(k for k, v in given.items() if kept.get(k) != v and k not in ("steps", "extensions"))
+    if diff:
+        raise CosegValueError(
+            f"--resume continues the run as it was configured; these settings differ: {diff} (only --steps may "
+            f"grow, to extend the run; other settings need a new run: a new --out)"
+        )
+    if config.steps == saved.steps:
+        return saved
+    if config.steps < saved.steps:
+        raise CosegValueError(
+            f"--steps {config.steps} is fewer than the run's {saved.steps} steps, and a run is not shortened: "
+            f"resume without --steps, or with --steps larger than {saved.steps} to extend it"
+        )
+    start = _newest_step(ckpt_dir)
+    if start is None:
+        raise CosegValueError(f"nothing to resume: {str(ckpt_dir)!r} holds no checkpoint")
+    extension = {"step": start, "from_steps": saved.steps, "to_steps": config.steps}
+    return dataclasses.replace(saved, steps=config.steps, extensions=[*saved.extensions, extension])
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -398,15 +480,19 @@ def train(
                 f"{str(run)!r} is not a run folder (no config.json): --resume continues a run that "
                 f"'cosegkit train --out {run}' started; start one without --resume"
             )
-        saved = TrainConfig.load(run / "config.json")
-        if config is not None and config.to_dict() != saved.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
-            raise CosegValueError(f"--resume continues the run as it was configured; these settings differ: {diff}")
-        config = saved
+        config = _resumed_config(TrainConfig.load(run / "config.json"), config, ckpt_dir)
     elif config is None:
         raise CosegValueError("a new run needs a config")
     elif find_checkpoints(ckpt_dir):
         raise CosegValueError(f"{str(run)!r} already holds checkpoints; pass --resume to continue it, or a new --out")
+    elif config.extensions:
+        raise CosegValueError(
+            "extensions records how a run was extended (--resume --steps N); a new run starts without any"
+        )
+    elif config.init_from:  # fine-tuning: the architecture is the source model's
+        from cosegkit.engine.finetune import inherit_architecture
+
+        config = inherit_architecture(config)
 
     dist = distributed.setup(config.device)
     try:
@@ -421,6 +507,7 @@ def _train(
     from cosegkit.losses.lcco import LCCoLoss
 
     device = dist.device
+    amp_dtype, scaler = _mixed_precision(config, device)
     data_groups = None
     if config.dataset == "composite":  # every mask's size from the headers, then the photos are loaded
         from cosegkit.engine.config import check_mask_sizes, composite_groups
@@ -434,8 +521,8 @@ def _train(
         _check_sizes(config, data_groups)  # every pair, from the headers: not at the step that samples it
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            config.save(run / "config.json")
+        if not resume or config.to_dict() != TrainConfig.load(run / "config.json").to_dict():
+            config.save(run / "config.json")  # a new run, or an extended one (its extensions)
     model = build_model(config, data_groups).to(device)
     if config.class_oracle:
         _check_oracle_vocabulary(config, model)
@@ -463,8 +550,15 @@ def _train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], device)
         start = int(state["step"])
+        # the learning rate of the next step, from this config's schedule: the saved one when the
+        # run is resumed as planned, the extended plan's when --steps grew (LambdaLR's own formula)
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     net: torch.nn.Module = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -510,12 +604,12 @@ def _train(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),  # empty unless fp16
             "rng": _rng_state(device),
             "config": config.to_dict(),
         }
         return save_checkpoint(state, ckpt_dir, step, keep=config.keep_checkpoints)
 
-    amp = config.amp and device.type == "cuda"
     bar = _progress(config.steps, start, progress, "train")
     log = (run / "metrics.jsonl").open("a") if dist.is_main else None
     step, loss_value, tic = start, math.nan, time.perf_counter()
@@ -531,7 +625,7 @@ def _train(
                     given = {"class_targets": targets.targets(batch["group"], batch["indices"], batch["valid"])}
                 if config.class_oracle:  # each set's true class replaces the model's own choice i*
                     given["common_class"] = batch["group"].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = forward(images, valid=valid, **given)
                 extra = {}
                 if "weights" in batch:  # pseudo masks: unconfident pixels do not count
@@ -541,6 +635,8 @@ def _train(
                 if ufo:
                     extra["classes"] = batch["group"].to(device, non_blocking=True)
                 losses = criterion(out, masks, **extra)
+                # a non-finite loss is divergence under any precision; non-finite fp16 gradients of a
+                # finite loss are the scaler's to handle (it skips that step and lowers its scale)
                 finite = torch.isfinite(losses.total.detach()).float()
                 if dist.world > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -553,9 +649,12 @@ def _train(
                         f"{where}. Lower the learning rate (--lr) or check the data, then resume or restart"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
-                optimizer.step()
-                scheduler.step()
+                scaler.scale(losses.total).backward()  # unscaled unless fp16
+                scaler.step(optimizer)
+                scaler.update()
+                with warnings.catch_warnings():  # a step the scaler skipped still moves the schedule on
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+                    scheduler.step()
                 loss_value = float(losses.total.detach())
                 done = step + 1
                 if log is not None and (done % config.log_every == 0 or done == config.steps):
