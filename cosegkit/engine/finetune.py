@@ -73,15 +73,14 @@ LCCO_ARCHITECTURE: dict[str, str] = {
 UFO_ARCHITECTURE: dict[str, str] = {"encoder": "encoder_name", "ufo_dim": "dim"}
 """The :class:`~cosegkit.engine.TrainConfig` fields a UFO source sets, by the key of its model ``config.json``."""
 
-_FLAGS = {
-    "model": "--model",
-    "use_correspondence": "--no-correspondence",
-    "use_interaction": "--no-interaction",
-    "use_regularization": "--no-regularization",
-    "use_grouping": "--grouping",
-    "residual": "--residual/--no-residual",
-    "correspondence_residual": "--correspondence-residual/--no-correspondence-residual",
-    "unit_scale": "--unit-scale/--no-unit-scale",
+_SWITCHES = {  # boolean settings: the flag that sets each value
+    "use_correspondence": {False: "--no-correspondence"},
+    "use_interaction": {False: "--no-interaction"},
+    "use_regularization": {False: "--no-regularization"},
+    "use_grouping": {True: "--grouping"},
+    "residual": {True: "--residual", False: "--no-residual"},
+    "correspondence_residual": {True: "--correspondence-residual", False: "--no-correspondence-residual"},
+    "unit_scale": {True: "--unit-scale", False: "--no-unit-scale"},
 }
 
 # the weights indexed by the source's classes, by architecture
@@ -90,8 +89,11 @@ _CLASS_INDEXED = {"lcco": ("regularization.mlp3.",), "ufo": ("classifier.",)}
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _flag(name: str) -> str:
-    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+def _given_flag(name: str, value: Any) -> str:
+    """The command-line flag (with its value) that sets TrainConfig field ``name`` to ``value``."""
+    if name in _SWITCHES and value in _SWITCHES[name]:
+        return _SWITCHES[name][value]
+    return f"--{name.replace('_', '-')} {_shown(value)}"
 
 
 def source_folder(init_from: str) -> Path:
@@ -114,7 +116,7 @@ def source_folder(init_from: str) -> Path:
         >>> source_folder(str(run / "missing"))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
-        cosegkit.errors.CosegValueError: --init-from '.../missing': no such folder ...
+        cosegkit.errors.CosegValueError: --init-from '.../missing': no such folder, and not a hub name ...
     """
     from cosegkit.models.lcco import CONFIG_NAME, WEIGHTS_NAME, LCCo, model_folder
 
@@ -124,7 +126,7 @@ def source_folder(init_from: str) -> Path:
         if (folder / "checkpoints").is_dir() and not (folder / WEIGHTS_NAME).is_file():
             raise CosegValueError(
                 f"--init-from {init_from!r} is a run folder whose run has not finished (no model/ yet): finish it "
-                f"(cosegkit train --out {init_from} --resume), or start from one of its checkpoints' runs that did"
+                f"(cosegkit train --out {init_from} --resume), then fine-tune from it"
             )
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise CosegValueError(
@@ -185,22 +187,25 @@ def inherit_architecture(config: Any) -> Any:
         >>> inherit_architecture(TrainConfig(init_from=str(folder), ufo_dim=32))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
-        cosegkit.errors.CosegValueError: --init-from '...' sets the architecture (a ufo model): --ufo-dim 32 ...
+        cosegkit.errors.CosegValueError: --init-from '...' sets the architecture (a ufo model): --ufo-dim 32 (the source's ufo_dim: 16); ...
     """
     from cosegkit.engine.config import TrainConfig
 
     arch, settings = _read_source(source_folder(config.init_from))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    absent: set[str] = set()
     if arch == "ufo":
         inherited: dict[str, Any] = {"model": "ufo", **{f: settings[k] for f, k in UFO_ARCHITECTURE.items()}}
-        inherited.update({f: defaults[f] for f in LCCO_ARCHITECTURE if f not in inherited})  # UFO has none
+        absent = {f for f in LCCO_ARCHITECTURE if f not in inherited}  # LCCo's modules: UFO has none
+        inherited.update({f: defaults[f] for f in absent})
     else:
         inherited = {"model": "lcco", **{f: settings.get(k) for f, k in LCCO_ARCHITECTURE.items()}}
         inherited["decoder_channels"] = [int(c) for c in inherited["decoder_channels"]]
         if not _uses_clip(settings):  # no CLIP in the source: the run's own (e.g. for pseudo masks)
             inherited.pop("clip_model")
     conflicts = [
-        f"{_flag(name)} {_shown(getattr(config, name))} (the source's: {_shown(value)})"
+        f"{_given_flag(name, getattr(config, name))} "
+        + ("(the source, a UFO, has no such setting)" if name in absent else f"(the source's {name}: {_shown(value)})")
         for name, value in inherited.items()
         if getattr(config, name) != defaults[name] and getattr(config, name) != value
     ]

@@ -540,6 +540,7 @@ def _train(
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     start = 0
+    rng = None
     last_good: Path | None = None
     if resume:
         checkpoints = find_checkpoints(ckpt_dir)
@@ -552,7 +553,7 @@ def _train(
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], device)
+        rng = state["rng"]  # restored just before the first step (see below)
         start = int(state["step"])
         # the learning rate of the next step, from this config's schedule: the saved one when the
         # run is resumed as planned, the extended plan's when --steps grew (LambdaLR's own formula)
@@ -616,7 +617,10 @@ def _train(
     try:
         with _StopFlag() as stop:
             model.train()
-            for step, batch in enumerate(loader, start=start):
+            batches = iter(loader)  # draws the loader's base seed from the global RNG
+            if rng is not None:  # so the RNG is restored after it, as it was before this step in the first run
+                _set_rng_state(rng, device)
+            for step, batch in enumerate(batches, start=start):
                 images = batch["images"].to(device, non_blocking=True)
                 masks = batch["masks"].to(device, non_blocking=True)
                 valid = batch["valid"].to(device, non_blocking=True)

@@ -213,3 +213,16 @@ def test_a_non_finite_fp16_loss_is_still_divergence(tmp_path, amp_on_cpu, monkey
     monkeypatch.setattr(lcco.LCCoLoss, "forward", poisoned)
     with pytest.raises(TrainingDiverged, match="step 3"):
         train(base_config(amp="fp16", steps=6), tmp_path / "run", progress=False)
+
+
+def test_a_run_with_random_forward_passes_resumes_exactly(tmp_path) -> None:
+    """The grouping layer draws Gumbel noise every step: the RNG must be where it was, step for step."""
+    config = base_config(use_grouping=True, num_groups=4)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(config, whole, progress=False)
+    train(config, broken, progress=False)
+    (broken / "checkpoints" / "step_00000004.pt").unlink()
+    shutil.rmtree(broken / "model")
+    train(None, broken, resume=True, progress=False)
+    a, b = weights(whole), weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
