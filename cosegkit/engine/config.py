@@ -67,7 +67,7 @@ _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict(
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The mixed precisions of ``cosegkit train --amp`` (``TrainConfig.amp``), by name: the autocast dtype.
 
-``fp16`` also scales the loss with a :class:`torch.amp.GradScaler`; ``bf16`` needs none."""
+``fp16`` also scales the loss with a ``torch.amp.GradScaler``; ``bf16`` needs none."""
 
 MODELS: tuple[str, ...] = ("lcco", "ufo")
 """The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.UFO`)."""
@@ -126,6 +126,17 @@ class TrainConfig:
     with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
 
+    Mixed precision: ``amp`` is ``None`` (float32), ``"bf16"`` or ``"fp16"`` (autocast on CUDA;
+    fp16 with a gradient scaler, :data:`~cosegkit.engine.config.AMP_DTYPES`); ``True`` and
+    ``False``, as configs written before fp16 hold, read as ``"bf16"`` and ``None``.
+
+    Continuing: ``init_from`` names a trained model (a model folder, a run folder or a hub
+    name) whose architecture and weights the run starts from
+    (:mod:`cosegkit.engine.finetune`); ``extensions`` records each time the run was extended
+    (``--resume --steps N``): ``{"step": s, "from_steps": old, "to_steps": N}``, the step the
+    extension started at and the plans before and after, which the learning-rate schedule
+    follows. :func:`~cosegkit.engine.train` writes it; a new run starts with none.
+
     Training without masks: ``pseudo_masks="zero-shot"`` trains on zero-shot pseudo masks
     of the run's own CLIP instead of ground truth (:mod:`cosegkit.engine.pseudo`). On a
     generated world (:data:`~cosegkit.engine.config.GENERATED_DATASETS`) the training sets are a fixed pool of
@@ -173,6 +184,11 @@ class TrainConfig:
         Traceback (most recent call last):
             ...
         cosegkit.errors.CosegValueError: steps must be a positive integer, got 0
+
+        Mixed precision:
+
+        >>> TrainConfig(amp=True).amp, TrainConfig(amp="fp16").amp  # plain --amp is bf16
+        ('bf16', 'fp16')
 
         Pseudo masks, for a folder of images without masks:
 

@@ -408,7 +408,11 @@ def train(
 
     Args:
         config: the settings; with ``resume=True`` it may be ``None`` (the run's own
-            ``config.json`` is used) and otherwise must match it.
+            ``config.json`` is used) and otherwise must match it, but for a larger ``steps``,
+            which extends the run to that many steps (recorded in ``config.extensions``; the
+            learning rate of the new steps is that of a run planned for ``steps``). With
+            ``config.init_from`` set, a new run starts from that trained model
+            (:mod:`cosegkit.engine.finetune`).
         run_dir: the run folder (created).
         resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
         progress: show a progress bar (on the main process).
@@ -420,6 +424,8 @@ def train(
         TrainingDiverged: the loss became NaN or Inf.
         TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint of the last finished
             step was written first, and ``resume=True`` continues from it.
+        CosegValueError: bad settings: a resume with other settings or fewer steps, ``amp``
+            on a device other than CUDA, a conflicting setting with ``init_from``.
 
     Example:
         Two steps of a tiny random model on the synthetic world (no weights are downloaded; a
@@ -467,6 +473,13 @@ def train(
         cosegkit.errors.CosegValueError: '...run' already holds checkpoints; pass --resume to continue it, or a new ...
         >>> train(None, run_dir, resume=True, progress=False).steps
         2
+
+        A larger ``steps`` extends the finished run (the lr of a 4-step plan from step 2 on):
+
+        >>> import dataclasses
+        >>> result = train(dataclasses.replace(config, steps=4), run_dir, resume=True, progress=False)
+        >>> result.steps, json.loads((run_dir / "config.json").read_text())["extensions"]
+        (4, [{'step': 2, 'from_steps': 2, 'to_steps': 4}])
     """
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints"
