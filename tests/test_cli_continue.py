@@ -45,6 +45,8 @@ def test_resume_with_more_steps_extends_and_fewer_or_other_settings_are_refused(
     assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"]) == 0
     assert "all 4 steps were already done" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--steps", "3", "--no-progress"]) == 2  # once extended
+    assert "--steps 3 is fewer than the run's 4 steps" in capsys.readouterr().err
 
 
 def test_init_from_fine_tunes_and_is_not_a_resume_flag(tmp_path, capsys) -> None:

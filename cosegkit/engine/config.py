@@ -432,8 +432,10 @@ class TrainConfig:
         previous = 0
         for ext in self.extensions:
             keys = ("step", "from_steps", "to_steps")
-            if not isinstance(ext, dict) or sorted(ext) != sorted(keys) or not all(
-                isinstance(ext[k], int) and not isinstance(ext[k], bool) for k in keys
+            if (
+                not isinstance(ext, dict)
+                or sorted(ext) != sorted(keys)
+                or not all(isinstance(ext[k], int) and not isinstance(ext[k], bool) for k in keys)
             ):
                 raise CosegValueError(
                     f"each entry of extensions is {{'step': int, 'from_steps': int, 'to_steps': int}}, got {ext!r}"
@@ -444,10 +446,6 @@ class TrainConfig:
                     f"<= step <= from_steps < to_steps"
                 )
             previous = ext["step"]
-        if self.extensions and self.extensions[-1]["to_steps"] != self.steps:
-            raise CosegValueError(
-                f"the last extension ends at {self.extensions[-1]['to_steps']} steps, but steps is {self.steps}"
-            )
 
     def _check_class_oracle(self) -> None:
         if not isinstance(self.class_oracle, bool):

@@ -86,6 +86,8 @@ _SWITCHES = {  # boolean settings: the flag that sets each value
 # the weights indexed by the source's classes, by architecture
 _CLASS_INDEXED = {"lcco": ("regularization.mlp3.",), "ufo": ("classifier.",)}
 
+_ARTICLED = {"lcco": "an LCCo", "ufo": "a UFO"}
+
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -187,7 +189,7 @@ def inherit_architecture(config: Any) -> Any:
         >>> inherit_architecture(TrainConfig(init_from=str(folder), ufo_dim=32))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
-        cosegkit.errors.CosegValueError: --init-from '...' sets the architecture (a ufo model): --ufo-dim 32 (the source's ufo_dim: 16); ...
+        cosegkit.errors.CosegValueError: --init-from '...' sets the architecture (a UFO model): --ufo-dim 32 (the source's ufo_dim: 16); ...
     """
     from cosegkit.engine.config import TrainConfig
 
@@ -215,7 +217,7 @@ def inherit_architecture(config: Any) -> Any:
         conflicts.append(f"--clip-pretrained {config.clip_pretrained} (the CLIP's weights are the source's)")
     if conflicts:
         raise CosegValueError(
-            f"--init-from {config.init_from!r} sets the architecture (a {arch} model): {'; '.join(conflicts)}; "
+            f"--init-from {config.init_from!r} sets the architecture ({_ARTICLED[arch]} model): {'; '.join(conflicts)}; "
             f"drop these flags, or train a new model without --init-from"
         )
     inherited["encoder_weights"] = None

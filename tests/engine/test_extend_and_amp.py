@@ -87,8 +87,8 @@ def test_an_extension_of_an_extension_keeps_the_earlier_plans() -> None:
     assert factor(0) == 0.5 and factor(1) == 1.0  # warm-up as planned
     assert factor(5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 6)))  # the 8-step plan
     assert factor(7) == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 10)))  # the 12-step plan
-    with pytest.raises(CosegValueError, match="last extension ends at 12 steps, but steps is 13"):
-        dataclasses.replace(config, steps=13)
+    with pytest.raises(CosegValueError, match="does not follow the run"):
+        dataclasses.replace(config, extensions=[{"step": 5, "from_steps": 4, "to_steps": 8}])
 
 
 def test_new_steps_get_new_sets_and_old_steps_keep_theirs() -> None:
@@ -109,12 +109,15 @@ def test_a_shorter_run_or_another_setting_is_refused(tmp_path) -> None:
     train(config, run, progress=False)
     with pytest.raises(CosegValueError, match=r"--steps 3 is fewer than the run's 4 steps.*resume without --steps"):
         train(dataclasses.replace(config, steps=3), run, resume=True, progress=False)
+    train(dataclasses.replace(config, steps=6), run, resume=True, progress=False)
+    with pytest.raises(CosegValueError, match=r"--steps 5 is fewer than the run's 6 steps"):
+        train(dataclasses.replace(config, steps=5), run, resume=True, progress=False)  # the saved extensions differ
     with pytest.raises(CosegValueError, match=r"these settings differ: \['lr'\].*only --steps may grow"):
         train(dataclasses.replace(config, steps=8, lr=1e-2), run, resume=True, progress=False)
     with pytest.raises(CosegValueError, match="a new run starts without any"):
         train(dataclasses.replace(config, steps=8, extensions=[{"step": 4, "from_steps": 4, "to_steps": 8}]),
               tmp_path / "new", progress=False)  # fmt: skip
-    assert json.loads((run / "config.json").read_text())["extensions"] == []
+    assert json.loads((run / "config.json").read_text())["extensions"] == [{"step": 4, "from_steps": 4, "to_steps": 6}]
 
 
 # ------------------------------------------------------------------ mixed precision

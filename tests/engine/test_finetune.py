@@ -52,7 +52,11 @@ def finetune_config(source, **overrides) -> TrainConfig:
 
 def test_the_architecture_comes_from_the_source_and_the_rest_from_the_command(source_run) -> None:
     config = inherit_architecture(finetune_config(source_run))
-    assert (config.encoder, config.decoder_channels, config.clip_model) == ("tu-test_convnext", [16] * 4, "coseg-test-tiny")
+    assert (config.encoder, config.decoder_channels, config.clip_model) == (
+        "tu-test_convnext",
+        [16] * 4,
+        "coseg-test-tiny",
+    )
     assert (config.heads, config.top_k, config.use_grouping, config.num_groups) == (2, 2, True, 4)
     assert (config.encoder_weights, config.clip_pretrained) == (None, None)  # the source's weights
     assert (config.steps, config.lr, config.world_classes, config.image_size, config.seed) == (4, 1e-3, 5, 32, 7)
@@ -141,7 +145,9 @@ def test_a_resumed_finetuning_run_equals_an_uninterrupted_one(source_run, tmp_pa
 
 
 def test_conflicting_flags_are_refused_by_name(source_run) -> None:
-    with pytest.raises(CosegValueError, match=r"--encoder resnet18 \(the source's encoder: tu-test_convnext\).*drop these"):
+    with pytest.raises(
+        CosegValueError, match=r"--encoder resnet18 \(the source's encoder: tu-test_convnext\).*drop these"
+    ):
         inherit_architecture(finetune_config(source_run, encoder="resnet18"))
     with pytest.raises(CosegValueError, match=r"--no-regularization \(the source's use_regularization: True\)"):
         inherit_architecture(finetune_config(source_run, use_regularization=False))
@@ -162,7 +168,9 @@ def test_missing_and_unfinished_sources_say_what_to_do(tmp_path, monkeypatch) ->
     unfinished = tmp_path / "unfinished"
     (unfinished / "checkpoints").mkdir(parents=True)
     (unfinished / "config.json").write_text("{}")
-    with pytest.raises(CosegValueError, match=r"is a run folder whose run has not finished.*--resume\), then fine-tune"):
+    with pytest.raises(
+        CosegValueError, match=r"is a run folder whose run has not finished.*--resume\), then fine-tune"
+    ):
         source_folder(str(unfinished))
     with pytest.raises(CosegValueError, match=r"not a model folder"):
         source_folder(str(tmp_path))
