@@ -20,7 +20,7 @@ With ``class_oracle`` each set's true class (its ``group``) is given to the mode
 Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
 ``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
 index, so the data of a step depends on nothing but the step. A checkpoint holds the model,
-optimizer and scheduler states, the step and the RNG states; on the CPU a run that is killed
+optimizer and scheduler states, the fp16 gradient scaler's, the step and the RNG states; on the CPU a run that is killed
 and resumed ends with the same weights as one that was not.
 """
 
