@@ -211,3 +211,21 @@ def test_a_ufo_source_gets_a_new_head_for_new_classes(tmp_path, caplog) -> None:
                                  dim=16).save_pretrained(tmp_path / "same")))  # fmt: skip
     kept = build_model(finetune_config(same, world_classes=4))
     assert torch.equal(kept.classifier.weight, UFO.from_pretrained(same).classifier.weight)
+
+
+def test_a_ufo_run_fine_tunes_into_a_ufo_run(tmp_path) -> None:
+    base = dict(model="ufo", encoder="resnet18", encoder_weights=None, ufo_dim=16, image_size=64, set_size=3,
+                batch_size=2, world_classes=5, steps=2, checkpoint_every=2, log_every=1, device="cpu",
+                eval_set_size=3, extra={"eval_sets": 2})  # fmt: skip
+    train(TrainConfig(**base), tmp_path / "src", progress=False)
+    config = TrainConfig(
+        world_classes=7, world_seed=2, image_size=64, set_size=3, steps=2, device="cpu", eval_set_size=3,
+        extra={"eval_sets": 2}, init_from=str(tmp_path / "src"),
+    )  # fmt: skip
+    result = train(config, tmp_path / "ft", progress=False)
+    assert result.steps == 2 and math.isfinite(result.last_loss)
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert (saved["model"], saved["encoder"], saved["ufo_dim"]) == ("ufo", "resnet18", 16)
+    from cosegkit.models import UFO
+
+    assert UFO.from_pretrained(tmp_path / "ft").classifier.out_features == 7
