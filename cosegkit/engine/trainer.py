@@ -534,8 +534,12 @@ def _train(
         _check_sizes(config, data_groups)  # every pair, from the headers: not at the step that samples it
     if dist.is_main:
         run.mkdir(parents=True, exist_ok=True)
-        if not resume or config.to_dict() != TrainConfig.load(run / "config.json").to_dict():
-            config.save(run / "config.json")  # a new run, or an extended one (its extensions)
+        if not resume:
+            config.save(run / "config.json")
+        elif config.to_dict() != TrainConfig.load(run / "config.json").to_dict():  # extended: its extensions
+            from cosegkit._files import atomic_write
+
+            atomic_write(run / "config.json", config.save)  # other processes may be reading it
     model = build_model(config, data_groups).to(device)
     if config.class_oracle:
         _check_oracle_vocabulary(config, model)
