@@ -229,3 +229,33 @@ def test_a_run_with_random_forward_passes_resumes_exactly(tmp_path) -> None:
     train(None, broken, resume=True, progress=False)
     a, b = weights(whole), weights(broken)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_an_extension_under_torchrun_keeps_the_processes_equal(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from tests.engine.test_trainer import TINY_ARGS, cli_env
+
+    run = tmp_path / "ddp"
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "cosegkit",
+    ]
+    first = [*torchrun, "train", *TINY_ARGS, "--steps", "2", "--out", str(run)]
+    done = subprocess.run(first, env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    extend = [*torchrun, "train", "--out", str(run), "--resume", "--steps", "4", "--no-progress"]
+    done = subprocess.run(extend, env=cli_env(), capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["extensions"] == [{"step": 2, "from_steps": 2, "to_steps": 4}]
+    report = json.loads((run / "ddp.json").read_text())
+    assert report["checksums"][0] == report["checksums"][1]
+    assert [p.name for p in find_checkpoints(run / "checkpoints")][-1] == "step_00000004.pt"
