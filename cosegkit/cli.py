@@ -71,6 +71,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
   # continue an interrupted run, on 2 GPUs or CPU processes
   torchrun --nproc-per-node 2 -m cosegkit train --out runs/pascal --resume
+
+  # extend a finished 1000-step run to 2000 steps (the schedule of a 2000-step run from step 1000 on)
+  cosegkit train --out runs/pascal --resume --steps 2000
+
+  # fine-tune a trained model on other classes (its architecture and weights; a new optimizer)
+  cosegkit train --init-from runs/pascal --dataset pascal_voc --root ../shared/data/pascal_voc_coseg \
+      --classes Cat Dog --steps 200 --out runs/pascal-pets
+
+  # fp16 mixed precision with a gradient scaler (GPUs without bf16)
+  cosegkit train --dataset synthetic --amp fp16 --device cuda
 """,
     )
     d = p.add_argument_group("data")
@@ -161,8 +171,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default="felzenszwalb",
         help="superpixel method of the superpixel loss (scikit-image; cached in <out>/superpixels)",
     )
+    m.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        help="fine-tune a trained model (a model folder, a run folder or a hub name org/name): its architecture "
+        "and weights, this command's data and optimisation (from step 0)",
+    )
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=_positive, default=1000, help="optimizer steps (default 1000)")
+    o.add_argument(
+        "--steps",
+        type=_positive,
+        help="optimizer steps (default 1000); with --resume, a larger number extends the run to it",
+    )
     o.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
     o.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
     o.add_argument("--encoder-lr", type=float, help="learning rate of the encoder (default: --lr)")
@@ -215,11 +235,21 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     _add_clip_es_numerics(s, prefix="pseudo-")
     r = p.add_argument_group("run")
     r.add_argument("--out", default=None, help="run folder (default runs/<dataset>-<time>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint (with --steps N larger than its steps: extend it)",
+    )
     r.add_argument("--checkpoint-every", type=_positive, default=500, help="steps between checkpoints")
     r.add_argument("--log-every", type=_positive, default=10, help="steps between metrics.jsonl lines")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default auto)")
-    r.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    r.add_argument(
+        "--amp",
+        nargs="?",
+        const="bf16",
+        choices=("bf16", "fp16"),
+        help="mixed precision on a CUDA GPU: bf16 (plain --amp) or fp16 (with a gradient scaler); refused on the CPU",
+    )
     r.add_argument("--compile", action="store_true", help="torch.compile the model")
     r.add_argument("--eval-set-size", type=_set_size, default=5, help="images per evaluation set, or 'all'")
     r.add_argument(
@@ -365,7 +395,7 @@ def _config_from_args(args: argparse.Namespace):
         distortion_weight=args.distortion_weight,
         superpixel_weight=args.superpixel_weight,
         superpixel_method=args.superpixels,
-        steps=args.steps,
+        steps=args.steps if args.steps is not None else 1000,
         lr=args.lr,
         encoder_lr=args.encoder_lr,
         weight_decay=args.weight_decay,
@@ -393,6 +423,7 @@ def _config_from_args(args: argparse.Namespace):
         log=args.log,
         eval_every=args.eval_every,
         validation_sets=args.validation_sets,
+        init_from=args.init_from,
     )
 
 
@@ -454,14 +485,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         given = [
             "--" + k.replace("_", "-")
             for k, v in vars(args).items()
-            if k not in ("resume", "out", "no_progress", "func", "command") and defaults.get(k) != v
+            if k not in ("resume", "out", "no_progress", "func", "command", "steps") and defaults.get(k) != v
         ]
         if given:
             raise _UsageError(
                 f"--resume continues the run with the settings in its config.json; drop {' '.join(given)} "
-                f"(other settings need a new run: a new --out)"
+                f"(--steps N, larger than its steps, extends it; other settings need a new run: a new --out)"
             )
         config = None
+        if args.steps is not None:  # extend the run to --steps (train() refuses fewer)
+            import dataclasses
+
+            from cosegkit.engine.config import TrainConfig
+
+            saved = Path(args.out) / "config.json"
+            if saved.is_file():  # else train() says what a run folder is
+                config = dataclasses.replace(TrainConfig.load(saved), steps=args.steps)
     else:
         config = _config_from_args(args)
         if args.epochs is not None:

@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sets per step (default 8)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--out", default="runs/paper")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast on a GPU")
+    parser.add_argument(
+        "--amp", nargs="?", const="bf16", choices=("bf16", "fp16"), help="mixed precision on a CUDA GPU (default bf16)"
+    )
     parser.add_argument("--smoke", action="store_true", help="random weights and a tiny budget, offline")
     args = parser.parse_args()
 

@@ -1,8 +1,8 @@
 """Training checkpoints: written atomically, read without unpickling code.
 
 A checkpoint is one ``step_XXXXXXXX.pt`` file holding plain tensors, numbers, strings, lists
-and dicts: the model's and optimizer's state dicts, the scheduler's, the step, the RNG states
-and the run's resolved config. It is written to a temporary file in the same folder (mode
+and dicts: the model's and optimizer's state dicts, the scheduler's, the gradient scaler's
+(``--amp fp16``; empty otherwise), the step, the RNG states and the run's resolved config. It is written to a temporary file in the same folder (mode
 ``0o666`` minus the umask, as for any file the run writes), flushed
 to disk and renamed over its final name, so a crash at any moment leaves either the previous
 checkpoints or the new one complete, never half a file under a checkpoint name. Reading uses

@@ -32,6 +32,7 @@ from cosegkit.data.types import DataError, Group
 from cosegkit.errors import CosegValueError
 
 __all__ = [
+    "AMP_DTYPES",
     "CLASS_ORACLE_DATASETS",
     "DATASETS",
     "GENERATED_DATASETS",
@@ -67,6 +68,10 @@ _WORLDS: collections.OrderedDict[str, CompositeWorld] = collections.OrderedDict(
 LOGGERS: tuple[str, ...] = ("tensorboard",)
 """The loggers ``cosegkit train --log`` writes beside ``metrics.jsonl``: TensorBoard (``<run>/tensorboard``,
 the optional extra ``cosegkit[tensorboard]``)."""
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The mixed precisions of ``cosegkit train --amp`` (``TrainConfig.amp``), by name: the autocast dtype.
+
+``fp16`` also scales the loss with a ``torch.amp.GradScaler``; ``bf16`` needs none."""
 
 MODELS: tuple[str, ...] = ("lcco", "ufo")
 """The networks ``cosegkit train`` trains (``--model``): LCCo, and its peer UFO (:class:`~cosegkit.UFO`)."""
@@ -125,6 +130,17 @@ class TrainConfig:
     with ``lr`` (``encoder_lr`` for the encoder, when set) and a cosine schedule after
     ``warmup`` steps, loss weights ``lambda1`` and ``lambda2``. The seed fixes the initialisation (a random CLIP included) and the data.
 
+    Mixed precision: ``amp`` is ``None`` (float32), ``"bf16"`` or ``"fp16"`` (autocast on CUDA;
+    fp16 with a gradient scaler, :data:`~cosegkit.engine.config.AMP_DTYPES`); ``True`` and
+    ``False``, as configs written before fp16 hold, read as ``"bf16"`` and ``None``.
+
+    Continuing: ``init_from`` names a trained model (a model folder, a run folder or a hub
+    name) whose architecture and weights the run starts from
+    (:mod:`cosegkit.engine.finetune`); ``extensions`` records each time the run was extended
+    (``--resume --steps N``): ``{"step": s, "from_steps": old, "to_steps": N}``, the step the
+    extension started at and the plans before and after, which the learning-rate schedule
+    follows. :func:`~cosegkit.engine.train` writes it; a new run starts with none.
+
     Training without masks: ``pseudo_masks="zero-shot"`` trains on zero-shot pseudo masks
     of the run's own CLIP instead of ground truth (:mod:`cosegkit.engine.pseudo`). On a
     generated world (:data:`~cosegkit.engine.config.GENERATED_DATASETS`) the training sets are a fixed pool of
@@ -179,6 +195,11 @@ class TrainConfig:
         Traceback (most recent call last):
             ...
         cosegkit.errors.CosegValueError: steps must be a positive integer, got 0
+
+        Mixed precision:
+
+        >>> TrainConfig(amp=True).amp, TrainConfig(amp="fp16").amp  # plain --amp is bf16
+        ('bf16', 'fp16')
 
         Pseudo masks, for a folder of images without masks:
 
@@ -255,7 +276,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     device: str = "auto"
-    amp: bool = False
+    amp: str | None = None
     compile: bool = False
     eval_set_size: int | None = 5
     eval_preset: str = "ssnm"
@@ -273,6 +294,9 @@ class TrainConfig:
     log: list[str] | None = None
     eval_every: int | None = None
     validation_sets: int | None = None
+    # continuing from a trained model; extending a run
+    init_from: str | None = None
+    extensions: list[dict[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -317,6 +341,8 @@ class TrainConfig:
         ):
             raise CosegValueError(f"class_prior must be non-negative, got {self.class_prior!r} (--class-prior)")
         self.world_objects = tuple(self.world_objects)  # type: ignore[assignment]
+        self._check_amp()
+        self._check_continuation()
         self._check_model()
         self._check_class_oracle()
         self._check_pseudo_masks()
@@ -423,6 +449,43 @@ class TrainConfig:
                 f"UFO reads its encoder at strides 4, 8, 16 and 32, so it needs encoder_depth 5, got "
                 f"{self.encoder_depth} (--encoder-depth 5)"
             )
+
+    def _check_amp(self) -> None:
+        """``amp``: ``None``, ``"bf16"`` or ``"fp16"``; ``True``/``False`` (configs written before fp16) read as bf16/None."""
+        if self.amp is True:
+            self.amp = "bf16"
+        elif self.amp is False:
+            self.amp = None
+        if self.amp not in AMP_DTYPES and self.amp is not None:
+            raise CosegValueError(
+                f"amp must be None, 'bf16' or 'fp16', got {self.amp!r} (--amp bf16 or --amp fp16; leave it out for fp32)"
+            )
+
+    def _check_continuation(self) -> None:
+        """``init_from`` names a model; ``extensions`` is the list :func:`~cosegkit.engine.train` writes."""
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise CosegValueError(
+                f"init_from must be a model folder, a run folder or a hub name, got {self.init_from!r} (--init-from)"
+            )
+        if not isinstance(self.extensions, list):
+            raise CosegValueError(f"extensions must be a list, got {self.extensions!r}")
+        previous = 0
+        for ext in self.extensions:
+            keys = ("step", "from_steps", "to_steps")
+            if (
+                not isinstance(ext, dict)
+                or sorted(ext) != sorted(keys)
+                or not all(isinstance(ext[k], int) and not isinstance(ext[k], bool) for k in keys)
+            ):
+                raise CosegValueError(
+                    f"each entry of extensions is {{'step': int, 'from_steps': int, 'to_steps': int}}, got {ext!r}"
+                )
+            if not previous <= ext["step"] <= ext["from_steps"] < ext["to_steps"]:
+                raise CosegValueError(
+                    f"extension {ext} does not follow the run: need the previous extension's step ({previous}) "
+                    f"<= step <= from_steps < to_steps"
+                )
+            previous = ext["step"]
 
     def _check_class_oracle(self) -> None:
         if not isinstance(self.class_oracle, bool):
@@ -1215,7 +1278,8 @@ def build_model(config: TrainConfig, groups: Sequence[Group] | None = None) -> t
 
     The model records the run's ``image_size`` and ``set_size`` (:attr:`LCCo.image_size
     <cosegkit.LCCo.image_size>`), so the saved model is evaluated and exported at the size it
-    was trained at.
+    was trained at. With ``init_from`` set, the model holds that trained model's weights
+    (:func:`~cosegkit.engine.finetune.init_model`).
 
     Example:
         A tiny random model (no weights are downloaded), fine for smoke tests:
@@ -1258,6 +1322,10 @@ def build_model(config: TrainConfig, groups: Sequence[Group] | None = None) -> t
     from cosegkit.models.lcco import LCCo
     from cosegkit.testing import TINY_CLIP_CONFIGS, register_tiny_clips
 
+    if config.init_from:  # fine-tuning: the source's weights (cosegkit.engine.finetune)
+        from cosegkit.engine.finetune import inherit_architecture, init_model
+
+        return init_model(inherit_architecture(config), groups)
     if config.model == "ufo":
         from cosegkit.models.ufo import UFO
 

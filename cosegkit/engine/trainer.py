@@ -25,19 +25,21 @@ With ``class_oracle`` each set's true class (its ``group``) is given to the mode
 Reproducibility: the model is initialised from the seed; the sets of step ``s`` are items
 ``(s * world + rank) * B ... + B - 1`` of a dataset whose items are a fixed function of their
 index, so the data of a step depends on nothing but the step. A checkpoint holds the model,
-optimizer and scheduler states, the step and the RNG states; on the CPU a run that is killed
+optimizer and scheduler states, the fp16 gradient scaler's, the step and the RNG states; on the CPU a run that is killed
 and resumed ends with the same weights as one that was not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
 import math
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,14 +212,94 @@ class StepBatches(Sampler[list[int]]):
             yield list(range(first, first + self.batch_size))
 
 
+def planned_steps(config: TrainConfig, step: int) -> int:
+    """The run length the schedule follows at ``step``: ``config.steps``, or, in an extended run, the plan of the time.
+
+    An extension (``--resume --steps N``) that started at step ``s`` switched the plan from
+    its ``from_steps`` to ``N`` for the steps from ``s`` on; the steps before ``s`` keep the
+    plan they were run with, so a second resume recomputes the same learning rates.
+
+    Example:
+        >>> from cosegkit.engine import TrainConfig
+        >>> from cosegkit.engine.trainer import planned_steps
+        >>> config = TrainConfig(steps=8, extensions=[{"step": 4, "from_steps": 4, "to_steps": 8}])
+        >>> [planned_steps(config, s) for s in range(8)]
+        [4, 4, 4, 4, 8, 8, 8, 8]
+    """
+    total = config.extensions[0]["from_steps"] if config.extensions else config.steps
+    for ext in config.extensions:
+        if step >= ext["step"]:
+            total = ext["to_steps"]
+    return total
+
+
 def _lr_lambda(config: TrainConfig):
     def factor(step: int) -> float:
         if config.warmup and step < config.warmup:
             return (step + 1) / config.warmup
-        span = max(1, config.steps - config.warmup)
+        span = max(1, planned_steps(config, step) - config.warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - config.warmup) / span)))
 
     return factor
+
+
+_AMP_DEVICES: tuple[str, ...] = ("cuda",)  # where --amp runs (tests widen it to exercise the scaler on the CPU)
+
+
+def _mixed_precision(config: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """The autocast dtype of ``config.amp`` (``None``: fp32) and the gradient scaler (enabled for fp16 only).
+
+    Refuses ``--amp`` on a device without it rather than training in fp32 unasked.
+    """
+    from cosegkit.engine.config import AMP_DTYPES
+
+    if config.amp is None:
+        return None, torch.amp.GradScaler(device.type if device.type in ("cuda", "cpu") else "cuda", enabled=False)
+    if device.type not in _AMP_DEVICES:
+        raise CosegValueError(
+            f"--amp {config.amp} is mixed precision on a CUDA GPU, and this run's device is {device.type} "
+            f"(--device {config.device}): drop --amp to train in fp32, or train on a GPU (--device cuda)"
+        )
+    return AMP_DTYPES[config.amp], torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+
+
+def _newest_step(ckpt_dir: Path) -> int | None:
+    """The step of the newest checkpoint, from its file name (nothing is loaded)."""
+    checkpoints = find_checkpoints(ckpt_dir)
+    return int(checkpoints[-1].name[len("step_") : -len(".pt")]) if checkpoints else None
+
+
+def _resumed_config(saved: TrainConfig, config: TrainConfig | None, ckpt_dir: Path) -> TrainConfig:
+    """The config a resume continues with: the saved one, or the saved one extended to ``config.steps``.
+
+    Only ``steps`` may change, and only upwards: the extension is appended to ``extensions``
+    with the step it starts at (the newest checkpoint's).
+    """
+    if config is None:
+        return saved
+    if config.init_from:  # as the run resolved it when it started
+        from cosegkit.engine.finetune import inherit_architecture
+
+        config = inherit_architecture(config)
+    given, kept = config.to_dict(), saved.to_dict()
+    diff = sorted(k for k, v in given.items() if kept.get(k) != v and k not in ("steps", "extensions"))
+    if diff:
+        raise CosegValueError(
+            f"--resume continues the run as it was configured; these settings differ: {diff} (only --steps may "
+            f"grow, to extend the run; other settings need a new run: a new --out)"
+        )
+    if config.steps == saved.steps:
+        return saved
+    if config.steps < saved.steps:
+        raise CosegValueError(
+            f"--steps {config.steps} is fewer than the run's {saved.steps} steps, and a run is not shortened: "
+            f"resume without --steps, or with --steps larger than {saved.steps} to extend it"
+        )
+    start = _newest_step(ckpt_dir)
+    if start is None:
+        raise CosegValueError(f"nothing to resume: {str(ckpt_dir)!r} holds no checkpoint")
+    extension = {"step": start, "from_steps": saved.steps, "to_steps": config.steps}
+    return dataclasses.replace(saved, steps=config.steps, extensions=[*saved.extensions, extension])
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -332,7 +414,11 @@ def train(
 
     Args:
         config: the settings; with ``resume=True`` it may be ``None`` (the run's own
-            ``config.json`` is used) and otherwise must match it.
+            ``config.json`` is used) and otherwise must match it, but for a larger ``steps``,
+            which extends the run to that many steps (recorded in ``config.extensions``; the
+            learning rate of the new steps is that of a run planned for ``steps``). With
+            ``config.init_from`` set, a new run starts from that trained model
+            (:mod:`cosegkit.engine.finetune`).
         run_dir: the run folder (created).
         resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
         progress: show a progress bar (on the main process).
@@ -344,6 +430,8 @@ def train(
         TrainingDiverged: the loss became NaN or Inf.
         TrainingInterrupted: SIGINT or SIGTERM arrived; a checkpoint of the last finished
             step was written first, and ``resume=True`` continues from it.
+        CosegValueError: bad settings: a resume with other settings or fewer steps, ``amp``
+            on a device other than CUDA, a conflicting setting with ``init_from``.
 
     Example:
         Two steps of a tiny random model on the synthetic world (no weights are downloaded; a
@@ -391,6 +479,13 @@ def train(
         cosegkit.errors.CosegValueError: '...run' already holds checkpoints; pass --resume to continue it, or a new ...
         >>> train(None, run_dir, resume=True, progress=False).steps
         2
+
+        A larger ``steps`` extends the finished run (the lr of a 4-step plan from step 2 on):
+
+        >>> import dataclasses
+        >>> result = train(dataclasses.replace(config, steps=4), run_dir, resume=True, progress=False)
+        >>> result.steps, json.loads((run_dir / "config.json").read_text())["extensions"]
+        (4, [{'step': 2, 'from_steps': 2, 'to_steps': 4}])
     """
     run = Path(run_dir)
     ckpt_dir = run / "checkpoints"
@@ -404,15 +499,19 @@ def train(
                 f"{str(run)!r} is not a run folder (no config.json): --resume continues a run that "
                 f"'cosegkit train --out {run}' started; start one without --resume"
             )
-        saved = TrainConfig.load(run / "config.json")
-        if config is not None and config.to_dict() != saved.to_dict():
-            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict().get(k) != v)
-            raise CosegValueError(f"--resume continues the run as it was configured; these settings differ: {diff}")
-        config = saved
+        config = _resumed_config(TrainConfig.load(run / "config.json"), config, ckpt_dir)
     elif config is None:
         raise CosegValueError("a new run needs a config")
     elif find_checkpoints(ckpt_dir):
         raise CosegValueError(f"{str(run)!r} already holds checkpoints; pass --resume to continue it, or a new --out")
+    elif config.extensions:
+        raise CosegValueError(
+            "extensions records how a run was extended (--resume --steps N); a new run starts without any"
+        )
+    elif config.init_from:  # fine-tuning: the architecture is the source model's
+        from cosegkit.engine.finetune import inherit_architecture
+
+        config = inherit_architecture(config)
 
     dist = distributed.setup(config.device)
     try:
@@ -428,6 +527,7 @@ def _train(
 
     device = dist.device
     _check_watching(config, dist)
+    amp_dtype, scaler = _mixed_precision(config, device)
     data_groups = None
     if config.dataset == "composite":  # every mask's size from the headers, then the photos are loaded
         from cosegkit.engine.config import check_mask_sizes, composite_groups
@@ -443,6 +543,10 @@ def _train(
         run.mkdir(parents=True, exist_ok=True)
         if not resume:
             config.save(run / "config.json")
+        elif config.to_dict() != TrainConfig.load(run / "config.json").to_dict():  # extended: its extensions
+            from cosegkit._files import atomic_write
+
+            atomic_write(run / "config.json", config.save)  # other processes may be reading it
     model = build_model(config, data_groups).to(device)
     if config.class_oracle:
         _check_oracle_vocabulary(config, model)
@@ -460,6 +564,7 @@ def _train(
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     start = 0
+    rng = None
     last_good: Path | None = None
     if resume:
         checkpoints = find_checkpoints(ckpt_dir)
@@ -470,8 +575,15 @@ def _train(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"], device)
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]  # restored just before the first step (see below)
         start = int(state["step"])
+        # the learning rate of the next step, from this config's schedule: the saved one when the
+        # run is resumed as planned, the extended plan's when --steps grew (LambdaLR's own formula)
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     net: torch.nn.Module = model
     if dist.world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -517,12 +629,12 @@ def _train(
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),  # empty unless fp16
             "rng": _rng_state(device),
             "config": config.to_dict(),
         }
         return save_checkpoint(state, folder, step, keep=keep)
 
-    amp = config.amp and device.type == "cuda"
     bar = _progress(config.steps, start, progress, "train")
     log = (run / "metrics.jsonl").open("a") if dist.is_main else None
     watch = RunWatch(config, run, dist, start=start, resume=resume)
@@ -530,7 +642,10 @@ def _train(
     try:
         with _StopFlag() as stop:
             model.train()
-            for step, batch in enumerate(loader, start=start):
+            batches = iter(loader)  # draws the loader's base seed from the global RNG
+            if rng is not None:  # so the RNG is restored after it, as it was before this step in the first run
+                _set_rng_state(rng, device)
+            for step, batch in enumerate(batches, start=start):
                 images = batch["images"].to(device, non_blocking=True)
                 masks = batch["masks"].to(device, non_blocking=True)
                 valid = batch["valid"].to(device, non_blocking=True)
@@ -539,7 +654,7 @@ def _train(
                     given = {"class_targets": targets.targets(batch["group"], batch["indices"], batch["valid"])}
                 if config.class_oracle:  # each set's true class replaces the model's own choice i*
                     given["common_class"] = batch["group"].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     out = forward(images, valid=valid, **given)
                 extra = {}
                 if "weights" in batch:  # pseudo masks: unconfident pixels do not count
@@ -549,6 +664,8 @@ def _train(
                 if ufo:
                     extra["classes"] = batch["group"].to(device, non_blocking=True)
                 losses = criterion(out, masks, **extra)
+                # a non-finite loss is divergence under any precision; non-finite fp16 gradients of a
+                # finite loss are the scaler's to handle (it skips that step and lowers its scale)
                 finite = torch.isfinite(losses.total.detach()).float()
                 if dist.world > 1:
                     torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -561,9 +678,12 @@ def _train(
                         f"{where}. Lower the learning rate (--lr) or check the data, then resume or restart"
                     )
                 optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()
-                optimizer.step()
-                scheduler.step()
+                scaler.scale(losses.total).backward()  # unscaled unless fp16
+                scaler.step(optimizer)
+                scaler.update()
+                with warnings.catch_warnings():  # a step the scaler skipped still moves the schedule on
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+                    scheduler.step()
                 loss_value = float(losses.total.detach())
                 done = step + 1
                 if log is not None and (done % config.log_every == 0 or done == config.steps):
