@@ -525,7 +525,9 @@ class _UsageError(Exception):
 def _local_model(spec: str, flag: str = "--model") -> str:
     """The local folder of a model argument: ``spec`` itself, or the hub snapshot of ``ORG/NAME[@REVISION]``.
 
-    Commands call it once, first, and pass its answer on, so one download serves every read.
+    Resolved once per command, so one download serves every read: evaluate and export call it first
+    and pass its answer on; segment reads its model once, through _load_model; a local path passes
+    through unchanged.
     """
     from cosegkit.errors import HubError
     from cosegkit.hub import resolve_model_folder
