@@ -543,6 +543,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
   cosegkit evaluate --model runs/pascal/model --data pascal_voc=../shared/data/pascal_voc_coseg
   cosegkit evaluate --model runs/pascal/model --data icoseg=data/icoseg msrc=data/MSRC --preset ufo --per-group
   cosegkit evaluate --model runs/demo/model --data synthetic --json scores.json
+  cosegkit evaluate --model my-lab/lcco-pascal --data icoseg=data/icoseg    # a model on the hub (cosegkit push)
 
   # a run on the composite world: its held-out composite sets and its held-out photos (--on both)
   cosegkit evaluate --model runs/composite --data composite
@@ -554,7 +555,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
   cosegkit evaluate --zero-shot --method segclip --clip-pretrained segclip.bin --data icoseg=data/icoseg
 """,
     )
-    p.add_argument("--model", help="a model folder, or a run folder (its model/ is used); or --zero-shot")
+    p.add_argument(
+        "--model",
+        help="a model folder, a run folder (its model/ is used) or a hub name ORG/NAME[@REVISION]; or --zero-shot",
+    )
     p.add_argument(
         "--data",
         nargs="+",
@@ -593,14 +597,30 @@ class _UsageError(Exception):
     pass
 
 
+def _local_model(spec: str, flag: str = "--model") -> str:
+    """The local folder of a model argument: ``spec`` itself, or the hub snapshot of ``ORG/NAME[@REVISION]``.
+
+    Resolved once per command, so one download serves every read: evaluate and export call it first
+    and pass its answer on; segment reads its model once, through _load_model; a local path passes
+    through unchanged.
+    """
+    from cosegkit.errors import HubError
+    from cosegkit.hub import resolve_model_folder
+
+    try:
+        return str(resolve_model_folder(spec, flag))
+    except HubError as err:
+        raise _UsageError(str(err)) from None
+
+
 def _model_folder(path: str) -> Path:
     from cosegkit.models.lcco import model_folder
 
-    folder = model_folder(path)  # a run folder gives its model/, as LCCo.from_pretrained does
+    folder = model_folder(_local_model(path))  # a run folder gives its model/, as LCCo.from_pretrained does
     if not (folder / "config.json").is_file():
         raise _UsageError(
-            f"--model {path!r} is not a model folder (no config.json); pass --model with a cosegkit train run "
-            f"folder, its model/ or a save_pretrained folder"
+            f"--model {path!r} is not a model folder (no config.json); pass --model a cosegkit train run "
+            f"folder, its model/, a save_pretrained folder or the ORG/NAME of a model on the hub"
         )
     return folder
 
@@ -708,7 +728,7 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
         choices=("clip-es", "segclip"),
         help="clip-es (default): a CLIP's softmax-GradCAM and CAA; segclip: the groups of a SegCLIP model "
         "(--clip-pretrained segclip.bin, SegCLIP's released checkpoint, or a model folder of "
-        "'cosegkit pretrain-clip --method segclip')",
+        "'cosegkit pretrain-clip --method segclip', local or a hub name ORG/NAME)",
     )
     z.add_argument(
         "--segclip-grouping",
@@ -730,7 +750,8 @@ def _add_zero_shot_options(p: argparse.ArgumentParser) -> None:
     z.add_argument(
         "--clip-pretrained",
         metavar="TAG|FILE",
-        help="weights: open_clip tag, file, or none (default openai); segclip: segclip.bin or a model folder",
+        help="weights: open_clip tag, file, or none (default openai); segclip: segclip.bin, a model folder or a "
+        "hub name ORG/NAME",
     )
     z.add_argument("--class-name", metavar="NAME", help="segment this class in every set (default: each set's best)")
     z.add_argument(
@@ -790,7 +811,8 @@ def _check_method_options(args: argparse.Namespace) -> None:
     if segclip and args.clip_pretrained is None:
         raise _UsageError(
             "--method segclip needs --clip-pretrained FILE|FOLDER: SegCLIP's released segclip.bin "
-            "(github.com/ArrowLuo/SegCLIP, releases) or a folder of 'cosegkit pretrain-clip --method segclip'"
+            "(github.com/ArrowLuo/SegCLIP, releases) or a folder of 'cosegkit pretrain-clip --method segclip' "
+            "(or its hub name ORG/NAME)"
         )
 
 
@@ -945,7 +967,7 @@ def _load_segclip_zero_shot(args: argparse.Namespace, device):
     from cosegkit.zeroshot import SEGCLIP_TEMPLATES, SegClipCoseg
 
     classnames, templates = _prompt_settings(args, SEGCLIP_TEMPLATES)
-    path = Path(args.clip_pretrained)
+    path = Path(_local_model(args.clip_pretrained, "--clip-pretrained"))  # a hub name: its downloaded folder
     try:
         model = SegClip.from_pretrained(path) if path.is_dir() else SegClip.from_segclip_checkpoint(path)
     except WeightsUnavailableError as err:
@@ -1035,6 +1057,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "--classes selects groups of reader=PATH datasets; --data composite scores the run's held-out data of "
             "every class it trained on"
         )
+    if args.model:  # a hub name ORG/NAME: downloaded once, here, and read from the local copy after
+        args.model = _local_model(args.model)
     # every dataset is read and checked before the model is loaded
     read = []
     for spec in args.data:
@@ -1157,6 +1181,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
   cosegkit segment --model runs/pascal/model photos/ --out masks/ --overlay --set-size 8
   cosegkit segment --model runs/pascal/model 'photos/**/*.png' --out masks/ --skip-bad
   cosegkit segment --model runs/pascal photos/ --out masks/ --workers 8     # a large collection
+  cosegkit segment --model my-lab/lcco-pascal photos/ --out masks/          # a model on the hub (cosegkit push)
   torchrun --nproc-per-node 2 -m cosegkit segment --model runs/pascal photos/ --out masks/
 
   # zero-shot: no trained model, a frozen CLIP (downloads the weights once; or --clip-pretrained FILE)
@@ -1171,7 +1196,7 @@ or before another option: they take every word up to the next option.
 """,
     )
     p.add_argument("inputs", nargs="+", help="image files, folders, or glob patterns")
-    p.add_argument("--model", help="a model folder, or a run folder; or --zero-shot")
+    p.add_argument("--model", help="a model folder, a run folder or a hub name ORG/NAME[@REVISION]; or --zero-shot")
     p.add_argument("--out", required=True, help="output folder (masks, manifest.jsonl)")
     p.add_argument(
         "--set-size",
@@ -1383,9 +1408,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         epilog="""examples:
   cosegkit export --model runs/pascal/model --out lcco.onnx
   cosegkit export --model runs/pascal --out lcco.pt2 --set-size 8 --image-size 320
+  cosegkit export --model my-lab/lcco-pascal@v1 --out lcco.onnx     # a hub model, at a branch, tag or commit
 """,
     )
-    p.add_argument("--model", required=True, help="a model folder, or a run folder (its model/ is used)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="a model folder, a run folder (its model/ is used) or a hub name ORG/NAME[@REVISION]",
+    )
     p.add_argument("--out", required=True, help="the file to write: .onnx (ONNX) or .pt2 (torch.export)")
     p.add_argument(
         "--set-size", type=_positive, default=None, help="images per set N (default: the model's training set size)"
@@ -1408,8 +1438,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise _UsageError(f"--out {args.out!r} is a folder; name the .onnx or .pt2 file to write")
     if out.suffix == ".onnx":
         _require_onnx()  # before the model is read
-    image_size, notice = _trained_image_size(args.image_size, args.model)
-    model, folder = _load_model(args.model, "cpu")
+    source = _local_model(args.model)  # a hub name ORG/NAME: downloaded once, here
+    image_size, notice = _trained_image_size(args.image_size, source)
+    model, folder = _load_model(source, "cpu")
     _notice(notice)
     _, set_size = trained_size(model, image_size, args.set_size)
     shape = (args.batch_size, set_size, 3, image_size, image_size)

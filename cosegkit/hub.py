@@ -6,7 +6,8 @@ A pushed repository holds the model folder's files as ``save_pretrained`` writes
 folder is the ``model/`` of a ``cosegkit train`` run, the repository also holds the run's
 settings (``training_config.json``), its held-out scores (``eval.json``, ``eval_photos.json``)
 and its figure, and the card shows them. :meth:`LCCo.from_pretrained("ORG/NAME")
-<cosegkit.LCCo.from_pretrained>` loads the model back.
+<cosegkit.LCCo.from_pretrained>` loads the model back; on the command line,
+:func:`resolve_model_folder` turns ``--model ORG/NAME`` into the local copy of the repository.
 
 ``huggingface_hub`` is imported only inside the functions that talk to the hub, so importing
 this module is cheap; writing a card reads JSON files only.
@@ -33,8 +34,10 @@ __all__ = [
     "check_repo_id",
     "default_figures",
     "hub_api",
+    "hub_name",
     "model_card",
     "push_to_hub",
+    "resolve_model_folder",
     "run_folder",
     "save_then_push",
     "write_repo_folder",
@@ -53,6 +56,11 @@ ARCHITECTURE_NAMES = {"lcco": "LCCo", "ufo": "UFO", "segclip": "SegCLIP"}
 LOGIN_HINT = (
     "log in with `hf auth login` (`huggingface-cli login` in older huggingface_hub), set HF_TOKEN, or pass --token"
 )
+
+MODEL_PATTERNS = ("*.json", "*.safetensors")
+"""The files of a repository that loading a model reads (``open_clip_config/*.json`` included): what is downloaded."""
+WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".safetensors", ".json", ".onnx", ".pt2")
+"""A name ending in one of these is a file, never a hub repository (``weights/segclip.bin``)."""
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -98,6 +106,149 @@ def check_repo_id(repo_id: Any, name: str = "repo_id") -> str:
             f"organisation, a slash, the model's name), e.g. my-lab/lcco-pascal"
         )
     return repo_id
+
+
+def hub_name(spec: str) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` when ``spec`` reads as a hub model name ``ORG/NAME[@REVISION]``, else ``None``.
+
+    ``revision`` (a branch, tag or commit) is ``None`` without ``@``. A name that ends like a
+    weights file (``.bin``, ``.pt``, ``.safetensors``...) is a file path, not a repository. This
+    looks at the text only: whether a local path of that name exists is the caller's question
+    (:func:`resolve_model_folder` asks it first).
+
+    Example:
+        >>> from cosegkit.hub import hub_name
+        >>> hub_name("my-lab/lcco-pascal"), hub_name("my-lab/lcco-pascal@v1.0")
+        (('my-lab/lcco-pascal', None), ('my-lab/lcco-pascal', 'v1.0'))
+        >>> hub_name("runs/pascal/model"), hub_name("./pascal"), hub_name("weights/segclip.bin")
+        (None, None, None)
+    """
+    if not isinstance(spec, str):
+        return None
+    repo_id, at, revision = spec.partition("@")
+    if at and (not revision or any(c.isspace() for c in revision) or revision != revision.strip("/")):
+        return None
+    try:
+        check_repo_id(repo_id)
+    except CosegValueError:
+        return None
+    if repo_id.lower().endswith(WEIGHT_FILE_SUFFIXES):
+        return None
+    return repo_id, (revision if at else None)
+
+
+def resolve_model_folder(spec: str | os.PathLike[str], flag: str = "--model") -> Path:
+    """The local folder a model argument names: the path itself if it exists, else the hub repository's snapshot.
+
+    This is what every command-line flag that takes a trained model (``--model`` of ``segment``,
+    ``evaluate`` and ``export``; ``--clip-pretrained`` of ``--method segclip``) does first, once,
+    so that everything after reads one local folder:
+
+    - a path that exists is returned unchanged, whatever it looks like: a local folder always
+      wins over a hub name;
+    - ``ORG/NAME`` or ``ORG/NAME@REVISION`` (:func:`hub_name`) is downloaded with
+      ``huggingface_hub.snapshot_download`` (its ``.json`` and ``.safetensors`` files, into the
+      hub cache, ``HF_HUB_CACHE``; a private repository takes the usual token, ``HF_TOKEN`` or
+      ``hf auth login``), and the snapshot folder is returned. A copy already in the cache is
+      used offline (``HF_HUB_OFFLINE=1``) or when the hub cannot be reached;
+    - anything else is returned unchanged, for the caller to report as the missing folder it is.
+
+    Args:
+        spec: a local path, or ``ORG/NAME[@REVISION]``.
+        flag: the argument named in errors (``--model``, ``--clip-pretrained``).
+
+    Raises:
+        HubError: a hub name that cannot be fetched (offline and not in the cache, no such
+            repository or revision, no network) or that holds no cosegkit model; one line
+            naming ``flag`` and what to do.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from cosegkit.hub import resolve_model_folder
+        >>> local = Path(tempfile.mkdtemp())
+        >>> resolve_model_folder(local) == local  # an existing path is used as it is
+        True
+        >>> str(resolve_model_folder("runs/pascal/model"))  # not a hub name: left for the caller to report
+        'runs/pascal/model'
+
+        A hub name downloads once, then is read from the cache::
+
+            folder = resolve_model_folder("my-lab/lcco-pascal")      # .../snapshots/<commit>
+            folder = resolve_model_folder("my-lab/lcco-pascal@v1")   # a branch, tag or commit
+    """
+    path = Path(spec)
+    named = None if path.exists() else hub_name(os.fspath(spec))
+    if named is None:
+        return path
+    repo_id, revision = named
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_PATTERNS)))
+    except (TypeError, AttributeError, NameError):  # a wrong call, not the hub's answer: keep the traceback
+        raise
+    except Exception as err:
+        raise _download_error(err, os.fspath(spec), flag, repo_id, revision) from err
+    if not (folder / CONFIG_NAME).is_file():
+        raise HubError(
+            f"{flag} {os.fspath(spec)!r}: the hub repository {repo_id} holds no cosegkit model (no {CONFIG_NAME}"
+            f"{f' at {revision!r}' if revision else ''}); pass the ORG/NAME of a model uploaded with cosegkit push "
+            f"or save_pretrained(push_to_hub=True), or a local model folder"
+        )
+    return folder
+
+
+def _download_error(err: Exception, spec: str, flag: str, repo_id: str, revision: str | None) -> HubError:
+    """One line for a failed ``snapshot_download`` of the hub name ``spec`` given to ``flag``."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    cause = err.__cause__ if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None else err
+    first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    where = f"{flag} {spec!r}"
+    local = "or pass a local model folder"
+    if isinstance(err, RevisionNotFoundError):
+        return HubError(
+            f"{where}: the hub repository {repo_id} has no revision {revision!r}; name one of its branches, tags or "
+            f"commits after '@' (without '@...' the main branch is used)"
+        )
+    if isinstance(err, RepositoryNotFoundError) or status == 401:
+        return HubError(
+            f"{where}: no local folder of that name, and no model repository {repo_id} on the hub that this token "
+            f"may read (the hub answered {status or type(err).__name__}); check the path or the name ORG/NAME, or "
+            f"for a private or gated repository log in (`hf auth login`, or set HF_TOKEN)"
+        )
+    if type(err).__name__ == "IncompleteSnapshotError":  # huggingface_hub >= 1.0
+        return HubError(
+            f"{where}: the hub cache holds an incomplete copy of {repo_id} and the hub cannot be reached to complete "
+            f"it; run again online (HF_HUB_OFFLINE unset), {local}"
+        )
+    offline = isinstance(cause, OfflineModeIsEnabled) or (
+        cause is err and isinstance(err, LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE
+    )
+    if offline:
+        return HubError(
+            f"{where}: no local folder of that name, and HF_HUB_OFFLINE is set while the hub cache "
+            f"({constants.HF_HUB_CACHE}) holds no copy of {repo_id}{f'@{revision}' if revision else ''}; unset "
+            f"HF_HUB_OFFLINE to download it once, {local}"
+        )
+    if isinstance(cause, HfHubHTTPError) and status is not None:
+        return HubError(
+            f"{where}: the hub ({constants.ENDPOINT}) answered {status} to the download of {repo_id}: {first}; retry "
+            f"later, {local}"
+        )
+    return HubError(
+        f"{where}: no local folder of that name, and the hub ({constants.ENDPOINT}) could not be reached to download "
+        f"{repo_id} ({type(cause).__name__}: {first}); check the network (or HF_ENDPOINT) and retry, {local}"
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -336,8 +487,8 @@ zero_shot = SegClipCoseg(segclip, ["cat", "dog", "car"])  # the vocabulary to ch
 probs = zero_shot(images).probs  # images (B, N, 3, H, W), RGB in [0, 1] -> masks (B, N, 1, H, W)
 ```"""
         command = f"""```bash
-hf download {repo_id} --local-dir {local}
-cosegkit segment --zero-shot --method segclip --clip-pretrained {local} photos/ --out masks/
+cosegkit segment --zero-shot --method segclip --clip-pretrained {repo_id} photos/ --out masks/
+cosegkit evaluate --zero-shot --method segclip --clip-pretrained {repo_id} --data icoseg=data/icoseg
 ```"""
     else:
         cls, module = ("LCCo", "cosegkit") if architecture == "lcco" else ("UFO", "cosegkit")
@@ -352,15 +503,15 @@ probs = model.predict(images)  # (B, N, 1, H, W) object probabilities
 
 `cosegkit.load_model("{repo_id}")` loads it too, whatever its architecture."""
         command = f"""```bash
-hf download {repo_id} --local-dir {local}
-cosegkit segment --model {local} photos/ --out masks/
-cosegkit evaluate --model {local} --data icoseg=data/icoseg
+cosegkit segment --model {repo_id} photos/ --out masks/
+cosegkit evaluate --model {repo_id} --data icoseg=data/icoseg
+cosegkit export --model {repo_id} --out {local}.onnx
 ```"""
     flag = "--clip-pretrained" if architecture == "segclip" else "--model"
     return (
         f"## How to use\n\nWith cosegkit installed, the weights download on first use and are cached.\n\n"
-        f"{python}\n\nOn the command line, `{flag}` takes a local folder, so download the repository first:\n\n"
-        f"{command}\n"
+        f"{python}\n\nOn the command line, `{flag}` takes the same name (`{repo_id}@REVISION` for a branch, tag "
+        f"or commit), downloaded into the same cache:\n\n{command}\n"
     )
 
 

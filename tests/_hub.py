@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FakeHubApi", "LocalHub", "http_error"]
+__all__ = ["FakeHubApi", "LocalHub", "http_error", "point_client_at"]
 
 ENDPOINT = "https://huggingface.co"
 
@@ -162,6 +162,28 @@ class FakeHubApi:
 
 
 # ---------------------------------------------------------------------- a hub on localhost, for the real client
+def point_client_at(url: str, tmp_path: Path, monkeypatch: Any) -> Path:
+    """Point the real huggingface_hub client at the hub ``url``, online, with a fresh cache; returns the cache.
+
+    Both the environment (for a ``cosegkit`` started in a new process) and the client's constants
+    (read when it was imported) are set, through ``monkeypatch`` so a test leaves them as found.
+    """
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    return cache
+
+
 class LocalHub:
     """A hub server on ``127.0.0.1`` with the endpoints the real ``HfApi`` uses to create a repository, a
     branch and a commit of regular files, and to download a snapshot (repo info, tree, resolve).

@@ -19,7 +19,7 @@ from cosegkit import LCCo
 from cosegkit.cli import main
 from cosegkit.errors import CosegValueError, HubError
 from cosegkit.hub import hub_api, model_card, push_to_hub
-from tests._hub import FakeHubApi, LocalHub, http_error
+from tests._hub import FakeHubApi, LocalHub, http_error, point_client_at
 from tests.engine.test_trainer import TINY_ARGS
 
 REPO = "my-lab/lcco-tiny"
@@ -126,7 +126,10 @@ def test_save_pretrained_push_to_hub_round_trip(architecture, tmp_path, hub) -> 
     assert _front_matter(card)["tags"][3] == architecture
     assert "outside a `cosegkit train` run" in card and "No held-out evaluation" in card
     flag = "--clip-pretrained" if architecture == "segclip" else "--model"
-    assert f"On the command line, `{flag}` takes a local folder" in card
+    assert f"On the command line, `{flag}` takes the same name" in card and "hf download" not in card
+    assert (
+        f"cosegkit segment {'--zero-shot --method segclip ' if architecture == 'segclip' else ''}{flag} {repo} " in card
+    )
 
 
 def test_save_pretrained_checks_its_hub_arguments_before_writing(tmp_path) -> None:
@@ -343,20 +346,8 @@ def test_push_turns_the_real_clients_errors_into_one_line(run, monkeypatch) -> N
 @pytest.fixture
 def local_hub(tmp_path, monkeypatch):
     """A hub on localhost, and the real huggingface_hub client pointed at it, online, with its own cache."""
-    import huggingface_hub.constants as constants
-
     with LocalHub() as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        monkeypatch.setattr(
-            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
-        )
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "agent_harnesses.json"))
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_PROGRESS_BARS", True)
+        point_client_at(hub.url, tmp_path, monkeypatch)
         yield hub
         assert hub.unhandled == []  # every request the real client made is one LocalHub implements
 
