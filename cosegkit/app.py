@@ -176,11 +176,11 @@ def model_choices(
 
 
 def load_choice(choice: ModelChoice, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model an entry of the list names: an LCCo (or any co-segmenter) from its folder, or a ZeroShotCoseg.
+    """Build the model an entry of the list names: an LCCo or UFO (:func:`~cosegkit.models.load_model`), or a ZeroShotCoseg.
 
     Raises:
-        CosegValueError: the folder holds no co-segmentation model, or a zero-shot setting is wrong.
-        WeightsUnavailableError: the model or the CLIP's weights cannot be found.
+        WeightsUnavailableError: the model or the CLIP's weights cannot be found, or the folder
+            holds no LCCo or UFO model.
 
     Example:
         Zero-shot with a tiny random CLIP (its classes mean nothing):
@@ -204,13 +204,7 @@ def load_choice(choice: ModelChoice, device: str | torch.device = "cpu") -> torc
     if not choice.zero_shot:
         from cosegkit.models.loading import load_model
 
-        model = load_model(choice.model, map_location=device)
-        if not hasattr(model, "predict"):
-            raise CosegValueError(
-                f"{choice.model!r} holds a {type(model).__name__}, not a co-segmentation model; pick an LCCo or UFO "
-                f"model folder, or zero-shot"
-            )
-        return model.eval()
+        return load_model(choice.model, map_location=device).eval()
     if choice.demo:
         from cosegkit.demo import demo_clip, demo_zero_shot
 
