@@ -176,7 +176,7 @@ def model_choices(
 
 
 def load_choice(choice: ModelChoice, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model an entry of the list names: an LCCo or UFO (:func:`~cosegkit.models.load_model`), or a ZeroShotCoseg.
+    """Build the model an entry of the list names: an LCCo or UFO (:func:`~cosegkit.load_model`), or a ZeroShotCoseg.
 
     Raises:
         WeightsUnavailableError: the model or the CLIP's weights cannot be found, or the folder
@@ -450,7 +450,7 @@ def example_sets(folder: str | os.PathLike[str], *, sets: int = 3, set_size: int
     from cosegkit.engine.pretrain import ClipPretrainConfig
 
     root = Path(folder)
-    out = [[root / f"set{k + 1}" / f"image{j + 1}.png" for j in range(set_size)] for k in range(sets)]
+    out = [[root / f"set{k + 1}" / f"set{k + 1}-{j + 1}.png" for j in range(set_size)] for k in range(sets)]
     if all(p.is_file() for s in out for p in s):
         return out
     world = ClipPretrainConfig().world()
@@ -591,10 +591,10 @@ def launch_app(
         port: the port (``None``: Gradio's first free one from 7860).
         share: ask Gradio for a public share link (reaches Gradio's servers).
         block: wait until interrupted; ``False`` returns once the server runs (tests).
-        kwargs: more of :meth:`gradio.Blocks.launch`'s arguments.
+        kwargs: more of Gradio's ``Blocks.launch`` arguments.
 
     Returns:
-        What :meth:`gradio.Blocks.launch` returns: ``(app, local URL, share URL)``.
+        What Gradio's ``Blocks.launch`` returns: ``(app, local URL, share URL)``.
     """
     gr = require_gradio()
     theme = gr.themes.Default(font=list(_SYSTEM_FONTS), font_mono=list(_SYSTEM_MONO))
