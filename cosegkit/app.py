@@ -233,6 +233,12 @@ class SetClass:
             zero-shot the mean over the set's images of the CLIP's cosine similarity.
         score_name: what ``score`` is.
         runners_up: the next best classes with their scores.
+
+    Example:
+        >>> from cosegkit.app import SetClass
+        >>> found = SetClass(2, 5, "cat", 0.42, "mean cosine")
+        >>> found.name, found.describe()
+        ('cat', "set 2 (5 images): 'cat', mean cosine 0.420")
     """
 
     set: int
@@ -304,6 +310,15 @@ class SetResult:
         classes: per set, the class it was found to share.
         archive: a zip of the mask PNGs (named as ``cosegkit segment --out`` names them).
         skipped: ``(file name, reason)`` of the files that could not be read.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from cosegkit.app import SetClass, SetResult
+        >>> result = SetResult([Path("out/masks/a.png")], [Path("out/masks/a_overlay.png")], ["a.jpg"],
+        ...                    [SetClass(1, 1, None)], Path("out/masks.zip"), [("b.jpg", "cannot read image")])
+        >>> print(result.summary())
+        set 1 (1 image): no class (the model has no CLIP regularization module to name one)
+        skipped b.jpg: cannot read image
     """
 
     masks: list[Path]
@@ -595,6 +610,18 @@ def launch_app(
 
     Returns:
         What Gradio's ``Blocks.launch`` returns: ``(app, local URL, share URL)``.
+
+    Example:
+        >>> import contextlib, io
+        >>> import pytest
+        >>> _ = pytest.importorskip("gradio")
+        >>> from cosegkit.app import build_app, launch_app, model_choices
+        >>> page = build_app(model_choices([]))
+        >>> app, url, share_url = launch_app(page, block=False, quiet=True)
+        >>> url.startswith("http://127.0.0.1:"), share_url
+        (True, None)
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # "Closing server running on port ..."
+        ...     page.close()
     """
     gr = require_gradio()
     theme = gr.themes.Default(font=list(_SYSTEM_FONTS), font_mono=list(_SYSTEM_MONO))
