@@ -23,7 +23,7 @@ import os
 import tempfile
 import threading
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,15 +36,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APP_INSTALL_HINT",
+    "ZERO_SHOT_LABEL",
     "ModelChoice",
     "SetClass",
     "SetResult",
-    "ZERO_SHOT_LABEL",
     "build_app",
     "example_sets",
     "launch_app",
     "load_choice",
     "model_choices",
+    "page_choice",
     "require_gradio",
     "segment_set",
     "set_class",
@@ -446,7 +447,9 @@ def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------- examples
-def example_sets(folder: str | os.PathLike[str], *, sets: int = 3, set_size: int = 4, seed: int = 0) -> list[list[Path]]:
+def example_sets(
+    folder: str | os.PathLike[str], *, sets: int = 3, set_size: int = 4, seed: int = 0
+) -> list[list[Path]]:
     """A few sets of the demo's synthetic world written as PNGs, for the page's clickable examples.
 
     Each set's images share one object among distractors (the world ``cosegkit demo``'s CLIP
@@ -499,6 +502,52 @@ def _names(text: str) -> tuple[str, ...] | None:
     return names or None
 
 
+def page_choice(
+    choices: Mapping[str, ModelChoice],
+    label: str,
+    *,
+    clip_model: str = "",
+    clip_pretrained: str = "",
+    vocabulary: str = "",
+) -> ModelChoice:
+    """The model the page runs: the entry picked (or a folder or hub name typed), with the zero-shot fields applied.
+
+    For :data:`ZERO_SHOT_LABEL` the page's CLIP fields name the CLIP (empty: ViT-B-16; weights
+    ``""``, ``"none"`` or ``"random"``: random weights); for every zero-shot entry a non-empty
+    ``vocabulary`` (comma- or line-separated class names) replaces the entry's. Anything not in
+    ``choices`` is a trained model's folder or hub name.
+
+    Example:
+        >>> from cosegkit.app import ZERO_SHOT_LABEL, model_choices, page_choice
+        >>> choices = model_choices(["runs/cats"])
+        >>> page_choice(choices, "runs/cats").model
+        'runs/cats'
+        >>> page_choice(choices, " org/lcco-voc ").model  # typed into the list
+        'org/lcco-voc'
+        >>> zs = page_choice(choices, ZERO_SHOT_LABEL, clip_model="RN50", clip_pretrained="none",
+        ...                  vocabulary="cat, dog\\nhorse")
+        >>> zs.zero_shot, zs.clip_model, zs.clip_pretrained, zs.classnames
+        (True, 'RN50', None, ('cat', 'dog', 'horse'))
+    """
+    choice = choices.get(label)
+    if choice is None:
+        name = label.strip()
+        if not name:
+            raise CosegValueError("no model picked; pick one in the list, or type a run folder or hub name")
+        return ModelChoice(name, model=name)
+    if choice.label == ZERO_SHOT_LABEL:
+        weights = clip_pretrained.strip()
+        return replace(
+            choice,
+            clip_model=clip_model.strip() or "ViT-B-16",
+            clip_pretrained=None if weights.lower() in ("", "none", "random") else weights,
+            classnames=_names(vocabulary),
+        )
+    if choice.zero_shot and _names(vocabulary):
+        return replace(choice, classnames=_names(vocabulary))
+    return choice
+
+
 def build_app(
     choices: Mapping[str, ModelChoice],
     *,
@@ -528,24 +577,22 @@ def build_app(
     base = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
     first = next(iter(choices))
 
-    def run(files: list[Any] | None, label: str, set_size: float | None, clip_model: str, clip_weights: str,
-            vocabulary: str, progress: Any = gr.Progress()) -> tuple[Any, str, Any]:  # noqa: B008
+    def run(
+        files: list[Any] | None,
+        label: str,
+        set_size: float | None,
+        clip_model: str,
+        clip_weights: str,
+        vocabulary: str,
+        progress: Any = gr.Progress(),  # noqa: B008 (Gradio's way of asking for a progress bar)
+    ) -> tuple[Any, str, Any]:
         paths = [getattr(f, "name", f) for f in files or []]
         if len(paths) < 1:
             raise gr.Error("drop in a set of photos first (two or more that share an object)")
-        choice = choices.get(label) or ModelChoice(label, model=label.strip())
-        if choice.label == ZERO_SHOT_LABEL:
-            choice = ModelChoice(
-                choice.label,
-                clip_model=clip_model.strip() or "ViT-B-16",
-                clip_pretrained=None if clip_weights.strip().lower() in ("", "none", "random") else clip_weights.strip(),
-                classnames=_names(vocabulary),
-                templates=choice.templates,
-            )
-        elif choice.zero_shot and _names(vocabulary):
-            choice = ModelChoice(choice.label, clip_model=choice.clip_model, clip_pretrained=choice.clip_pretrained,
-                                 classnames=_names(vocabulary), demo=choice.demo)
         try:
+            choice = page_choice(
+                choices, label, clip_model=clip_model, clip_pretrained=clip_weights, vocabulary=vocabulary
+            )
             progress(0.1, desc="loading the model")
             model = models.get(choice)
             progress(0.4, desc=f"segmenting {len(paths)} photos")
@@ -566,18 +613,29 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=1):
-                files = gr.File(label="photos of one set", file_count="multiple", file_types=["image"],
-                                elem_id="photos")
-                model = gr.Dropdown(list(choices), value=first, label="model (or type a run folder or hub name)",
-                                    allow_custom_value=True, elem_id="model")
-                set_size = gr.Number(value=0, precision=0, minimum=0, label="images per set (0: all in one set)",
-                                     elem_id="set-size")
+                files = gr.File(
+                    label="photos of one set", file_count="multiple", file_types=["image"], elem_id="photos"
+                )
+                model = gr.Dropdown(
+                    list(choices),
+                    value=first,
+                    label="model (or type a run folder or hub name)",
+                    allow_custom_value=True,
+                    elem_id="model",
+                )
+                set_size = gr.Number(
+                    value=0, precision=0, minimum=0, label="images per set (0: all in one set)", elem_id="set-size"
+                )
                 zero = choices.get(ZERO_SHOT_LABEL, ModelChoice(ZERO_SHOT_LABEL, clip_model="ViT-B-16"))
                 with gr.Accordion("zero-shot settings", open=False):
                     clip_model = gr.Textbox(zero.clip_model or "ViT-B-16", label="CLIP model (open_clip name)")
                     clip_weights = gr.Textbox(zero.clip_pretrained or "none", label="CLIP weights (tag or file)")
-                    vocabulary = gr.Textbox(", ".join(zero.classnames or ()), lines=2, elem_id="vocabulary",
-                                            label="class names, comma-separated (empty: the CLIP's own)")
+                    vocabulary = gr.Textbox(
+                        ", ".join(zero.classnames or ()),
+                        lines=2,
+                        elem_id="vocabulary",
+                        label="class names, comma-separated (empty: the CLIP's own)",
+                    )
                 button = gr.Button("Segment", variant="primary", elem_id="segment")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(label="masks overlaid", columns=4, elem_id="overlays", format="png")
@@ -635,4 +693,3 @@ def launch_app(
         footer_links=[],
         **kwargs,
     )
-

@@ -109,7 +109,13 @@ def test_segment_set_zero_shot_reports_the_mean_cosine(tmp_path) -> None:
     result = segment_set(photos, model, tmp_path / "app", image_size=32)
     seen = []
     segment_files(
-        model, photos, tmp_path / "cli", set_size="all", image_size=32, by_folder=False, workers=0,
+        model,
+        photos,
+        tmp_path / "cli",
+        set_size="all",
+        image_size=32,
+        by_folder=False,
+        workers=0,
         on_set=lambda k, files, out: seen.append(out),
     )
     (found,) = result.classes
@@ -199,7 +205,10 @@ def test_app_refuses_a_bad_model_in_one_line(given, message, tmp_path, capsys) -
 def test_app_serves_the_models_given(saved_model, capsys) -> None:
     pytest.importorskip("gradio")
     with mock.patch("cosegkit.app.launch_app") as launch:
-        assert main(["app", "--model", str(saved_model), "--model", "org/lcco", "--port", "7999", "--host", "0.0.0.0"]) == 0
+        assert (
+            main(["app", "--model", str(saved_model), "--model", "org/lcco", "--port", "7999", "--host", "0.0.0.0"])
+            == 0
+        )
     (page,), options = launch.call_args
     assert options == {"host": "0.0.0.0", "port": 7999, "share": False}
     assert type(page).__name__ == "Blocks"
@@ -212,3 +221,18 @@ def test_app_help_has_examples(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and "--share" in out and 'pip install "cosegkit[app]"' in out
+
+
+def test_page_choice_applies_the_zero_shot_fields_and_refuses_no_model(tmp_path) -> None:
+    from cosegkit.app import page_choice
+
+    demo = ModelChoice("zero-shot: the CLIP of run", clip_model="coseg-synthetic-clip", clip_pretrained="w", demo=True)
+    choices = {demo.label: demo, **model_choices(["run"], clip_model="RN50", clip_pretrained="openai")}
+    assert page_choice(choices, demo.label) == demo  # no vocabulary typed: the entry as it is
+    picked = page_choice(choices, demo.label, clip_model="ignored", vocabulary="cat,\ndog")
+    assert picked.classnames == ("cat", "dog") and picked.demo and picked.clip_model == "coseg-synthetic-clip"
+    below = page_choice(choices, ZERO_SHOT_LABEL, clip_model="", clip_pretrained="/w/clip.pt")
+    assert (below.clip_model, below.clip_pretrained, below.classnames) == ("ViT-B-16", "/w/clip.pt", None)
+    assert page_choice(choices, "run") == choices["run"]
+    with pytest.raises(ValueError, match="no model picked"):
+        page_choice(choices, "  ")

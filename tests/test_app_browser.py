@@ -87,7 +87,12 @@ def test_the_page_segments_an_uploaded_set_as_the_python_api_does(browser, tmp_p
     api_model = load_choice(model_choices([str(folder)])[str(folder)])
     found = []
     expected, _ = segment_files(
-        api_model, photos, tmp_path / "api", set_size="all", by_folder=False, workers=0,
+        api_model,
+        photos,
+        tmp_path / "api",
+        set_size="all",
+        by_folder=False,
+        workers=0,
         on_set=lambda k, files, out: found.append(set_class(api_model, out, len(files))),
     )
     expected_class = found[0].describe().replace("set 0", "set 1")
@@ -111,7 +116,8 @@ def test_the_page_segments_an_uploaded_set_as_the_python_api_does(browser, tmp_p
         page.set_input_files("#photos input[type=file]", [str(p) for p in photos])
         names = [p.stem for p in photos]  # the list shows a name's stem and extension apart
         page.wait_for_function(  # every file uploaded and listed
-            "names => names.every(n => document.querySelector('#photos').textContent.includes(n))", arg=names,
+            "names => names.every(n => document.querySelector('#photos').textContent.includes(n))",
+            arg=names,
             timeout=20_000,
         )
         page.click("#segment")
