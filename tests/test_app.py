@@ -236,3 +236,26 @@ def test_page_choice_applies_the_zero_shot_fields_and_refuses_no_model(tmp_path)
     assert page_choice(choices, "run") == choices["run"]
     with pytest.raises(ValueError, match="no model picked"):
         page_choice(choices, "  ")
+
+
+def test_app_passes_the_zero_shot_flags_to_the_model_list(tmp_path) -> None:
+    pytest.importorskip("gradio")
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\n")
+    argv = ["app", "--clip-model", "RN50", "--clip-pretrained", "none", "--vocabulary", str(names), "horse"]
+    with mock.patch("cosegkit.app.launch_app"), mock.patch("cosegkit.app.build_app") as build:
+        assert main([*argv, "--templates", "a photo of a {}."]) == 0
+    choices = build.call_args.args[0]
+    assert list(choices) == [ZERO_SHOT_LABEL]
+    zero = choices[ZERO_SHOT_LABEL]
+    assert (zero.clip_model, zero.clip_pretrained) == ("RN50", None)
+    assert zero.classnames == ("cat", "dog", "horse") and zero.templates == ("a photo of a {}.",)
+    assert build.call_args.kwargs["examples"] == []  # the synthetic world's sets only beside the demo's models
+
+
+def test_app_refuses_a_template_without_a_slot(capsys) -> None:
+    pytest.importorskip("gradio")
+    with mock.patch("cosegkit.app.launch_app") as launch:
+        assert main(["app", "--templates", "a photo"]) == 2
+    launch.assert_not_called()
+    assert "--templates 'a photo': each template needs exactly one '{}'" in capsys.readouterr().err
