@@ -160,9 +160,11 @@ def model_choices(
     from cosegkit.engine.pretrain import SYNTHETIC_CLIP
 
     choices = {label: ModelChoice(label, model=label) for label in models}
+    seen: set[tuple[str, str]] = set()
     for label in models:
         found = _run_clip(label)
-        if found is not None:
+        if found is not None and found not in seen:  # runs of one CLIP (the demo's) give one entry
+            seen.add(found)
             name, weights = found
             entry = f"zero-shot: the CLIP of {label}"
             choices[entry] = ModelChoice(entry, clip_model=name, clip_pretrained=weights, demo=name == SYNTHETIC_CLIP)
@@ -663,7 +665,8 @@ def launch_app(
         host: the address to listen on (``0.0.0.0``: every interface).
         port: the port (``None``: Gradio's first free one from 7860).
         share: ask Gradio for a public share link (reaches Gradio's servers).
-        block: wait until interrupted; ``False`` returns once the server runs (tests).
+        block: print the address and wait until interrupted; ``False`` returns once the server
+            runs (tests).
         kwargs: more of Gradio's ``Blocks.launch`` arguments.
 
     Returns:
@@ -675,7 +678,7 @@ def launch_app(
         >>> _ = pytest.importorskip("gradio")
         >>> from cosegkit.app import build_app, launch_app, model_choices
         >>> page = build_app(model_choices([]))
-        >>> app, url, share_url = launch_app(page, block=False, quiet=True)
+        >>> app, url, share_url = launch_app(page, block=False)
         >>> url.startswith("http://127.0.0.1:"), share_url
         (True, None)
         >>> with contextlib.redirect_stdout(io.StringIO()):  # "Closing server running on port ..."
@@ -683,13 +686,19 @@ def launch_app(
     """
     gr = require_gradio()
     theme = gr.themes.Default(font=list(_SYSTEM_FONTS), font_mono=list(_SYSTEM_MONO))
-    return page.launch(
+    kwargs.setdefault("quiet", True)  # Gradio's own lines speak of launch(share=True), not of --share
+    served = page.launch(
         server_name=host,
         server_port=port,
         share=share,
-        prevent_thread_lock=not block,
+        prevent_thread_lock=True,
         theme=theme,
         ssr_mode=False,
         footer_links=[],
         **kwargs,
     )
+    if block:
+        _, url, share_url = served
+        print(f"cosegkit app: open {url}" + (f" or {share_url}" if share_url else "") + " (Ctrl+C stops it)")
+        page.block_thread()
+    return served

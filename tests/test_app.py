@@ -147,8 +147,11 @@ def test_model_choices_add_zero_shot_with_a_run_folders_clip(tmp_path) -> None:
     other = tmp_path / "other"
     (other / "model").mkdir(parents=True)
     (other / "config.json").write_text(json.dumps({"clip_model": "ViT-B-16", "clip_pretrained": "openai"}))
-    choices = model_choices([str(run), str(other)])
-    assert list(choices) == [str(run), str(other), f"zero-shot: the CLIP of {run}", ZERO_SHOT_LABEL]
+    twin = tmp_path / "baseline"  # another run of the same CLIP: no second entry
+    (twin / "model").mkdir(parents=True)
+    (twin / "config.json").write_text((run / "config.json").read_text())
+    choices = model_choices([str(run), str(other), str(twin)])
+    assert list(choices) == [str(run), str(other), str(twin), f"zero-shot: the CLIP of {run}", ZERO_SHOT_LABEL]
     demo = choices[f"zero-shot: the CLIP of {run}"]
     assert demo.zero_shot and demo.demo and demo.clip_pretrained == str(weights)
     assert not choices[str(run)].zero_shot
@@ -259,3 +262,17 @@ def test_app_refuses_a_template_without_a_slot(capsys) -> None:
         assert main(["app", "--templates", "a photo"]) == 2
     launch.assert_not_called()
     assert "--templates 'a photo': each template needs exactly one '{}'" in capsys.readouterr().err
+
+
+def test_launch_app_prints_the_address_and_blocks(capsys) -> None:
+    pytest.importorskip("gradio")
+    from cosegkit.app import launch_app
+
+    page = mock.Mock()
+    page.launch.return_value = (None, "http://127.0.0.1:7861/", None)
+    assert launch_app(page, port=7861) == (None, "http://127.0.0.1:7861/", None)
+    page.block_thread.assert_called_once()
+    options = page.launch.call_args.kwargs
+    assert options["share"] is False and options["quiet"] is True and options["ssr_mode"] is False
+    assert options["theme"].font.startswith("ui-sans-serif")  # system fonts: no font files for the page
+    assert capsys.readouterr().out == "cosegkit app: open http://127.0.0.1:7861/ (Ctrl+C stops it)\n"

@@ -99,7 +99,7 @@ def test_the_page_segments_an_uploaded_set_as_the_python_api_does(browser, tmp_p
 
     port = _free_port()
     page_app = build_app(model_choices([str(folder)]), work_dir=tmp_path)
-    launch_app(page_app, port=port, block=False, quiet=True)
+    launch_app(page_app, port=port, block=False)
     outside: list[str] = []
     try:
         page = browser.new_page()

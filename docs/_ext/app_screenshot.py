@@ -53,7 +53,7 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     page_app = build_app(choices, examples=example_sets(cache_folder() / "app-examples"))
-    launch_app(page_app, port=port, block=False, quiet=True)
+    launch_app(page_app, port=port, block=False)
     outside: list[str] = []
     try:
         with sync_playwright() as playwright:
