@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import socket
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -35,6 +36,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 LOCAL = ("http://127.0.0.1", "http://localhost", "data:", "blob:")
+LOOPBACK = ("127.0.0.1", "::1", "localhost", "0.0.0.0")
+
+#: while a list is here, this process's connections and name look-ups beyond the machine go into it
+_RECORDING: list[list[str]] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _RECORDING:
+        return
+    if event == "socket.connect" and isinstance(args[1], tuple) and str(args[1][0]) not in LOOPBACK:
+        _RECORDING[0].append(f"connect {args[1]}")
+    elif event == "socket.getaddrinfo" and args[0] not in (None, *LOOPBACK):
+        _RECORDING[0].append(f"look-up {args[0]}")
+
+
+sys.addaudithook(_audit)  # audit hooks cannot be removed: it records only inside the test
 
 
 def _needs(what: str, hint: str) -> None:
@@ -98,9 +115,11 @@ def test_the_page_segments_an_uploaded_set_as_the_python_api_does(browser, tmp_p
     expected_class = found[0].describe().replace("set 0", "set 1")
 
     port = _free_port()
+    server_side: list[str] = []
+    _RECORDING.append(server_side)
+    outside: list[str] = []
     page_app = build_app(model_choices([str(folder)]), work_dir=tmp_path)
     launch_app(page_app, port=port, block=False)
-    outside: list[str] = []
     try:
         page = browser.new_page()
 
@@ -129,8 +148,10 @@ def test_the_page_segments_an_uploaded_set_as_the_python_api_does(browser, tmp_p
         archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
     finally:
         page_app.close()
+        _RECORDING.clear()
 
-    assert outside == []
+    assert outside == []  # the page: nothing from the network
+    assert server_side == []  # the server: no connection or look-up beyond this machine
     assert shown_class == expected_class and "class probability" in shown_class
     assert all(p.stem in captions for p in photos)
     assert archive.namelist() == [p.name for p in expected]
