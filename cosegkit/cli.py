@@ -1603,6 +1603,7 @@ def _app_model(value: str) -> str:
         _model_folder(value)  # refuses a folder without config.json
         return value
     if re.fullmatch(r"[\w.-]+/[\w.-]+", value) and not value.startswith((".", "/")):
+        print(f"cosegkit app: --model {value}: no such folder here, taken as a hub name (fetched when picked)")
         return value
     raise _UsageError(
         f"--model {value!r}: no such folder, and not a hub name ORG/NAME; pass a cosegkit train run folder, "

@@ -215,7 +215,9 @@ def test_app_serves_the_models_given(saved_model, capsys) -> None:
     (page,), options = launch.call_args
     assert options == {"host": "0.0.0.0", "port": 7999, "share": False}
     assert type(page).__name__ == "Blocks"
-    assert f"3 entries in the model list: {saved_model}; org/lcco; {ZERO_SHOT_LABEL}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"3 entries in the model list: {saved_model}; org/lcco; {ZERO_SHOT_LABEL}" in out
+    assert "--model org/lcco: no such folder here, taken as a hub name" in out
 
 
 def test_app_help_has_examples(capsys) -> None:
