@@ -499,6 +499,18 @@ class _Models:
             return self.loaded[choice]
 
 
+_RUNS_KEPT = 20
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest run folders in ``folder``."""
+    import shutil
+
+    runs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in runs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _names(text: str) -> tuple[str, ...] | None:
     names = tuple(n.strip() for n in text.replace("\n", ",").split(",") if n.strip())
     return names or None
@@ -564,8 +576,9 @@ def build_app(
             user may also type a run folder, model folder or hub name.
         examples: sets of image files offered as clickable examples.
         device: where the models run.
-        work_dir: where each run's masks go (a new folder per run; default: the system's
-            temporary folder).
+        work_dir: where the page keeps its runs' masks, in a ``cosegkit-app-*`` folder of its
+            own holding the last 20 runs (Gradio serves copies of what it shows); default: the
+            system's temporary folder.
 
     Example:
         >>> import pytest
@@ -577,6 +590,8 @@ def build_app(
     gr = require_gradio()
     models = _Models(device)
     base = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)
+    runs = Path(tempfile.mkdtemp(prefix="cosegkit-app-", dir=base))  # this page's runs, one folder each
     first = next(iter(choices))
 
     def run(
@@ -598,7 +613,8 @@ def build_app(
             progress(0.1, desc="loading the model")
             model = models.get(choice)
             progress(0.4, desc=f"segmenting {len(paths)} photos")
-            out = Path(tempfile.mkdtemp(prefix="cosegkit-app-", dir=base))
+            out = Path(tempfile.mkdtemp(prefix="run-", dir=runs))
+            _prune(runs, keep=_RUNS_KEPT)
             size = int(set_size) if set_size else None
             result = segment_set(paths, model, out, set_size=size, device=device)
         except Exception as err:  # shown on the page, not as a server traceback

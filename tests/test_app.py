@@ -278,3 +278,15 @@ def test_launch_app_prints_the_address_and_blocks(capsys) -> None:
     assert options["share"] is False and options["quiet"] is True and options["ssr_mode"] is False
     assert options["theme"].font.startswith("ui-sans-serif")  # system fonts: no font files for the page
     assert capsys.readouterr().out == "cosegkit app: open http://127.0.0.1:7861/ (Ctrl+C stops it)\n"
+
+
+def test_the_page_keeps_its_last_runs_only(tmp_path) -> None:
+    import os
+
+    from cosegkit.app import _prune
+
+    for k in range(5):
+        (tmp_path / f"run-{k}").mkdir()
+        os.utime(tmp_path / f"run-{k}", (k, k))  # run-4 the newest
+    _prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-3", "run-4"]
