@@ -1,4 +1,5 @@
-"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate``, ``segment``, ``export``, ``push`` and ``pretrain-clip``.
+"""The ``cosegkit`` command: ``demo``, ``train``, ``evaluate``, ``segment``, ``export``, ``push``,
+``pretrain-clip``, ``plot`` and ``app``.
 
 ``python -m cosegkit`` runs the same command. Bad arguments end with a one-line error (exit
 status 2), not a traceback.
@@ -1769,6 +1770,104 @@ def _cmd_pretrain_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "app",
+        help="co-segment photos in the browser (needs the app extra: Gradio)",
+        formatter_class=_FORMATTER,
+        description="Serve a page where a set of photos is co-segmented by a trained model or zero-shot with a "
+        "CLIP: it shows the masks over the photos, the class the set was found to share with its score, and "
+        "offers the masks as a zip of PNGs (the files 'cosegkit segment --out' writes). The --model entries "
+        "fill the page's model list (a run folder whose CLIP weights are a file here also adds zero-shot with "
+        "that CLIP); the page takes other folders or hub names too. Nothing is fetched from the network "
+        "unless a model or CLIP must be downloaded, or --share asks for a public link. "
+        'Needs Gradio: pip install "cosegkit[app]".',
+        epilog="""examples:
+  cosegkit app --model cosegkit-demo/lcco --model cosegkit-demo/baseline   # after 'cosegkit demo'
+  cosegkit app --model runs/pascal --model org/lcco-voc --port 8080
+  cosegkit app --clip-model ViT-B-16 --clip-pretrained openai --vocabulary names.txt   # zero-shot only
+  cosegkit app --model runs/pascal --host 0.0.0.0                             # reachable from other machines
+""",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="RUN|FOLDER|ORG/NAME",
+        help="a run folder, model folder or hub name for the model list (repeat for several)",
+    )
+    p.add_argument("--clip-model", metavar="NAME", help="zero-shot: open_clip architecture (default ViT-B-16)")
+    p.add_argument(
+        "--clip-pretrained", metavar="TAG|FILE", help="zero-shot: open_clip tag, weights file, or none (default openai)"
+    )
+    p.add_argument(
+        "--vocabulary",
+        nargs="+",
+        metavar="FILE|NAME",
+        help="zero-shot: class names, or files of one name per line (default: cosegkit.clip.DEFAULT_VOCABULARY)",
+    )
+    p.add_argument("--templates", nargs="+", metavar="T", help="zero-shot: prompt templates with one '{}'")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: all)")
+    p.add_argument("--port", type=_positive, default=None, help="port (default: the first free one from 7860)")
+    p.add_argument(
+        "--share", action="store_true", help="also ask Gradio for a public share link (off by default; needs network)"
+    )
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_cmd_app)
+
+
+def _app_model(value: str) -> str:
+    """--model for the app: a model or run folder here, or a hub name ORG/NAME (fetched when picked)."""
+    import re
+
+    path = Path(value)
+    if path.exists():
+        _model_folder(value)  # refuses a folder without config.json
+        return value
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", value) and not value.startswith((".", "/")):
+        print(f"cosegkit app: --model {value}: no such folder here, taken as a hub name (fetched when picked)")
+        return value
+    raise _UsageError(
+        f"--model {value!r}: no such folder, and not a hub name ORG/NAME; pass a cosegkit train run folder, "
+        f"a save_pretrained folder or a hub name"
+    )
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    try:
+        from cosegkit.app import require_gradio
+
+        require_gradio()
+    except ModuleNotFoundError as err:
+        raise _UsageError(str(err)) from None
+    models = [_app_model(m) for m in args.model]
+    if len(set(models)) != len(models):
+        raise _UsageError(f"--model names the same model twice: {models}")
+    if args.vocabulary or args.templates:
+        from types import SimpleNamespace
+
+        from cosegkit.zeroshot import CLIP_ES_TEMPLATES
+
+        names, templates = _prompt_settings(
+            SimpleNamespace(vocabulary=args.vocabulary, templates=args.templates, class_name=None), CLIP_ES_TEMPLATES
+        )
+    else:
+        names, templates = None, None
+    from cosegkit.app import build_app, example_sets, launch_app, model_choices
+    from cosegkit.engine.distributed import setup
+    from cosegkit.engine.pretrain import cache_folder
+
+    device = setup(args.device).device
+    pretrained = _none_or_str(args.clip_pretrained) if args.clip_pretrained is not None else "openai"
+    choices = model_choices(
+        models, clip_model=args.clip_model, clip_pretrained=pretrained, classnames=names, templates=templates
+    )
+    examples = example_sets(cache_folder() / "app-examples") if any(c.demo for c in choices.values()) else []
+    print(f"cosegkit app: {len(choices)} entries in the model list: " + "; ".join(choices))
+    launch_app(build_app(choices, examples=examples, device=device), host=args.host, port=args.port, share=args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cosegkit`` command."""
     from cosegkit import __version__
@@ -1799,6 +1898,7 @@ Run 'cosegkit COMMAND --help' for a command's options.""",
     _add_push(sub)
     _add_pretrain_clip(sub)
     _add_plot(sub)
+    _add_app(sub)
     return parser
 
 
