@@ -22,7 +22,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TINY_CLIP", "TINY_CLIP_CONFIGS", "TINY_CLIP_RN", "register_tiny_clips", "tiny_model"]
+__all__ = ["CHROMIUM_ARGS", "TINY_CLIP", "TINY_CLIP_CONFIGS", "TINY_CLIP_RN", "register_tiny_clips", "tiny_model"]
+
+#: The flags with which the browser demo's test and its docs screenshot start Debian's headless
+#: chromium: no GPU, no QUIC, and none of chromium's own calls home (component updates, sync,
+#: field trials), which a machine without a network refuses many at a time.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 TINY_CLIP = "coseg-test-tiny"
 TINY_CLIP_RN = "coseg-test-tiny-rn"

@@ -162,6 +162,22 @@ class FakeHubApi:
 
 
 # ---------------------------------------------------------------------- a hub on localhost, for the real client
+def offline_hub(tmp_path: Path, monkeypatch: Any) -> FakeHubApi:
+    """A :class:`FakeHubApi` writing a hub cache that the client reads offline, as after a download.
+
+    Both the environment and the client's constants (read when it was imported) point at the
+    cache, through ``monkeypatch`` so a test leaves them as found.
+    """
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return FakeHubApi(cache)
+
+
 def point_client_at(url: str, tmp_path: Path, monkeypatch: Any) -> Path:
     """Point the real huggingface_hub client at the hub ``url``, online, with a fresh cache; returns the cache.
 

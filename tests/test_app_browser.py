@@ -21,20 +21,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cosegkit.testing import CHROMIUM_ARGS
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = os.environ.get("COSEGKIT_CHROMIUM", "/usr/bin/chromium")
-# no GPU, no QUIC, and none of chromium's own calls home (component updates, sync, field trials)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 LOCAL = ("http://127.0.0.1", "http://localhost", "data:", "blob:")
 LOOPBACK = ("127.0.0.1", "::1", "localhost", "0.0.0.0")
 

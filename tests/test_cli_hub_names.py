@@ -22,7 +22,7 @@ from PIL import Image
 from cosegkit.cli import main
 from cosegkit.errors import HubError
 from cosegkit.hub import hub_name, push_to_hub, resolve_model_folder
-from tests._hub import FakeHubApi, LocalHub, http_error, point_client_at
+from tests._hub import FakeHubApi, LocalHub, http_error, offline_hub, point_client_at
 
 REPO = "my-lab/lcco-tiny"
 SIZES = [(40, 60), (50, 30), (33, 33)]
@@ -50,14 +50,7 @@ def photos(tmp_path_factory) -> Path:
 @pytest.fixture
 def hub(tmp_path, monkeypatch) -> FakeHubApi:
     """The fake hub, writing a hub cache that the client reads offline, as after a download."""
-    import huggingface_hub.constants as constants
-
-    cache = tmp_path / "hub-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return FakeHubApi(cache)
+    return offline_hub(tmp_path, monkeypatch)
 
 
 @pytest.fixture

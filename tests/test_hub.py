@@ -19,7 +19,7 @@ from cosegkit import LCCo
 from cosegkit.cli import main
 from cosegkit.errors import CosegValueError, HubError
 from cosegkit.hub import hub_api, model_card, push_to_hub
-from tests._hub import FakeHubApi, LocalHub, http_error, point_client_at
+from tests._hub import FakeHubApi, LocalHub, http_error, offline_hub, point_client_at
 from tests.engine.test_trainer import TINY_ARGS
 
 REPO = "my-lab/lcco-tiny"
@@ -42,14 +42,7 @@ def run(trained_run, tmp_path) -> Path:
 @pytest.fixture
 def hub(tmp_path, monkeypatch) -> FakeHubApi:
     """The fake hub, and the hub cache pointed at it with the client offline, as for a reader of the repository."""
-    import huggingface_hub.constants as constants
-
-    cache = tmp_path / "hub-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return FakeHubApi(cache)
+    return offline_hub(tmp_path, monkeypatch)
 
 
 def _png(path: Path, colour: str = "red") -> Path:

@@ -18,16 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from cosegkit.testing import CHROMIUM_ARGS
 
 
 def main() -> int:
