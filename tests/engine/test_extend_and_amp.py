@@ -14,7 +14,7 @@ from cosegkit.engine import TrainConfig, TrainingDiverged, build_train_sets, fin
 from cosegkit.engine import trainer as trainer_module
 from cosegkit.engine.trainer import StepBatches, planned_steps
 from cosegkit.errors import CosegValueError
-from tests.engine.test_trainer import TINY, weights
+from tests.engine.test_trainer import TINY, assert_resume_is_exact, weights
 
 
 def base_config(**overrides) -> TrainConfig:
@@ -220,15 +220,7 @@ def test_a_non_finite_fp16_loss_is_still_divergence(tmp_path, amp_on_cpu, monkey
 
 def test_a_run_with_random_forward_passes_resumes_exactly(tmp_path) -> None:
     """The grouping layer draws Gumbel noise every step: the RNG must be where it was, step for step."""
-    config = base_config(use_grouping=True, num_groups=4)
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train(config, whole, progress=False)
-    train(config, broken, progress=False)
-    (broken / "checkpoints" / "step_00000004.pt").unlink()
-    shutil.rmtree(broken / "model")
-    train(None, broken, resume=True, progress=False)
-    a, b = weights(whole), weights(broken)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(base_config(use_grouping=True, num_groups=4), tmp_path)
 
 
 @pytest.mark.slow

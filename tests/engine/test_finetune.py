@@ -16,7 +16,7 @@ from cosegkit.clip import FrozenClip
 from cosegkit.engine import TrainConfig, build_model, train
 from cosegkit.engine.finetune import inherit_architecture, source_folder
 from cosegkit.errors import CosegValueError
-from tests.engine.test_trainer import TINY, weights
+from tests.engine.test_trainer import TINY, assert_resume_is_exact, weights
 
 SOURCE = dict(TINY, world_classes=6, steps=3, checkpoint_every=3, use_grouping=True, num_groups=4)
 
@@ -129,17 +129,8 @@ def test_the_loss_goes_down_from_the_source(source_run, tmp_path) -> None:
 
 
 def test_a_resumed_finetuning_run_equals_an_uninterrupted_one(source_run, tmp_path) -> None:
-    import shutil
-
     config = finetune_config(source_run)
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train(config, whole, progress=False)
-    train(config, broken, progress=False)
-    (broken / "checkpoints" / "step_00000004.pt").unlink()
-    shutil.rmtree(broken / "model")
-    train(None, broken, resume=True, progress=False)
-    a, b = weights(whole), weights(broken)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    broken = assert_resume_is_exact(config, tmp_path)
     train(dataclasses.replace(config, steps=6), broken, resume=True, progress=False)  # and extended
     assert json.loads((broken / "config.json").read_text())["extensions"][0]["step"] == 4
 

@@ -56,6 +56,23 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "model" / "model.safetensors"))
 
 
+def assert_resume_is_exact(config: TrainConfig, tmp_path: Path, checkpoint: str = "step_00000004.pt") -> Path:
+    """Train ``config`` twice; the second run loses ``checkpoint`` and its model, as a run killed
+    after the checkpoint before would, and is resumed: both must end with the same weights.
+    Returns the resumed run's folder."""
+    import shutil
+
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(config, whole, progress=False)
+    train(config, broken, progress=False)
+    (broken / "checkpoints" / checkpoint).unlink()
+    shutil.rmtree(broken / "model")
+    train(None, broken, resume=True, progress=False)
+    a, b = weights(whole), weights(broken)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return broken
+
+
 def test_step_batches_depend_on_the_step_only() -> None:
     full = list(StepBatches(0, 5, 2, rank=1, world=2))
     assert full[3] == [14, 15]  # (3 * 2 + 1) * 2
