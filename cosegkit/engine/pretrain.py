@@ -54,6 +54,7 @@ __all__ = [
     "pretrain_synthetic_clip",
     "register_composite_clip",
     "register_synthetic_clip",
+    "threads_tag",
     "zero_shot_accuracy",
 ]
 
@@ -105,6 +106,22 @@ def cache_folder() -> Path:
         return Path(os.environ["COSEGKIT_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "cosegkit"
+
+
+def threads_tag() -> str:
+    """The intra-op thread count pre-training runs with, as the end of a cached file's name.
+
+    The result of pre-training depends on it by float rounding (matrix products split their
+    work by thread), so a CLIP pre-trained with one thread and one pre-trained with two are
+    two cached files, never one silently standing in for the other.
+
+    Example:
+        >>> import torch
+        >>> from cosegkit.engine.pretrain import threads_tag
+        >>> threads_tag() == f"threads{torch.get_num_threads()}"
+        True
+    """
+    return f"threads{torch.get_num_threads()}"
 
 
 def _register(name: str) -> str:
@@ -380,11 +397,13 @@ def pretrain_clip(
 
     Each step draws ``recipe.batch_size`` images (sets of 4) with their captions and takes
     one AdamW step of ``open_clip.ClipLoss``. The weights are saved as
-    ``<cache>/clip/<architecture>-<key>.safetensors`` with a JSON file of the settings beside
-    it; the key hashes the recipe, the architecture and ``world.fingerprint()``. With
-    ``cache=True`` an existing file for the same key is returned without training. The file
-    loads with ``FrozenClip.from_name(recipe.architecture, pretrained=path)`` after
-    registering the architecture (:func:`register_synthetic_clip`, :func:`register_composite_clip`).
+    ``<cache>/clip/<architecture>-<key>-threads<T>.safetensors`` with a JSON file of the
+    settings beside it; the key hashes the recipe, the architecture and ``world.fingerprint()``,
+    and ``T`` is ``torch.get_num_threads()`` (:func:`threads_tag`: the weights depend on it by
+    float rounding). With ``cache=True`` an existing file for the same key and thread count is
+    returned without training. The file loads with ``FrozenClip.from_name(recipe.architecture,
+    pretrained=path)`` after registering the architecture (:func:`register_synthetic_clip`,
+    :func:`register_composite_clip`).
 
     Args:
         world: the world, e.g. the training part of a
@@ -407,7 +426,7 @@ def pretrain_clip(
         >>> from cosegkit.clip import FrozenClip
         >>> from cosegkit.data.composite import CompositeWorld
         >>> from cosegkit.engine.pretrain import COMPOSITE_CLIP, SYNTHETIC_TEMPLATES, ClipRecipe, pretrain_clip
-        >>> from cosegkit.engine.pretrain import register_composite_clip
+        >>> from cosegkit.engine.pretrain import register_composite_clip, threads_tag
         >>> world = CompositeWorld.from_arrays([torch.rand(3, 20, 20) for _ in range(8)], [torch.ones(20, 20)] * 8,
         ...                                    ["cat", "dog", "cow", "bus"] * 2, image_size=32, objects_per_image=2)
         >>> recipe = ClipRecipe(COMPOSITE_CLIP, steps=2, batch_size=4)
@@ -415,7 +434,7 @@ def pretrain_clip(
         ...     path = pretrain_clip(world, recipe)
         ...     again = pretrain_clip(world, recipe)
         ...     _ = register_composite_clip()
-        >>> path.name == f"coseg-composite-clip-{recipe.key(world)}.safetensors", again == path
+        >>> path.name == f"coseg-composite-clip-{recipe.key(world)}-{threads_tag()}.safetensors", again == path
         (True, True)
         >>> clip = FrozenClip.from_name(COMPOSITE_CLIP, pretrained=str(path), classnames=world.class_names,
         ...                             templates=SYNTHETIC_TEMPLATES)
@@ -431,7 +450,7 @@ def pretrain_clip(
             f"CompositeWorld), got {type(world).__name__}"
         )
     folder = cache_folder() / "clip"
-    target = folder / f"{recipe.architecture}-{recipe.key(world)}.safetensors"
+    target = folder / f"{recipe.architecture}-{recipe.key(world)}-{threads_tag()}.safetensors"
     if cache and target.is_file():
         return target
 
@@ -472,6 +491,7 @@ def pretrain_clip(
         "recipe": asdict(recipe),
         "arch": arch,
         "world": {"type": type(world).__name__, "fingerprint": world.fingerprint(), "classes": list(world.class_names)},
+        "threads": torch.get_num_threads(),
         "train_seconds": round(elapsed, 1),
     }
     atomic_write(target.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
@@ -487,10 +507,11 @@ def pretrain_synthetic_clip(
     """Train (or reuse) a small CLIP on the synthetic world; returns its weights file.
 
     :func:`pretrain_clip` on ``config.world()`` with ``config.recipe()``. The weights are saved
-    as ``<cache>/clip/coseg-synthetic-clip-<key>.safetensors`` with a JSON file of the settings
-    beside it. With ``cache=True`` an existing file for the same settings is returned without
-    training. The file loads with ``FrozenClip.from_name("coseg-synthetic-clip",
-    pretrained=path)`` after :func:`register_synthetic_clip`.
+    as ``<cache>/clip/coseg-synthetic-clip-<key>-threads<T>.safetensors`` (``T`` the torch thread
+    count) with a JSON file of the settings beside it. With ``cache=True`` an existing file for
+    the same settings and thread count is returned without training. The file loads with
+    ``FrozenClip.from_name("coseg-synthetic-clip", pretrained=path)`` after
+    :func:`register_synthetic_clip`.
 
     Args:
         config: the settings.

@@ -48,6 +48,7 @@ from cosegkit.engine.pretrain import (
     _pairs,
     adamw_warmup_cosine,
     cache_folder,
+    threads_tag,
     zero_shot_accuracy,
 )
 from cosegkit.errors import CosegValueError
@@ -302,10 +303,11 @@ def pretrain_segclip(
     The folder, written by :meth:`SegClip.save_pretrained
     <cosegkit.models.segclip.SegClip.save_pretrained>` with a ``pretrain.json`` of the
     recipe, the sizes, the world, the training and superpixel seconds and the last step's
-    losses, is ``<cache>/segclip/<architecture>-<key>`` (:meth:`SegClipRecipe.key`); it is
+    losses, is ``<cache>/segclip/<architecture>-<key>-threads<T>`` (:meth:`SegClipRecipe.key`;
+    ``T`` the torch thread count, on which the weights depend by float rounding); it is
     written to a temporary folder and renamed into place, so an interrupted run leaves no
-    partial result. With ``cache=True`` an existing folder for the same key is returned
-    without training.
+    partial result. With ``cache=True`` an existing folder for the same key and thread count
+    is returned without training.
 
     Args:
         world: a captioned world (:class:`~cosegkit.engine.pretrain.CaptionedWorld`), e.g. the
@@ -326,6 +328,7 @@ def pretrain_segclip(
         >>> import tempfile
         >>> from unittest import mock
         >>> from cosegkit.data.synthetic import SyntheticWorld
+        >>> from cosegkit.engine.pretrain import threads_tag
         >>> from cosegkit.engine.segclip_pretrain import SegClipRecipe, pretrain_segclip
         >>> from cosegkit.models.segclip import SegClip
         >>> world = SyntheticWorld(num_classes=3, image_size=32, objects_per_image=1)
@@ -334,7 +337,7 @@ def pretrain_segclip(
         >>> with mock.patch.dict(os.environ, {"COSEGKIT_CACHE": tempfile.mkdtemp()}):
         ...     folder = pretrain_segclip(world, recipe, progress=lambda *args: calls.append(args))
         ...     again = pretrain_segclip(world, recipe)
-        >>> folder.parent.name, folder.name == f"segclip-synthetic-{recipe.key(world)}", again == folder, len(calls)
+        >>> folder.parent.name, folder.name == f"segclip-synthetic-{recipe.key(world)}-{threads_tag()}", again == folder, len(calls)
         ('segclip', True, True, 2)
         >>> sorted(json.loads((folder / "pretrain.json").read_text())["final_losses"])
         ['contrastive', 'reconstruction', 'superpixel', 'total']
@@ -353,7 +356,7 @@ def pretrain_segclip(
     if not isinstance(recipe, SegClipRecipe):
         raise CosegValueError(f"expected a SegClipRecipe, got {type(recipe).__name__}")
     folder = cache_folder() / "segclip"
-    target = folder / f"{recipe.architecture}-{recipe.key(world)}"
+    target = folder / f"{recipe.architecture}-{recipe.key(world)}-{threads_tag()}"
     if cache and _is_complete(target):
         return target
 
@@ -398,6 +401,7 @@ def pretrain_segclip(
         "recipe": asdict(recipe),
         "config": asdict(config),
         "world": {"type": type(world).__name__, "fingerprint": world.fingerprint(), "classes": list(world.class_names)},
+        "threads": torch.get_num_threads(),
         "train_seconds": round(elapsed, 1),
         "superpixel_seconds": round(superpixel_seconds, 1),
         "final_losses": {k: round(v, 6) for k, v in losses.items()},

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from cosegkit.clip import FrozenClip
 from cosegkit.engine.pretrain import (
@@ -45,6 +47,25 @@ def test_pretraining_is_cached_by_its_settings(tmp_path, monkeypatch) -> None:
         zero_shot_accuracy(clip, world)
     with pytest.raises(CosegValueError):
         pretrain_synthetic_clip(ClipPretrainConfig(steps=0))
+
+
+def test_a_clip_pretrained_with_another_thread_count_is_not_reused(tmp_path, monkeypatch) -> None:
+    """The weights depend on the thread count by float rounding, so each count has its own cached file."""
+    monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path))
+    config = ClipPretrainConfig(num_classes=5, steps=2, batch_size=8)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = pretrain_synthetic_clip(config)
+        torch.set_num_threads(2)
+        two = pretrain_synthetic_clip(config)
+        torch.set_num_threads(1)
+        again = pretrain_synthetic_clip(config)
+    finally:
+        torch.set_num_threads(previous)
+    assert one != two and again == one
+    assert one.name.endswith("-threads1.safetensors") and two.name.endswith("-threads2.safetensors")
+    assert json.loads(one.with_suffix(".json").read_text())["threads"] == 1
 
 
 def test_registering_from_many_processes_at_once(tmp_path) -> None:

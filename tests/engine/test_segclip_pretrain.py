@@ -119,7 +119,7 @@ def test_bad_recipe_values_are_refused(change, message) -> None:
 def test_a_two_step_run_writes_a_loadable_folder_and_is_cached(world, cache) -> None:
     calls = []
     folder = pretrain_segclip(world, TINY, progress=lambda *args: calls.append(args))
-    assert folder == cache / "segclip" / f"segclip-synthetic-{TINY.key(world)}"
+    assert folder == cache / "segclip" / f"segclip-synthetic-{TINY.key(world)}-threads{torch.get_num_threads()}"
     assert [(s, n) for s, n, _ in calls] == [(1, 2), (2, 2)]
     model = SegClip.from_pretrained(folder)
     assert model.config == SEGCLIP_SYNTHETIC_CONFIG
