@@ -13,7 +13,8 @@ Worlds (``cosegkit.demo.DEMO_WORLDS``): ``synthetic``, the demo's coloured shape
 as sets of one class. Each world pre-trains its small CLIP once (cached) and trains every row
 with that world's budget (:func:`cosegkit.demo.demo_train_config`).
 
-Every (world, row, seed) is a run folder under ``--out``; a finished one keeps its scores in
+Everything runs with one torch thread (the CLIPs' pre-training too), so the numbers do not
+depend on the machine's core count. Every (world, row, seed) is a run folder under ``--out``; a finished one keeps its scores in
 ``scores.json`` and is not run again, an interrupted one continues from its last checkpoint.
 Runs go ``--jobs`` at a time (one per core by default). All seeds of a world are scored on the
 same held-out sets, so the spread over seeds measures training, not which sets were drawn.
@@ -21,6 +22,10 @@ same held-out sets, so the spread over seeds measures training, not which sets w
     python benchmarks/results_table.py --root ../shared/data/pascal_voc_coseg           # both worlds, 3 seeds
     python benchmarks/results_table.py --worlds pascal --rows Baseline LCCo --seeds 1 --root ...
     python benchmarks/results_table.py --quick --root ...                                # a pipeline check
+    python benchmarks/results_table.py --worlds synthetic --rows Baseline LCCo --steps 400 --lr 2e-3 --out runs/t400
+
+``--steps`` and ``--lr`` change the budget of every trained row (the warm-up stays ``steps // 20``;
+a row's own learning rate, UFO-512's, is kept).
 
 Prints the table and writes ``<out>/table.md``, ``<out>/table.json`` and, for the real photos,
 ``<out>/figure-pascal.png`` (image / truth / Baseline / LCCo / zero-shot on held-out photo sets).
@@ -114,7 +119,9 @@ def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, c
     if done.is_file():
         return json.loads(done.read_text())
     row = ROWS[label]
-    config = demo_train_config(clip_path, budget["steps"], seed, budget["eval_sets"], world=world, root=root)
+    config = demo_train_config(
+        clip_path, budget["steps"], seed, budget["eval_sets"], world=world, root=root, lr=budget["lr"]
+    )
     config = dataclasses.replace(config, **row.settings)
     config.extra["eval_seed"] = EVAL_SEED
     if config.pseudo_masks:  # labelled exactly as the zero-shot row segments; no more sets than training draws
@@ -200,9 +207,14 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="the PASCAL-VOC co-segmentation folder (world 'pascal')")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs at once")
     parser.add_argument("--quick", action="store_true", help="a tiny budget that checks the pipeline")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default: the world's budget)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the trained rows (default 1e-3)")
     parser.add_argument("--out", default="runs/results-table", help="run folders and the table")
     args = parser.parse_args()
 
+    import torch
+
+    torch.set_num_threads(1)  # the CLIPs pre-train with one thread, as every run trains
     from cosegkit.demo import DEMO_WORLDS, prepare_world_clip
 
     if "pascal" in args.worlds and not args.root:
@@ -213,6 +225,9 @@ def main() -> None:
     start = time.perf_counter()
     for world in args.worlds:
         budget = dataclasses.asdict(DEMO_WORLDS[world].quick if args.quick else DEMO_WORLDS[world].budget)
+        budget["lr"] = args.lr
+        if args.steps:
+            budget["steps"] = args.steps
         print(f"[{world}] pre-training (or loading) the CLIP: {budget['clip_steps']} steps", flush=True)
         path, accuracy = prepare_world_clip(world, root=args.root, clip_steps=budget["clip_steps"], quick=args.quick)
         clips[world] = {"weights": str(path), **accuracy}
@@ -252,7 +267,8 @@ def main() -> None:
         b, c = results[(world, "budget")], clips[world]
         lines += [
             "",
-            f"{world}: {b['steps']} training steps per run, {b['eval_sets']} held-out sets; the CLIP "
+            f"{world}: {b['steps']} training steps per run at learning rate {b['lr']:g}, {b['eval_sets']} held-out "
+            f"sets; the CLIP "
             f"({b['clip_steps']} steps) names the common class of {100 * c['set_top1']:.0f}% of held-out sets "
             f"(chance {100 * c['chance']:.0f}%), an image's top class is one it holds {100 * c['image_top1']:.0f}% "
             f"of the time (chance {100 * c['image_chance']:.0f}%).",

@@ -157,13 +157,15 @@ def demo_train_config(
     variant: str = "default",
     world: str = "synthetic",
     root: str | Path | None = None,
+    lr: float = 1e-3,
 ) -> TrainConfig:
     """The training config of the demo's models (and of ``examples/ablation.py``).
 
     A 16-class world at 64 px, sets of 4, batches of 4 sets; a ResNet-18 (random weights) at
     encoder depth 3, so the three modules act at strides 8, 4 and 2; the synthetic CLIP at
-    ``clip_path``; AdamW at 1e-3 with a short warm-up. ``modules=False`` is the Baseline;
-    ``variant`` picks the modules' readings (:data:`~cosegkit.models.lcco.VARIANTS`).
+    ``clip_path``; AdamW at ``lr`` (the demo's 1e-3 by default) with a short warm-up
+    (``steps // 20``) and a cosine decay. ``modules=False`` is the Baseline; ``variant`` picks
+    the modules' readings (:data:`~cosegkit.models.lcco.VARIANTS`).
 
     Example:
         Building the config reads nothing from ``clip_path``; training from it does:
@@ -218,7 +220,7 @@ def demo_train_config(
         heads=4,
         variant=variant,
         steps=steps,
-        lr=1e-3,
+        lr=lr,
         warmup=max(1, steps // 20),
         seed=seed,
         checkpoint_every=max(1, steps // 4),
@@ -654,17 +656,17 @@ def run_demo(
     Example:
         The default budget and the three models, each trained in its own run folder under ``out``:
 
-        >>> from cosegkit.demo import DemoBudget, demo_train_config
-        >>> DemoBudget()
+        >>> from cosegkit.demo import DEMO_WORLDS, demo_train_config
+        >>> DEMO_WORLDS["synthetic"].budget
         DemoBudget(clip_steps=600, steps=600, eval_sets=60)
         >>> variants = {"baseline": {"modules": False}, "lcco": {"modules": True},
         ...             "lcco-paper": {"modules": True, "variant": "paper"}}
         >>> for folder, switches in variants.items():
         ...     c = demo_train_config("clip.safetensors", steps=600, **switches)
-        ...     print(folder, c.use_correspondence, c.use_interaction, c.use_regularization, c.variant, c.steps)
-        baseline False False False default 600
-        lcco True True True default 600
-        lcco-paper True True True paper 600
+        ...     print(folder, c.use_correspondence, c.use_interaction, c.use_regularization, c.variant, c.steps, c.lr)
+        baseline False False False default 600 0.001
+        lcco True True True default 600 0.001
+        lcco-paper True True True paper 600 0.001
 
         The real-photo world needs its folder:
 

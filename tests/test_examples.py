@@ -353,7 +353,7 @@ def test_results_table_pseudo_row_labels_no_more_sets_than_training_draws(tmp_pa
         raise Stop
 
     monkeypatch.setattr(cosegkit.engine, "train", train)
-    budget = {"steps": steps, "eval_sets": 2, "clip_steps": 1}
+    budget = {"steps": steps, "eval_sets": 2, "clip_steps": 1, "lr": 1e-3}
     with pytest.raises(Stop):
         table.run_one("synthetic", None, "LCCo, pseudo masks", 1, budget, "clip.safetensors", str(tmp_path / "run"))
     (config,) = trained
@@ -384,7 +384,7 @@ def test_results_table_zero_shot_row_on_real_photos_runs_at_the_worlds_size_and_
     monkeypatch.setattr(cosegkit.engine.config, "build_eval_sets", lambda config: "sets")
     monkeypatch.setattr(cosegkit.engine.config, "build_photo_eval_sets", lambda config: "photos")
     monkeypatch.setattr(cosegkit.engine, "evaluate", evaluate)
-    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 1}
+    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 1, "lr": 1e-3}
     scores = table.run_one("pascal", "photos", "Zero-shot", 0, budget, "clip.safetensors", str(tmp_path / "run"))
     assert scored == [(128, "sets"), (128, "photos")]
     assert scores["sets"] == scores["photos"] == {"P": 0.5, "J": 0.25, "images": 4}
@@ -394,7 +394,7 @@ def test_results_table_segclip_row_pretrains_the_seed_s_segclip_and_reports_its_
     """The SegCLIP row pre-trains a SegCLIP per seed at the world's CLIP budget, scores it and diagnoses its groups."""
     monkeypatch.setenv("COSEGKIT_CACHE", str(tmp_path / "cache"))
     table = _results_table(monkeypatch)
-    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 2}
+    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 2, "lr": 1e-3}
     scores = table.run_one(
         "synthetic", None, "SegCLIP zero-shot, shared centres", 1, budget, "unused", str(tmp_path / "r")
     )
@@ -428,6 +428,6 @@ def test_results_table_clip_per_seed_row_uses_the_seed_s_clip(tmp_path, monkeypa
         return types.SimpleNamespace(P=1.0, J=0.5, images=1)
 
     monkeypatch.setattr(cosegkit.engine, "evaluate", evaluate)
-    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 1}
+    budget = {"steps": 3, "eval_sets": 2, "clip_steps": 1, "lr": 1e-3}
     table.run_one("synthetic", None, "Zero-shot, CLIP per seed", 2, budget, "seed0.safetensors", str(tmp_path / "r"))
     assert seeds == [2] and used == ["clip-of-the-seed.safetensors"]  # not the seed-0 CLIP the table passes
