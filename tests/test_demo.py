@@ -87,3 +87,32 @@ def test_the_photo_figure_gives_an_oracle_its_sets_classes(photos, tmp_path, mon
     )
     demo.photo_figure({"LCCo": tmp_path / "lcco", "Class oracle": tmp_path / "oracle"}, tmp_path / "figure.png")
     assert list(drawn["models"]) == ["LCCo", "Class oracle"] and drawn["oracle"] == {"Class oracle"}
+
+
+@pytest.mark.parametrize("world", ["synthetic", "pascal"])
+def test_the_demo_trains_every_model_at_its_worlds_budget(world, tmp_path, monkeypatch) -> None:
+    """The world's budget reaches all three models' configs (the warm-up follows the steps)."""
+    from types import SimpleNamespace
+
+    import cosegkit.demo as demo
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_train(config, run, progress):
+        seen.append(config)
+        if len(seen) == 3:
+            raise Stop
+        return {}
+
+    accuracy = dict.fromkeys(("set_top1", "set_top5", "chance", "image_top1", "image_chance"), 0.0)
+    monkeypatch.setattr(demo, "prepare_world_clip", lambda *args, **kwargs: (Path("clip.safetensors"), accuracy))
+    monkeypatch.setattr(demo, "demo_clip", lambda *args, **kwargs: SimpleNamespace(classnames=["a", "b"]))
+    monkeypatch.setattr(demo, "_train_or_resume", fake_train)
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path, world=world, root="photos" if world == "pascal" else None, progress=False)
+    budget = demo.DEMO_WORLDS[world].budget
+    assert [(c.steps, c.lr, c.warmup) for c in seen] == [(budget.steps, 1e-3, budget.steps // 20)] * 3
+    assert [c.use_regularization for c in seen] == [False, True, True]
