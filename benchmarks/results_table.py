@@ -14,8 +14,10 @@ as sets of one class. Each world pre-trains its small CLIP once (cached) and tra
 with that world's budget (:func:`cosegkit.demo.demo_train_config`).
 
 Everything runs with one torch thread (the CLIPs' pre-training too), so the numbers do not
-depend on the machine's core count. Every (world, row, seed) is a run folder under ``--out``; a finished one keeps its scores in
-``scores.json`` and is not run again, an interrupted one continues from its last checkpoint.
+depend on the machine's core count. Every (world, row, seed) is a run folder under ``--out``; a
+finished one keeps its scores in ``scores.json`` and is not run again, an interrupted one
+continues from its last checkpoint. ``<out>/<world>/budget.json`` records the budget the runs
+were started with, and another budget in the same ``--out`` is refused.
 Runs go ``--jobs`` at a time (one per core by default). All seeds of a world are scored on the
 same held-out sets, so the spread over seeds measures training, not which sets were drawn.
 
@@ -103,6 +105,23 @@ def slug(label: str) -> str:
 
 def _scores(ev) -> dict:
     return {"P": ev.P, "J": ev.J, "images": ev.images}
+
+
+def check_budget(folder: Path, budget: dict) -> None:
+    """Refuse ``budget`` if ``folder/budget.json`` records another one.
+
+    The runs in ``folder`` are reused (finished) or resumed with their own config (interrupted),
+    so a different budget there would be reported over numbers trained at the old one.
+    """
+    recorded = folder / "budget.json"
+    if recorded.is_file() and (old := json.loads(recorded.read_text())) != budget:
+        raise ValueError(f"{folder} holds runs at the budget {old}, not {budget}: pass another --out for this budget")
+
+
+def record_budget(folder: Path, budget: dict) -> None:
+    """Write ``budget`` to ``folder/budget.json`` (what :func:`check_budget` compares with)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "budget.json").write_text(json.dumps(budget, indent=2))
 
 
 def run_one(world: str, root: str | None, label: str, seed: int, budget: dict, clip_path: str, out: str) -> dict:
@@ -211,6 +230,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the trained rows (default 1e-3)")
     parser.add_argument("--out", default="runs/results-table", help="run folders and the table")
     args = parser.parse_args()
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
+    if args.lr <= 0:
+        parser.error(f"--lr must be positive, got {args.lr:g}")
 
     import torch
 
@@ -222,12 +245,22 @@ def main() -> None:
     out = Path(args.out)
     results: dict = {}
     clips: dict = {}
-    start = time.perf_counter()
-    for world in args.worlds:
+    budgets = {}
+    for world in args.worlds:  # every world's budget is checked before any work starts
         budget = dataclasses.asdict(DEMO_WORLDS[world].quick if args.quick else DEMO_WORLDS[world].budget)
         budget["lr"] = args.lr
-        if args.steps:
+        if args.steps is not None:
             budget["steps"] = args.steps
+        try:
+            check_budget(out / world, budget)
+        except ValueError as error:
+            parser.error(str(error))
+        budgets[world] = budget
+    for world, budget in budgets.items():
+        record_budget(out / world, budget)
+    start = time.perf_counter()
+    for world in args.worlds:
+        budget = budgets[world]
         print(f"[{world}] pre-training (or loading) the CLIP: {budget['clip_steps']} steps", flush=True)
         path, accuracy = prepare_world_clip(world, root=args.root, clip_steps=budget["clip_steps"], quick=args.quick)
         clips[world] = {"weights": str(path), **accuracy}
@@ -268,10 +301,9 @@ def main() -> None:
         lines += [
             "",
             f"{world}: {b['steps']} training steps per run at learning rate {b['lr']:g}, {b['eval_sets']} held-out "
-            f"sets; the CLIP "
-            f"({b['clip_steps']} steps) names the common class of {100 * c['set_top1']:.0f}% of held-out sets "
-            f"(chance {100 * c['chance']:.0f}%), an image's top class is one it holds {100 * c['image_top1']:.0f}% "
-            f"of the time (chance {100 * c['image_chance']:.0f}%).",
+            f"sets; the CLIP ({b['clip_steps']} steps) names the common class of {100 * c['set_top1']:.0f}% of "
+            f"held-out sets (chance {100 * c['chance']:.0f}%), an image's top class is one it holds "
+            f"{100 * c['image_top1']:.0f}% of the time (chance {100 * c['image_chance']:.0f}%).",
             "",
         ]
     groups = [(w, label) for w in args.worlds for label in args.rows if ROWS[label].segclip is not None]

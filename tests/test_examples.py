@@ -324,6 +324,21 @@ def test_results_table_resumes_its_finished_runs(tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing ran again
     assert json.loads(finished.read_text()) == runs["Baseline"][0]
+    done = subprocess.run([*argv, "--steps", "5"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "pass another --out" in done.stderr  # not the old runs under a new budget
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_results_table_refuses_another_budget_in_the_same_out(tmp_path, monkeypatch) -> None:
+    """Finished runs are reused and interrupted ones resume their own config, so a new budget needs a new --out."""
+    table = _results_table(monkeypatch)
+    budget = {"clip_steps": 600, "steps": 600, "eval_sets": 60, "lr": 1e-3}
+    table.check_budget(tmp_path / "synthetic", budget)  # nothing recorded yet
+    table.record_budget(tmp_path / "synthetic", budget)
+    table.check_budget(tmp_path / "synthetic", dict(budget))
+    for change in ({"steps": 400}, {"lr": 2e-3}):
+        with pytest.raises(ValueError, match="pass another --out"):
+            table.check_budget(tmp_path / "synthetic", {**budget, **change})
 
 
 def _results_table(monkeypatch):
